@@ -1,0 +1,206 @@
+use std::any::Any;
+use std::fmt;
+
+use crate::WorkerId;
+
+/// Why an item did not produce its value: it was cancelled, or it panicked.
+///
+/// Modelled on [`tokio::task::JoinError`], plus the [`WorkerId`] the item ran under when it got
+/// that far.
+///
+/// # Examples
+///
+/// ```
+/// use task_limiter::Limiter;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let limiter = Limiter::new(2);
+/// let err = limiter
+///     .spawn(async { panic!("boom") })
+///     .await
+///     .unwrap_err();
+/// assert!(err.is_panic());
+/// assert_eq!(*err.into_panic().downcast::<&str>().unwrap(), "boom");
+/// # }
+/// ```
+pub struct JoinError {
+    repr: Repr,
+    worker: Option<WorkerId>,
+}
+
+enum Repr {
+    Cancelled,
+    Panic(Box<dyn Any + Send + 'static>),
+}
+
+impl JoinError {
+    pub(crate) fn cancelled(worker: Option<WorkerId>) -> JoinError {
+        JoinError {
+            repr: Repr::Cancelled,
+            worker,
+        }
+    }
+
+    pub(crate) fn panic(worker: WorkerId, payload: Box<dyn Any + Send + 'static>) -> JoinError {
+        JoinError {
+            repr: Repr::Panic(payload),
+            worker: Some(worker),
+        }
+    }
+
+    /// Returns true if the item was cancelled: aborted through its handle, dropped by
+    /// [`Limiter::shutdown`](crate::Limiter::shutdown), refused because the limiter was closed,
+    /// or dropped with its runtime.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::Limiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::new(1);
+    /// let handle = limiter.spawn(std::future::pending::<()>());
+    /// handle.abort();
+    /// assert!(handle.await.unwrap_err().is_cancelled());
+    /// # }
+    /// ```
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self.repr, Repr::Cancelled)
+    }
+
+    /// Returns true if the item panicked.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::Limiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::new(1);
+    /// let err = limiter.spawn(async { panic!("boom") }).await.unwrap_err();
+    /// assert!(err.is_panic());
+    /// # }
+    /// ```
+    pub fn is_panic(&self) -> bool {
+        matches!(self.repr, Repr::Panic(_))
+    }
+
+    /// Consumes the error, returning the object with which the item panicked.
+    ///
+    /// # Panics
+    ///
+    /// Panics if the error is not a panic (see [`is_panic`](Self::is_panic)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::Limiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::new(1);
+    /// let err = limiter.spawn(async { std::panic::panic_any(7_u32) }).await.unwrap_err();
+    /// assert_eq!(*err.into_panic().downcast::<u32>().unwrap(), 7);
+    /// # }
+    /// ```
+    #[track_caller]
+    pub fn into_panic(self) -> Box<dyn Any + Send + 'static> {
+        self.try_into_panic()
+            .expect("`JoinError` reason is not a panic")
+    }
+
+    /// Consumes the error, returning the panic payload if the item panicked, and the error
+    /// itself otherwise.
+    ///
+    /// Use it with [`std::panic::resume_unwind`] to re-raise an item's panic in the caller.
+    ///
+    /// # Examples
+    ///
+    /// ```should_panic
+    /// use task_limiter::Limiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::new(1);
+    /// if let Err(err) = limiter.spawn(async { panic!("boom") }).await {
+    ///     if let Ok(payload) = err.try_into_panic() {
+    ///         std::panic::resume_unwind(payload);
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn try_into_panic(self) -> Result<Box<dyn Any + Send + 'static>, JoinError> {
+        match self.repr {
+            Repr::Panic(payload) => Ok(payload),
+            Repr::Cancelled => Err(self),
+        }
+    }
+
+    /// Returns the worker slot the item ran under, or `None` if it was cancelled before it
+    /// started.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::Limiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::new(1);
+    /// let err = limiter.spawn(async { panic!("boom") }).await.unwrap_err();
+    /// assert_eq!(err.worker_id().map(|id| id.index()), Some(0));
+    /// # }
+    /// ```
+    pub fn worker_id(&self) -> Option<WorkerId> {
+        self.worker
+    }
+}
+
+/// The panic message, when the payload is a string as `panic!` makes it.
+fn panic_message(payload: &(dyn Any + Send)) -> Option<&str> {
+    payload
+        .downcast_ref::<&'static str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+}
+
+impl fmt::Display for JoinError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("item ")?;
+        if let Some(worker) = self.worker {
+            write!(f, "on {worker} ")?;
+        }
+        match &self.repr {
+            Repr::Cancelled => f.write_str("was cancelled"),
+            Repr::Panic(payload) => match panic_message(payload.as_ref()) {
+                Some(msg) => write!(f, "panicked with message {msg:?}"),
+                None => f.write_str("panicked"),
+            },
+        }
+    }
+}
+
+impl fmt::Debug for JoinError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = f.debug_struct("JoinError");
+        match &self.repr {
+            Repr::Cancelled => s.field("reason", &"cancelled"),
+            Repr::Panic(payload) => match panic_message(payload.as_ref()) {
+                Some(msg) => s.field("reason", &"panic").field("message", &msg),
+                None => s.field("reason", &"panic"),
+            },
+        };
+        s.field("worker", &self.worker).finish()
+    }
+}
+
+impl std::error::Error for JoinError {}
+
+impl From<JoinError> for std::io::Error {
+    fn from(err: JoinError) -> std::io::Error {
+        std::io::Error::other(err.to_string())
+    }
+}

@@ -1,0 +1,214 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use crate::sync::Arc;
+use crate::task::{Abort, Join};
+use crate::JoinError;
+
+/// An owned permission to await an item's result, returned by
+/// [`Limiter::spawn`](crate::Limiter::spawn) and [`Limiter::spawn_with`](crate::Limiter::spawn_with).
+///
+/// Awaiting it gives the item's value, or a [`JoinError`] if the item panicked or was
+/// cancelled. It resolves exactly once, and never hangs: aborting, [`shutdown`], closing and
+/// dropping the runtime all resolve it.
+///
+/// Dropping a `JoinHandle` detaches the item: it still runs, and its output is dropped when it
+/// finishes. Use [`abort`](Self::abort) to cancel it.
+///
+/// [`shutdown`]: crate::Limiter::shutdown
+///
+/// # Panics
+///
+/// Polling the handle again after it returned `Poll::Ready` panics, as tokio's does.
+///
+/// # Examples
+///
+/// ```
+/// use task_limiter::Limiter;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let limiter = Limiter::new(2);
+/// let handle = limiter.spawn(async { 6 * 7 });
+/// assert_eq!(handle.await.unwrap(), 42);
+/// # }
+/// ```
+pub struct JoinHandle<T> {
+    raw: Arc<dyn Join<T>>,
+}
+
+/// A handle that can cancel an item without awaiting it. Cloneable; dropping it does nothing.
+///
+/// # Examples
+///
+/// ```
+/// use task_limiter::Limiter;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let limiter = Limiter::new(1);
+/// let handle = limiter.spawn(std::future::pending::<()>());
+/// let abort = handle.abort_handle();
+/// abort.abort();
+/// assert!(handle.await.unwrap_err().is_cancelled());
+/// assert!(abort.is_finished());
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct AbortHandle {
+    raw: Arc<dyn Abort>,
+}
+
+// === impl JoinHandle ===
+
+impl<T> JoinHandle<T> {
+    pub(crate) fn new(raw: Arc<dyn Join<T>>) -> JoinHandle<T> {
+        JoinHandle { raw }
+    }
+
+    /// Cancels the item.
+    ///
+    /// A queued item never starts, and its future or closure is dropped before `abort` returns.
+    /// A running item is dropped at its next poll, which frees its worker slot for the next
+    /// item. Either way the handle then resolves to a [`JoinError`] that
+    /// [`is_cancelled`](JoinError::is_cancelled). Aborting a finished item does nothing: its
+    /// value stays available.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::Limiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::new(1);
+    /// let running = limiter.spawn(std::future::pending::<()>());
+    /// let queued = limiter.spawn(async { "never runs" });
+    /// queued.abort();
+    /// running.abort();
+    /// assert!(queued.await.unwrap_err().is_cancelled());
+    /// assert!(running.await.unwrap_err().is_cancelled());
+    /// # }
+    /// ```
+    pub fn abort(&self) {
+        self.raw.abort();
+    }
+
+    /// Returns true once the item has finished: completed, panicked or been cancelled.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::Limiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::new(1);
+    /// let handle = limiter.spawn(async {});
+    /// assert!(!handle.is_finished());
+    /// handle.abort();
+    /// assert!(handle.is_finished());
+    /// # }
+    /// ```
+    pub fn is_finished(&self) -> bool {
+        self.raw.is_finished()
+    }
+
+    /// Returns an [`AbortHandle`] for the item, which can cancel it without awaiting it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::Limiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::new(1);
+    /// let handle = limiter.spawn(std::future::pending::<()>());
+    /// let abort = handle.abort_handle();
+    /// drop(handle); // detached: it would run forever
+    /// abort.abort();
+    /// assert!(abort.is_finished());
+    /// # }
+    /// ```
+    pub fn abort_handle(&self) -> AbortHandle {
+        AbortHandle {
+            raw: self.raw.clone().into_abort(),
+        }
+    }
+}
+
+impl<T> Future for JoinHandle<T> {
+    type Output = Result<T, JoinError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.raw.poll_join(cx)
+    }
+}
+
+impl<T> Drop for JoinHandle<T> {
+    fn drop(&mut self) {
+        self.raw.detach();
+    }
+}
+
+impl<T> fmt::Debug for JoinHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinHandle")
+            .field("finished", &self.is_finished())
+            .finish()
+    }
+}
+
+// === impl AbortHandle ===
+
+impl AbortHandle {
+    /// Cancels the item, as [`JoinHandle::abort`] does.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::Limiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::new(1);
+    /// let handle = limiter.spawn(async { 1 });
+    /// handle.abort_handle().abort();
+    /// assert!(handle.await.unwrap_err().is_cancelled());
+    /// # }
+    /// ```
+    pub fn abort(&self) {
+        self.raw.abort();
+    }
+
+    /// Returns true once the item has finished: completed, panicked or been cancelled.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::Limiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::new(1);
+    /// let handle = limiter.spawn(async { 1 });
+    /// let abort = handle.abort_handle();
+    /// assert_eq!(handle.await.unwrap(), 1);
+    /// assert!(abort.is_finished());
+    /// # }
+    /// ```
+    pub fn is_finished(&self) -> bool {
+        self.raw.is_finished()
+    }
+}
+
+impl fmt::Debug for AbortHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AbortHandle")
+            .field("finished", &self.is_finished())
+            .finish()
+    }
+}

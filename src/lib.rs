@@ -1,0 +1,114 @@
+#![warn(
+    missing_debug_implementations,
+    missing_docs,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![doc(test(
+    no_crate_inject,
+    attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))
+))]
+
+//! An async, tokio-native task limiter: run any amount of work with at most `N` tasks alive,
+//! await each item's result through a [`JoinHandle`], and give every item a stable
+//! [`WorkerId`].
+//!
+//! # Quick start
+//!
+//! ```
+//! use task_limiter::Limiter;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! // At most 8 items run at once; the rest wait in the limiter's queue, not as idle tasks.
+//! let limiter = Limiter::new(8);
+//!
+//! let handles: Vec<_> = (0..1000)
+//!     .map(|i| limiter.spawn_with(move |worker| async move { (i, worker.index()) }))
+//!     .collect();
+//!
+//! for handle in handles {
+//!     let (i, worker) = handle.await.unwrap();
+//!     assert!(worker < 8, "item {i} ran on worker {worker}");
+//! }
+//!
+//! limiter.close();
+//! limiter.wait().await; // every item done, the manager task gone
+//! # }
+//! ```
+//!
+//! # How it works
+//!
+//! Building a [`Limiter`] spawns one manager task. Submissions travel on an unbounded channel,
+//! so [`spawn`](Limiter::spawn) never blocks or awaits and work may submit more work. The
+//! manager owns the worker IDs `0..N` and spawns a worker task only while an ID is free; a
+//! worker that finishes an item takes the next queued item itself and exits only when there is
+//! none, handing its ID back. The runtime therefore holds at most `N` worker tasks plus the
+//! manager, whatever the queue length.
+//!
+//! Every handle resolves exactly once: the value, a panic (with its original payload), or
+//! cancelled. Worker IDs come back on every exit path: completion, panic, abort, shutdown and
+//! runtime shutdown.
+//!
+//! # Comparison with `JoinSet` + `Semaphore`
+//!
+//! The usual limiter on tokio spawns a task per item and acquires a [`Semaphore`] permit inside
+//! it. Every pending item is then an idle task on the runtime: a task cell of a few hundred
+//! bytes, a line in tokio-console, and work for the scheduler. Acquiring the permit before
+//! spawning avoids the idle tasks, but blocks the submitter, which deadlocks when work submits
+//! work. A [`JoinSet`] joined whenever it holds `N` tasks has the same problem and gives no
+//! handle per item.
+//!
+//! With a `Limiter`, pending items are a small queue entry each, submission never waits, each
+//! item has its own [`JoinHandle`], and its [`WorkerId`] indexes per-worker state without
+//! locks.
+//!
+//! # Comparison with `buffer_unordered`
+//!
+//! [`StreamExt::buffer_unordered`] polls up to `N` futures inside the one task that drives the
+//! stream: cheap, but the futures never run in parallel on a multi-thread runtime, make no
+//! progress while the stream is not polled, and need the whole batch up front. A `Limiter`
+//! runs items as independent tasks across the runtime's threads, accepts work from anywhere at
+//! any time, and keeps running it while nobody polls.
+//!
+//! [`Semaphore`]: tokio::sync::Semaphore
+//! [`JoinSet`]: tokio::task::JoinSet
+//! [`StreamExt::buffer_unordered`]: https://docs.rs/futures/latest/futures/stream/trait.StreamExt.html#method.buffer_unordered
+
+mod builder;
+mod error;
+mod handle;
+mod limiter;
+mod manager;
+mod metrics;
+mod queue;
+mod sync;
+mod task;
+mod worker_id;
+
+pub use builder::{Builder, QueueOrder};
+pub use error::JoinError;
+pub use handle::{AbortHandle, JoinHandle};
+pub use limiter::Limiter;
+pub use metrics::Metrics;
+pub use worker_id::WorkerId;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds() {
+        fn assert_send_sync_unpin<T: Send + Sync + Unpin>() {}
+        assert_send_sync_unpin::<Limiter>();
+        assert_send_sync_unpin::<JoinHandle<()>>();
+        assert_send_sync_unpin::<JoinHandle<std::cell::Cell<u8>>>();
+        assert_send_sync_unpin::<AbortHandle>();
+        assert_send_sync_unpin::<JoinError>();
+        assert_send_sync_unpin::<WorkerId>();
+        assert_send_sync_unpin::<Metrics>();
+        assert_send_sync_unpin::<Builder>();
+    }
+}

@@ -1,0 +1,327 @@
+//! The manager task and the worker tasks it spawns.
+//!
+//! The manager is the one owner of the free worker IDs and the one place that spawns workers.
+//! It `select!`s over the done channel (worker IDs coming back), control wake-ups (close,
+//! shutdown, `set_limit`) and the work channel (drained in batches into the shared queue), and
+//! after every wake-up starts a worker for each free ID while the queue has work.
+//!
+//! A worker runs its first item, then keeps taking the next queued item itself (worker reuse)
+//! while its ID is below the limit and the limit has room; only when it cannot does it exit,
+//! handing its ID back on the done channel. The manager looks at the queue again on every ID
+//! that comes back, so no item is stranded between "a worker saw the queue empty" and "the
+//! manager queued more".
+
+use std::collections::BTreeSet;
+
+use crate::limiter::Shared;
+use crate::sync::rt::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use crate::sync::rt::task::AbortHandle;
+use crate::sync::{lock, recv_batch, rt, Arc, Ordering};
+use crate::task::{Job, Outcome};
+use crate::WorkerId;
+
+/// Messages drained from a channel per wake-up: as good as any size tried (see DESIGN.md).
+const BATCH: usize = 256;
+
+/// The worker IDs: which are busy, which are free.
+///
+/// IDs are handed out lowest first and only below the limit in force, so they stay dense, and
+/// nothing here is allocated in proportion to the limit: only to the most workers ever alive.
+#[derive(Debug, Default)]
+pub(crate) struct Slots {
+    /// IDs below `high` that no worker holds.
+    free: BTreeSet<u32>,
+    /// Every ID ever handed out is below `high`.
+    high: u32,
+}
+
+impl Slots {
+    /// The lowest free ID below `limit`, without taking it.
+    fn lowest_free(&self, limit: usize) -> Option<WorkerId> {
+        match self.free.first() {
+            Some(&id) if (id as usize) < limit => Some(WorkerId(id)),
+            _ if (self.high as usize) < limit && self.high < u32::MAX => Some(WorkerId(self.high)),
+            _ => None,
+        }
+    }
+
+    fn take(&mut self, id: WorkerId) {
+        if id.0 == self.high {
+            self.high += 1;
+        } else {
+            let was_free = self.free.remove(&id.0);
+            debug_assert!(was_free, "{id} handed out twice");
+        }
+    }
+
+    fn release(&mut self, id: WorkerId) {
+        let was_busy = id.0 < self.high && self.free.insert(id.0);
+        debug_assert!(was_busy, "{id} returned twice");
+    }
+
+    /// Worker tasks alive (each holds one ID).
+    pub(crate) fn busy(&self) -> usize {
+        self.high as usize - self.free.len()
+    }
+
+    /// The IDs held by live workers, lowest first.
+    pub(crate) fn busy_ids(&self) -> Vec<WorkerId> {
+        (0..self.high)
+            .filter(|id| !self.free.contains(id))
+            .map(WorkerId)
+            .collect()
+    }
+}
+
+/// Owned by the manager future. Whenever that future goes, by exiting or by being dropped with
+/// its runtime, this cancels what is still queued and tells `wait`ers the limiter is done. It is
+/// made before the manager is spawned, so it runs even if the manager never gets polled.
+pub(crate) struct ExitGuard {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        let shared = &self.shared;
+        shared.closed.store(true, Ordering::Release);
+        let queued = lock(&shared.queue).take_all();
+        shared.cancel_unstarted(queued);
+        shared.exited.store(true, Ordering::Release);
+        shared.exit_notify.notify_waiters();
+        tracing::debug!(target: "task_limiter", limiter = %shared.name, "manager exited");
+    }
+}
+
+struct Manager {
+    exit: ExitGuard,
+    work_rx: UnboundedReceiver<Job>,
+    done_rx: UnboundedReceiver<WorkerId>,
+    /// Lets `shutdown` abort running workers, indexed by worker ID.
+    workers: Vec<Option<AbortHandle>>,
+    work_open: bool,
+}
+
+pub(crate) async fn run(
+    exit: ExitGuard,
+    work_rx: UnboundedReceiver<Job>,
+    done_rx: UnboundedReceiver<WorkerId>,
+) {
+    let mut manager = Manager {
+        exit,
+        work_rx,
+        done_rx,
+        workers: Vec::new(),
+        work_open: true,
+    };
+    manager.run().await;
+}
+
+impl Manager {
+    async fn run(&mut self) {
+        let shared = self.exit.shared.clone();
+        let mut jobs = Vec::with_capacity(BATCH);
+        let mut ids = Vec::new();
+        loop {
+            rt::select! {
+                // IDs first: they are what lets queued work start.
+                biased;
+                _ = recv_batch(&mut self.done_rx, &mut ids, BATCH) => {
+                    let mut slots = lock(&shared.slots);
+                    for id in ids.drain(..) {
+                        slots.release(id);
+                        self.workers[id.index()] = None;
+                    }
+                }
+                () = shared.control.notified() => self.on_control(&shared),
+                n = recv_batch(&mut self.work_rx, &mut jobs, BATCH), if self.work_open => {
+                    if n == 0 {
+                        // Every `Limiter` is gone (or `close` closed the channel) and the
+                        // channel is drained.
+                        self.work_open = false;
+                    } else {
+                        lock(&shared.queue).extend(jobs.drain(..));
+                    }
+                }
+            }
+            self.dispatch(&shared);
+            if !self.work_open && lock(&shared.slots).busy() == 0 && lock(&shared.queue).is_empty()
+            {
+                return;
+            }
+        }
+    }
+
+    fn on_control(&mut self, shared: &Arc<Shared>) {
+        if shared.closed.load(Ordering::Acquire) {
+            // Items already in the channel still run; sends after this fail and their handles
+            // resolve cancelled at once.
+            self.work_rx.close();
+        }
+        if shared.shutdown.load(Ordering::Acquire) {
+            while let Ok(job) = self.work_rx.try_recv() {
+                shared.cancel_unstarted([job]);
+            }
+            let queued = lock(&shared.queue).take_all();
+            shared.cancel_unstarted(queued);
+            // Aborted workers drop their item (its handle resolves cancelled) and hand their
+            // ID back through their guard; the loop exits once the last one has.
+            for worker in self.workers.iter().flatten() {
+                worker.abort();
+            }
+        }
+    }
+
+    /// Starts a worker for each free ID while the queue has work and the limit has room.
+    fn dispatch(&mut self, shared: &Arc<Shared>) {
+        if shared.shutdown.load(Ordering::Acquire) {
+            return;
+        }
+        loop {
+            let limit = shared.limit();
+            let mut slots = lock(&shared.slots);
+            let Some(id) = slots.lowest_free(limit) else {
+                return;
+            };
+            let job = {
+                let mut queue = lock(&shared.queue);
+                if queue.is_empty() || !shared.try_admit(limit) {
+                    return;
+                }
+                queue.pop().expect("queue checked non-empty under its lock")
+            };
+            slots.take(id);
+            drop(slots);
+
+            let guard = WorkerGuard {
+                shared: shared.clone(),
+                id,
+                admitted: true,
+            };
+            let task = spawn_worker(&shared.name, id, work(guard, job));
+            if self.workers.len() <= id.index() {
+                self.workers.resize(id.index() + 1, None);
+            }
+            self.workers[id.index()] = Some(task);
+            shared.workers_spawned.fetch_add(1, Ordering::Relaxed);
+            tracing::trace!(target: "task_limiter", limiter = %shared.name, worker.id = id.0, "worker spawned");
+        }
+    }
+}
+
+/// Held by a worker task: hands its ID back to the manager on every exit path (its queue ran
+/// dry, its item panicked, it was aborted, its runtime shut down).
+struct WorkerGuard {
+    shared: Arc<Shared>,
+    id: WorkerId,
+    /// The worker counts against `running` (between admission and the end of its item).
+    admitted: bool,
+}
+
+impl WorkerGuard {
+    fn finish_item(&mut self) {
+        debug_assert!(self.admitted);
+        self.admitted = false;
+        self.shared.running.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Takes the next queued item if this worker may run it: the limiter is not shutting down,
+    /// this worker's ID is below the limit in force, and the limit has room.
+    fn next_job(&mut self) -> Option<Job> {
+        let shared = &self.shared;
+        if shared.shutdown.load(Ordering::Acquire) {
+            return None;
+        }
+        let limit = shared.limit();
+        if self.id.index() >= limit {
+            return None;
+        }
+        let mut queue = lock(&shared.queue);
+        if queue.is_empty() || !shared.try_admit(limit) {
+            return None;
+        }
+        self.admitted = true;
+        queue.pop()
+    }
+}
+
+impl Drop for WorkerGuard {
+    fn drop(&mut self) {
+        if self.admitted {
+            self.shared.running.fetch_sub(1, Ordering::AcqRel);
+        }
+        // Fails only when the manager is gone with its runtime: nobody needs the ID then.
+        let _ = self.shared.done_tx.send(self.id);
+    }
+}
+
+async fn work(mut guard: WorkerGuard, mut job: Job) {
+    loop {
+        let shared = &*guard.shared;
+        match job.start(guard.id, &shared.name) {
+            Some(item) => {
+                shared.started.fetch_add(1, Ordering::Relaxed);
+                let counter = match item.await {
+                    Outcome::Completed => &shared.completed,
+                    Outcome::Panicked => &shared.panicked,
+                    Outcome::Cancelled => &shared.cancelled_running,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            // Aborted while queued: its work is already dropped.
+            None => {
+                shared.dropped_unstarted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        guard.finish_item();
+        // A worker that finds ready items in a row must still let other tasks on its thread run.
+        rt::task::consume_budget().await;
+        match guard.next_job() {
+            Some(next) => job = next,
+            None => return,
+        }
+    }
+}
+
+/// Spawns the manager onto `handle`'s runtime, named `{name}.manager` for tokio-console.
+pub(crate) fn spawn_manager<F>(handle: &rt::runtime::Handle, name: &str, future: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    #[cfg(all(tokio_unstable, feature = "console", not(feature = "shuttle")))]
+    {
+        let name = format!("{name}.manager");
+        rt::task::Builder::new()
+            .name(&name)
+            .spawn_on(future, handle)
+            .expect("task_limiter: failed to spawn the manager task");
+    }
+    #[cfg(not(all(tokio_unstable, feature = "console", not(feature = "shuttle"))))]
+    {
+        let _ = name;
+        handle.spawn(future);
+    }
+}
+
+/// Spawns a worker on the manager's runtime, named `{name}.worker-{id}` for tokio-console.
+fn spawn_worker<F>(name: &str, id: WorkerId, future: F) -> AbortHandle
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    #[cfg(all(tokio_unstable, feature = "console", not(feature = "shuttle")))]
+    {
+        let name = format!("{name}.worker-{}", id.0);
+        rt::task::Builder::new()
+            .name(&name)
+            .spawn(future)
+            .expect("task_limiter: failed to spawn a worker task")
+            .abort_handle()
+    }
+    #[cfg(not(all(tokio_unstable, feature = "console", not(feature = "shuttle"))))]
+    {
+        let _ = (name, id);
+        rt::spawn(future).abort_handle()
+    }
+}
+
+// Keeps the sender type nameable for `Shared`.
+pub(crate) type DoneTx = UnboundedSender<WorkerId>;

@@ -1,0 +1,48 @@
+/// A snapshot of a limiter's counters, taken by [`Limiter::metrics`](crate::Limiter::metrics).
+///
+/// The counters are read one by one while work goes on, so a snapshot taken under load may be
+/// off by the items that moved between two reads; once the limiter is drained,
+/// `submitted == completed + panicked + cancelled`.
+///
+/// # Examples
+///
+/// ```
+/// use task_limiter::Limiter;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let limiter = Limiter::new(2);
+/// for i in 0..10 {
+///     limiter.spawn(async move { i });
+/// }
+/// limiter.close();
+/// limiter.wait().await;
+/// let m = limiter.metrics();
+/// assert_eq!((m.submitted, m.completed, m.queued, m.running), (10, 10, 0, 0));
+/// assert!(m.max_running <= 2);
+/// # }
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Metrics {
+    /// The limit in force.
+    pub limit: usize,
+    /// Items waiting in the queue. An item aborted while queued has its work dropped at once,
+    /// but stays in this count (and out of `cancelled`) until the queue next passes its slot.
+    pub queued: usize,
+    /// Items running now.
+    pub running: usize,
+    /// Items ever submitted (including those refused because the limiter was closed).
+    pub submitted: u64,
+    /// Items that ran to completion and produced a value.
+    pub completed: u64,
+    /// Items that panicked.
+    pub panicked: u64,
+    /// Items cancelled: aborted, dropped by `shutdown` or with the runtime, or refused because
+    /// the limiter was closed.
+    pub cancelled: u64,
+    /// The most items ever running at once.
+    pub max_running: usize,
+    /// Worker tasks spawned so far. With worker reuse this grows far slower than `submitted`.
+    pub workers_spawned: u64,
+}

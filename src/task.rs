@@ -1,0 +1,416 @@
+//! The cell behind each item: one allocation holds the queued work, then the running state, then
+//! the result, plus the waker of its `JoinHandle`.
+//!
+//! The queue (as a [`Job`]) and the handle each hold a pointer to the cell. Cancelling a queued
+//! item takes its work out of the cell and drops it at once; the queue entry left behind is a
+//! pointer that the next worker to reach it skips.
+
+use std::future::Future;
+use std::mem;
+use std::panic::{self, AssertUnwindSafe};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use futures_util::FutureExt;
+use pin_project_lite::pin_project;
+use tracing::Span;
+
+use crate::sync::{lock, Arc, Mutex};
+use crate::{JoinError, WorkerId};
+
+/// A started item, ready for its worker to poll.
+pub(crate) type Run = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+/// How a started item ended, for the limiter's counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Completed,
+    Panicked,
+    Cancelled,
+}
+
+/// A submitted item as the work channel and the queue hold it.
+///
+/// Dropping a `Job` that never started cancels its item, so every path that loses a queued item
+/// (shutdown, the runtime dropping the manager, a closed channel) resolves its handle.
+pub(crate) struct Job(Option<Arc<dyn RawTask>>);
+
+impl Job {
+    /// Allocates the cell for one item; returns the queue's and the handle's pointers to it.
+    pub(crate) fn new<S, Fut>(starter: S) -> (Job, Arc<Cell<S, Fut::Output>>)
+    where
+        S: FnOnce(WorkerId) -> Fut + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: Send + 'static,
+    {
+        let trace = tracing::enabled!(target: "task_limiter", tracing::Level::DEBUG).then(|| {
+            Box::new(Trace {
+                parent: Span::current(),
+                queued_at: Instant::now(),
+            })
+        });
+        let cell = Arc::new(Cell {
+            state: Mutex::new(State {
+                stage: Stage::Queued(starter, trace),
+                join_waker: None,
+                detached: false,
+            }),
+        });
+        (Job(Some(cell.clone())), cell)
+    }
+
+    /// Moves the item to running on `worker`, or returns `None` if it was cancelled while queued.
+    pub(crate) fn start(mut self, worker: WorkerId, limiter: &str) -> Option<Run> {
+        self.0.take().and_then(|raw| raw.start(worker, limiter))
+    }
+
+    /// Cancels the item if it has not started; returns true if this call cancelled it.
+    pub(crate) fn cancel(mut self) -> bool {
+        self.0.take().is_some_and(|raw| raw.cancel_queued())
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if let Some(raw) = self.0.take() {
+            raw.cancel_queued();
+        }
+    }
+}
+
+/// The type-erased face of a cell that the queue and the workers see.
+trait RawTask: Send + Sync {
+    fn start(self: Arc<Self>, worker: WorkerId, limiter: &str) -> Option<Run>;
+    fn cancel_queued(&self) -> bool;
+}
+
+/// The face of a cell that a [`JoinHandle`](crate::JoinHandle) sees.
+pub(crate) trait Join<T>: Abort {
+    fn poll_join(&self, cx: &mut Context<'_>) -> Poll<Result<T, JoinError>>;
+    /// The handle is gone: drop the waker, and the output when there is one.
+    fn detach(&self);
+    fn into_abort(self: Arc<Self>) -> Arc<dyn Abort>;
+}
+
+/// The face of a cell that an [`AbortHandle`](crate::AbortHandle) sees.
+pub(crate) trait Abort: Send + Sync {
+    fn abort(&self);
+    fn is_finished(&self) -> bool;
+}
+
+/// The caller's span and the submission time, kept only while a subscriber listens.
+struct Trace {
+    parent: Span,
+    queued_at: Instant,
+}
+
+pub(crate) struct Cell<S, T> {
+    state: Mutex<State<S, T>>,
+}
+
+struct State<S, T> {
+    stage: Stage<S, T>,
+    join_waker: Option<Waker>,
+    /// The `JoinHandle` was dropped: nobody will take the output.
+    detached: bool,
+}
+
+enum Stage<S, T> {
+    Queued(S, Option<Box<Trace>>),
+    Running {
+        /// The worker's waker, so that `abort` can wake the worker.
+        waker: Option<Waker>,
+        abort: bool,
+    },
+    Finished(Result<T, JoinError>),
+    /// The output was taken by the handle, or dropped because the handle was gone.
+    Consumed,
+}
+
+/// Runs `f` and swallows a panic from it: used for dropping user values (work, outputs, panic
+/// payloads) on the limiter's own tasks, which a user destructor must not bring down.
+fn drop_quietly(f: impl FnOnce()) {
+    let _ = panic::catch_unwind(AssertUnwindSafe(f));
+}
+
+impl<S, T> Cell<S, T> {
+    /// Resolves a queued item as cancelled and drops its work now, not when the queue reaches
+    /// its slot. Returns false if it had already started or ended.
+    fn cancel_if_queued(&self) -> bool {
+        let mut state = lock(&self.state);
+        if !matches!(state.stage, Stage::Queued(..)) {
+            return false;
+        }
+        let resolved = match state.detached {
+            true => Stage::Consumed,
+            false => Stage::Finished(Err(JoinError::cancelled(None))),
+        };
+        let queued = mem::replace(&mut state.stage, resolved);
+        let waker = state.join_waker.take();
+        drop(state);
+        // The work goes now, not when the queue reaches its slot.
+        drop_quietly(|| drop(queued));
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        true
+    }
+    /// Stores the item's result, wakes its handle, and tells the worker how it ended.
+    fn finish(&self, result: Result<T, JoinError>) -> Outcome {
+        let outcome = match &result {
+            Ok(_) => Outcome::Completed,
+            Err(err) if err.is_panic() => Outcome::Panicked,
+            Err(_) => Outcome::Cancelled,
+        };
+        let mut state = lock(&self.state);
+        debug_assert!(matches!(state.stage, Stage::Running { .. }));
+        if state.detached {
+            state.stage = Stage::Consumed;
+            drop(state);
+            drop_quietly(|| drop(result));
+        } else {
+            state.stage = Stage::Finished(result);
+            let waker = state.join_waker.take();
+            drop(state);
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }
+        outcome
+    }
+
+    /// Returns true (and drops the worker's future) if the item has been aborted; otherwise
+    /// stores the worker's waker so that `abort` can reach it.
+    fn poll_abort(&self, cx: &mut Context<'_>) -> bool {
+        let mut state = lock(&self.state);
+        match &mut state.stage {
+            Stage::Running { abort: true, .. } => true,
+            Stage::Running { waker, .. } => {
+                if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *waker = Some(cx.waker().clone());
+                }
+                false
+            }
+            _ => unreachable!("a running item's cell is always in the running stage"),
+        }
+    }
+}
+
+impl<S, T> Abort for Cell<S, T>
+where
+    S: Send,
+    T: Send,
+{
+    fn abort(&self) {
+        let mut state = lock(&self.state);
+        match &mut state.stage {
+            Stage::Queued(..) => {
+                drop(state);
+                self.cancel_if_queued();
+            }
+            Stage::Running { abort, waker } => {
+                *abort = true;
+                let waker = waker.take();
+                drop(state);
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+            }
+            Stage::Finished(_) | Stage::Consumed => {}
+        }
+    }
+
+    fn is_finished(&self) -> bool {
+        matches!(
+            lock(&self.state).stage,
+            Stage::Finished(_) | Stage::Consumed
+        )
+    }
+}
+
+impl<S, T> Join<T> for Cell<S, T>
+where
+    S: Send + 'static,
+    T: Send + 'static,
+{
+    fn poll_join(&self, cx: &mut Context<'_>) -> Poll<Result<T, JoinError>> {
+        let mut state = lock(&self.state);
+        match mem::replace(&mut state.stage, Stage::Consumed) {
+            Stage::Finished(result) => Poll::Ready(result),
+            Stage::Consumed => {
+                drop(state);
+                panic!("`JoinHandle` polled after completion");
+            }
+            pending => {
+                state.stage = pending;
+                if !state
+                    .join_waker
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+                {
+                    state.join_waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn detach(&self) {
+        let mut state = lock(&self.state);
+        state.detached = true;
+        let waker = state.join_waker.take();
+        let output = match state.stage {
+            Stage::Finished(_) => Some(mem::replace(&mut state.stage, Stage::Consumed)),
+            _ => None,
+        };
+        drop(state);
+        drop(waker);
+        if let Some(output) = output {
+            drop_quietly(|| drop(output));
+        }
+    }
+
+    fn into_abort(self: Arc<Self>) -> Arc<dyn Abort> {
+        self
+    }
+}
+
+impl<S, Fut> RawTask for Cell<S, Fut::Output>
+where
+    S: FnOnce(WorkerId) -> Fut + Send + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
+    fn start(self: Arc<Self>, worker: WorkerId, limiter: &str) -> Option<Run> {
+        let mut state = lock(&self.state);
+        if !matches!(state.stage, Stage::Queued(..)) {
+            return None;
+        }
+        let running = Stage::Running {
+            waker: None,
+            abort: false,
+        };
+        let Stage::Queued(starter, trace) = mem::replace(&mut state.stage, running) else {
+            unreachable!()
+        };
+        drop(state);
+
+        let span = match &trace {
+            Some(trace) => tracing::debug_span!(
+                target: "task_limiter",
+                parent: &trace.parent,
+                "task_limiter.item",
+                limiter = limiter,
+                worker.id = worker.0,
+            ),
+            None => Span::none(),
+        };
+        let queued_at = trace.map(|trace| trace.queued_at);
+        Some(Box::pin(tracing::Instrument::instrument(
+            run(self, worker, starter, queued_at),
+            span,
+        )))
+    }
+
+    fn cancel_queued(&self) -> bool {
+        self.cancel_if_queued()
+    }
+}
+
+/// The body of a started item: build the future from the starter, poll it under abort and panic
+/// protection, then store the result.
+async fn run<S, Fut>(
+    cell: Arc<Cell<S, Fut::Output>>,
+    worker: WorkerId,
+    starter: S,
+    queued_at: Option<Instant>,
+) -> Outcome
+where
+    S: FnOnce(WorkerId) -> Fut + Send + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
+    let started_at = queued_at.map(|queued_at| {
+        tracing::trace!(target: "task_limiter", waited_us = queued_at.elapsed().as_micros() as u64, "item started");
+        Instant::now()
+    });
+
+    // Resolves the handle as cancelled if the worker is dropped mid-item (the limiter's
+    // shutdown aborting it, or the runtime shutting down).
+    let mut unfinished = Unfinished {
+        cell: &*cell,
+        worker,
+        armed: true,
+    };
+    let work = AssertUnwindSafe(async move { starter(worker).await }).catch_unwind();
+    let result = Abortable {
+        cell: &*cell,
+        work: Some(work),
+    }
+    .await;
+    unfinished.disarm();
+
+    let result = match result {
+        Some(Ok(value)) => Ok(value),
+        Some(Err(payload)) => Err(JoinError::panic(worker, payload)),
+        None => Err(JoinError::cancelled(Some(worker))),
+    };
+    let outcome = cell.finish(result);
+    if let Some(started_at) = started_at {
+        let ran_us = started_at.elapsed().as_micros() as u64;
+        match outcome {
+            Outcome::Completed => tracing::trace!(target: "task_limiter", ran_us, "item finished"),
+            Outcome::Panicked => tracing::debug!(target: "task_limiter", ran_us, "item panicked"),
+            Outcome::Cancelled => tracing::debug!(target: "task_limiter", ran_us, "item cancelled"),
+        }
+    }
+    outcome
+}
+
+struct Unfinished<'a, S, T> {
+    cell: &'a Cell<S, T>,
+    worker: WorkerId,
+    armed: bool,
+}
+
+impl<S, T> Unfinished<'_, S, T> {
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl<S, T> Drop for Unfinished<'_, S, T> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.cell
+                .finish(Err(JoinError::cancelled(Some(self.worker))));
+        }
+    }
+}
+
+pin_project! {
+    /// Polls the item's work until it is done or its handle aborts it.
+    struct Abortable<'a, S, T, F> {
+        cell: &'a Cell<S, T>,
+        #[pin]
+        work: Option<F>,
+    }
+}
+
+impl<S, T, F: Future> Future for Abortable<'_, S, T, F> {
+    /// `None` when aborted.
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if this.cell.poll_abort(cx) {
+            drop_quietly(|| this.work.set(None));
+            return Poll::Ready(None);
+        }
+        match this.work.as_pin_mut() {
+            Some(work) => work.poll(cx).map(Some),
+            None => Poll::Ready(None),
+        }
+    }
+}
