@@ -195,7 +195,7 @@ impl Manager {
             let guard = WorkerGuard {
                 shared: shared.clone(),
                 id,
-                admitted: true,
+                item: Held::Admitted,
             };
             let task = spawn_worker(&shared.name, id, work(guard, job));
             if self.workers.len() <= id.index() {
@@ -209,18 +209,29 @@ impl Manager {
 }
 
 /// Held by a worker task: hands its ID back to the manager on every exit path (its queue ran
-/// dry, its item panicked, it was aborted, its runtime shut down).
+/// dry, its item panicked, it was aborted, its runtime shut down), and settles the counters of
+/// the item it held if it was dropped mid-item.
 struct WorkerGuard {
     shared: Arc<Shared>,
     id: WorkerId,
-    /// The worker counts against `running` (between admission and the end of its item).
-    admitted: bool,
+    item: Held,
+}
+
+/// What a worker holds, for its counters.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Held {
+    /// Between items: not counted in `running`.
+    Nothing,
+    /// Admitted (counted in `running`), not yet started.
+    Admitted,
+    /// Started: counted in `running` and `started`.
+    Started,
 }
 
 impl WorkerGuard {
-    fn finish_item(&mut self) {
-        debug_assert!(self.admitted);
-        self.admitted = false;
+    fn end_item(&mut self) {
+        debug_assert!(self.item != Held::Nothing);
+        self.item = Held::Nothing;
         self.shared.running.fetch_sub(1, Ordering::AcqRel);
     }
 
@@ -239,27 +250,39 @@ impl WorkerGuard {
         if queue.is_empty() || !shared.try_admit(limit) {
             return None;
         }
-        self.admitted = true;
+        self.item = Held::Admitted;
         queue.pop()
     }
 }
 
 impl Drop for WorkerGuard {
     fn drop(&mut self) {
-        if self.admitted {
-            self.shared.running.fetch_sub(1, Ordering::AcqRel);
+        let shared = &self.shared;
+        match self.item {
+            Held::Nothing => {}
+            // The worker was dropped (shutdown, runtime shutdown) while it held an item: the
+            // item's own guards resolved its handle as cancelled.
+            Held::Admitted => {
+                shared.dropped_unstarted.fetch_add(1, Ordering::Relaxed);
+                shared.running.fetch_sub(1, Ordering::AcqRel);
+            }
+            Held::Started => {
+                shared.cancelled_running.fetch_add(1, Ordering::Relaxed);
+                shared.running.fetch_sub(1, Ordering::AcqRel);
+            }
         }
         // Fails only when the manager is gone with its runtime: nobody needs the ID then.
-        let _ = self.shared.done_tx.send(self.id);
+        let _ = shared.done_tx.send(self.id);
     }
 }
 
 async fn work(mut guard: WorkerGuard, mut job: Job) {
     loop {
-        let shared = &*guard.shared;
-        match job.start(guard.id, &shared.name) {
+        match job.start(guard.id, &guard.shared.name) {
             Some(item) => {
-                shared.started.fetch_add(1, Ordering::Relaxed);
+                guard.item = Held::Started;
+                guard.shared.started.fetch_add(1, Ordering::Relaxed);
+                let shared = &*guard.shared;
                 let counter = match item.await {
                     Outcome::Completed => &shared.completed,
                     Outcome::Panicked => &shared.panicked,
@@ -269,10 +292,13 @@ async fn work(mut guard: WorkerGuard, mut job: Job) {
             }
             // Aborted while queued: its work is already dropped.
             None => {
-                shared.dropped_unstarted.fetch_add(1, Ordering::Relaxed);
+                guard
+                    .shared
+                    .dropped_unstarted
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
-        guard.finish_item();
+        guard.end_item();
         // A worker that finds ready items in a row must still let other tasks on its thread run.
         rt::task::consume_budget().await;
         match guard.next_job() {

@@ -1,0 +1,446 @@
+//! The limiter's contract: limits, worker IDs, queue order, resizing, closing and shutdown.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use support::{alive_tasks, settle, settle_alive, Concurrency, Gate};
+use task_limiter::{Limiter, QueueOrder};
+
+#[tokio::test]
+async fn runs_every_item_and_returns_its_value() {
+    let limiter = Limiter::new(3);
+    let handles: Vec<_> = (0..100u64)
+        .map(|i| limiter.spawn(async move { i * i }))
+        .collect();
+    let mut got = Vec::new();
+    for handle in handles {
+        got.push(handle.await.unwrap());
+    }
+    assert_eq!(got, (0..100u64).map(|i| i * i).collect::<Vec<_>>());
+}
+
+async fn start_order(order: QueueOrder) -> Vec<usize> {
+    let limiter = Limiter::builder().limit(1).queue_order(order).build();
+    let gate = Gate::new();
+    let blocker = limiter.spawn({
+        let gate = gate.clone();
+        async move { gate.wait().await }
+    });
+    settle().await;
+    assert_eq!(limiter.metrics().running, 1);
+
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let handles: Vec<_> = (0..6)
+        .map(|i| {
+            let log = log.clone();
+            limiter.spawn(async move { log.lock().unwrap().push(i) })
+        })
+        .collect();
+    settle().await;
+    assert!(
+        log.lock().unwrap().is_empty(),
+        "nothing starts while the only slot is held"
+    );
+    gate.open(1);
+    blocker.await.unwrap();
+    for handle in handles {
+        handle.await.unwrap();
+    }
+    let log = log.lock().unwrap().clone();
+    log
+}
+
+#[tokio::test]
+async fn fifo_starts_items_in_submission_order() {
+    assert_eq!(start_order(QueueOrder::Fifo).await, vec![0, 1, 2, 3, 4, 5]);
+}
+
+#[tokio::test]
+async fn lifo_starts_the_newest_item_first() {
+    assert_eq!(start_order(QueueOrder::Lifo).await, vec![5, 4, 3, 2, 1, 0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn worker_ids_are_unique_among_running_items_and_below_the_limit() {
+    const LIMIT: usize = 4;
+    let limiter = Limiter::new(LIMIT);
+    let held = Arc::new(Mutex::new(HashSet::new()));
+    let running = Concurrency::default();
+    let handles: Vec<_> = (0..200u64)
+        .map(|i| {
+            let held = held.clone();
+            let running = running.clone();
+            limiter.spawn_with(move |id| async move {
+                let _running = running.enter();
+                assert!(id.index() < LIMIT, "{id} is not below the limit");
+                assert!(held.lock().unwrap().insert(id), "{id} held twice");
+                tokio::time::sleep(std::time::Duration::from_millis(i % 7)).await;
+                assert!(held.lock().unwrap().remove(&id));
+                id
+            })
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    for handle in handles {
+        seen.insert(handle.await.unwrap());
+    }
+    assert_eq!(seen.len(), LIMIT, "every slot was used");
+    assert_eq!(running.max(), LIMIT);
+    assert_eq!(limiter.metrics().max_running, LIMIT);
+}
+
+#[tokio::test]
+async fn live_tasks_never_exceed_limit_plus_manager() {
+    const LIMIT: usize = 8;
+    let baseline = alive_tasks();
+    let limiter = Limiter::new(LIMIT);
+    let handles: Vec<_> = (0..5_000)
+        .map(|i| {
+            limiter.spawn(async move {
+                if i % 3 == 0 {
+                    tokio::task::yield_now().await;
+                }
+                i
+            })
+        })
+        .collect();
+    let mut max_alive = 0;
+    for handle in handles {
+        max_alive = max_alive.max(alive_tasks() - baseline);
+        handle.await.unwrap();
+    }
+    // The manager, at most LIMIT workers, and one worker that has handed its ID back and is
+    // about to exit.
+    assert!(max_alive <= LIMIT + 2, "{max_alive} tasks alive");
+    assert!(
+        limiter.metrics().workers_spawned < 5_000,
+        "workers are reused"
+    );
+}
+
+#[tokio::test]
+async fn set_limit_up_starts_queued_work_at_once() {
+    let limiter = Limiter::new(1);
+    let gate = Gate::new();
+    let running = Concurrency::default();
+    let handles: Vec<_> = (0..5)
+        .map(|_| {
+            let gate = gate.clone();
+            let running = running.clone();
+            limiter.spawn(async move {
+                let _running = running.enter();
+                gate.wait().await;
+            })
+        })
+        .collect();
+    settle().await;
+    assert_eq!(running.now(), 1);
+    limiter.set_limit(4);
+    assert_eq!(limiter.limit(), 4);
+    settle().await;
+    assert_eq!(running.now(), 4, "growing the limit started queued items");
+    assert_eq!(limiter.metrics().queued, 1);
+    gate.open(5);
+    for handle in handles {
+        handle.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn set_limit_down_lets_running_items_finish_then_holds_the_new_limit() {
+    let limiter = Limiter::new(4);
+    let gate = Gate::new();
+    let running = Concurrency::default();
+    let blockers: Vec<_> = (0..4)
+        .map(|_| {
+            let gate = gate.clone();
+            let running = running.clone();
+            limiter.spawn(async move {
+                let _running = running.enter();
+                gate.wait().await;
+            })
+        })
+        .collect();
+    settle().await;
+    assert_eq!(running.now(), 4);
+
+    limiter.set_limit(1);
+    let after = Concurrency::default();
+    let ids = Arc::new(Mutex::new(HashSet::new()));
+    let rest: Vec<_> = (0..20)
+        .map(|_| {
+            let after = after.clone();
+            let running = running.clone();
+            let ids = ids.clone();
+            limiter.spawn_with(move |id| async move {
+                let _after = after.enter();
+                // Started only once the blockers are gone and no other item runs.
+                assert_eq!(running.now(), 0);
+                ids.lock().unwrap().insert(id.index());
+                tokio::task::yield_now().await;
+            })
+        })
+        .collect();
+    settle().await;
+    assert_eq!(running.now(), 4, "running items are not interrupted");
+    assert_eq!(after.max(), 0, "nothing starts while the limit is exceeded");
+    gate.open(4);
+    for handle in blockers.into_iter().chain(rest) {
+        handle.await.unwrap();
+    }
+    assert_eq!(after.max(), 1);
+    assert_eq!(*ids.lock().unwrap(), HashSet::from([0]));
+}
+
+#[tokio::test]
+async fn set_limit_under_load_keeps_every_item_within_the_limit_in_force() {
+    let limiter = Limiter::new(2);
+    let running = Concurrency::default();
+    let limits = [5, 1, 8, 3, 1, 6];
+    let mut handles = Vec::new();
+    for (round, limit) in limits.into_iter().enumerate() {
+        for i in 0..200 {
+            let running = running.clone();
+            let current = limiter.clone();
+            handles.push(limiter.spawn(async move {
+                let _running = running.enter();
+                // The limit may only have grown since this item started.
+                assert!(running.now() <= current.limit().max(8));
+                if i % 2 == 0 {
+                    tokio::task::yield_now().await;
+                }
+                round
+            }));
+        }
+        tokio::task::yield_now().await;
+        limiter.set_limit(limit);
+    }
+    for handle in handles {
+        handle.await.unwrap();
+    }
+    assert!(limiter.metrics().max_running <= 8);
+    assert_eq!(limiter.metrics().completed, 1200);
+}
+
+#[tokio::test]
+async fn enormous_limit_allocates_nothing_up_front() {
+    let limiter = Limiter::new(1 << 20);
+    let handles: Vec<_> = (0..100).map(|i| limiter.spawn(async move { i })).collect();
+    for (i, handle) in handles.into_iter().enumerate() {
+        assert_eq!(handle.await.unwrap(), i);
+    }
+    limiter.set_limit(usize::MAX);
+    assert_eq!(limiter.spawn(async { 1 }).await.unwrap(), 1);
+    assert!(limiter.metrics().workers_spawned <= 101);
+}
+
+#[tokio::test]
+async fn work_can_submit_more_work_to_its_own_limiter() {
+    let limiter = Limiter::new(2);
+    let total = Arc::new(AtomicUsize::new(0));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+
+    fn tree(
+        limiter: Limiter,
+        depth: u32,
+        total: Arc<AtomicUsize>,
+        tx: tokio::sync::mpsc::UnboundedSender<task_limiter::JoinHandle<()>>,
+    ) {
+        let child_limiter = limiter.clone();
+        let handle = limiter.spawn(async move {
+            total.fetch_add(1, Ordering::SeqCst);
+            if depth > 0 {
+                for _ in 0..3 {
+                    tree(child_limiter.clone(), depth - 1, total.clone(), tx.clone());
+                }
+            }
+        });
+        // Submitting never blocks, even from inside an item holding one of the two slots.
+        let _ = handle;
+    }
+    tree(limiter.clone(), 4, total.clone(), tx.clone());
+    drop(tx);
+    while let Some(handle) = rx.recv().await {
+        handle.await.unwrap();
+    }
+    limiter.close();
+    limiter.wait().await;
+    // 1 + 3 + 9 + 27 + 81 items.
+    assert_eq!(total.load(Ordering::SeqCst), 121);
+    assert_eq!(limiter.metrics().completed, 121);
+}
+
+#[tokio::test]
+async fn close_lets_submitted_work_finish_and_refuses_new_work() {
+    let limiter = Limiter::new(2);
+    let before: Vec<_> = (0..10).map(|i| limiter.spawn(async move { i })).collect();
+    assert!(limiter.close());
+    assert!(!limiter.close());
+    assert!(limiter.is_closed());
+    let after = limiter.spawn(async { 99 });
+    assert!(after.await.unwrap_err().is_cancelled());
+    for (i, handle) in before.into_iter().enumerate() {
+        assert_eq!(handle.await.unwrap(), i);
+    }
+    limiter.wait().await;
+    let m = limiter.metrics();
+    assert_eq!((m.submitted, m.completed, m.cancelled), (11, 10, 1));
+}
+
+#[tokio::test]
+async fn wait_resolves_only_once_closed_and_drained() {
+    let limiter = Limiter::new(1);
+    let gate = Gate::new();
+    let item = limiter.spawn({
+        let gate = gate.clone();
+        async move { gate.wait().await }
+    });
+    let mut wait = tokio_test::task::spawn(limiter.wait());
+    settle().await;
+    tokio_test::assert_pending!(wait.poll());
+    limiter.close();
+    settle().await;
+    tokio_test::assert_pending!(wait.poll(), "an item is still running");
+    gate.open(1);
+    item.await.unwrap();
+    settle().await;
+    assert!(wait.is_woken());
+    tokio_test::assert_ready!(wait.poll());
+    assert!(limiter.is_empty());
+    assert!(limiter.busy_workers().is_empty());
+}
+
+#[tokio::test]
+async fn dropping_every_limiter_runs_queued_work_then_the_manager_exits() {
+    let baseline = alive_tasks();
+    let limiter = Limiter::new(2);
+    let clone = limiter.clone();
+    let done = Arc::new(AtomicUsize::new(0));
+    let handles: Vec<_> = (0..50)
+        .map(|_| {
+            let done = done.clone();
+            clone.spawn(async move {
+                tokio::task::yield_now().await;
+                done.fetch_add(1, Ordering::SeqCst);
+            })
+        })
+        .collect();
+    drop(limiter);
+    drop(clone);
+    for handle in handles {
+        handle.await.unwrap();
+    }
+    assert_eq!(done.load(Ordering::SeqCst), 50);
+    assert_eq!(
+        settle_alive(baseline).await,
+        baseline,
+        "manager and workers are gone"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_cancels_queued_and_running_items() {
+    let baseline = alive_tasks();
+    let limiter = Limiter::new(2);
+    let gate = Gate::new();
+    let running: Vec<_> = (0..2)
+        .map(|_| {
+            let gate = gate.clone();
+            limiter.spawn(async move { gate.wait().await })
+        })
+        .collect();
+    let queued: Vec<_> = (0..5).map(|i| limiter.spawn(async move { i })).collect();
+    settle().await;
+    assert_eq!(limiter.metrics().running, 2);
+
+    limiter.shutdown().await;
+    assert!(limiter.is_closed());
+    for handle in running {
+        let err = handle.await.unwrap_err();
+        assert!(err.is_cancelled());
+        assert!(err.worker_id().is_some(), "running items had a worker");
+    }
+    for handle in queued {
+        let err = handle.await.unwrap_err();
+        assert!(err.is_cancelled());
+        assert_eq!(err.worker_id(), None, "queued items never started");
+    }
+    assert!(limiter.spawn(async {}).await.unwrap_err().is_cancelled());
+    // Twice, and concurrently, is fine.
+    tokio::join!(limiter.shutdown(), limiter.shutdown());
+    let m = limiter.metrics();
+    assert_eq!((m.submitted, m.completed, m.cancelled), (8, 0, 8));
+    assert_eq!((m.queued, m.running), (0, 0));
+    assert_eq!(settle_alive(baseline).await, baseline);
+}
+
+#[test]
+fn dropping_the_runtime_resolves_every_handle() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let limiter = Limiter::builder().limit(1).build_on(runtime.handle());
+    let running = limiter.spawn(std::future::pending::<()>());
+    let queued: Vec<_> = (0..3).map(|i| limiter.spawn(async move { i })).collect();
+    runtime.block_on(support::settle());
+    assert_eq!(limiter.metrics().running, 1);
+    drop(runtime);
+
+    // Awaited elsewhere, with no runtime at all: none hangs.
+    futures::executor::block_on(async {
+        assert!(running.await.unwrap_err().is_cancelled());
+        for handle in queued {
+            assert!(handle.await.unwrap_err().is_cancelled());
+        }
+        limiter.wait().await;
+    });
+    assert!(limiter.is_closed());
+    assert!(limiter.spawn(async {}).is_finished(), "refused at once");
+}
+
+#[test]
+fn built_on_a_handle_from_outside_the_runtime() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let limiter = Limiter::builder()
+        .limit(2)
+        .name("outside")
+        .build_on(runtime.handle());
+    let handles: Vec<_> = (0..100).map(|i| limiter.spawn(async move { i })).collect();
+    let sum: i32 = runtime.block_on(async {
+        let mut sum = 0;
+        for handle in handles {
+            sum += handle.await.unwrap();
+        }
+        sum
+    });
+    assert_eq!(sum, 4950);
+    assert_eq!(format!("{limiter:?}").contains("outside"), true);
+}
+
+#[test]
+#[should_panic(expected = "the limit must be at least 1")]
+fn limit_zero_panics() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let _guard = runtime.enter();
+    let _ = Limiter::new(0);
+}
+
+#[tokio::test]
+#[should_panic(expected = "the limit must be at least 1")]
+async fn set_limit_zero_panics() {
+    Limiter::new(1).set_limit(0);
+}
+
+#[test]
+#[should_panic(expected = "must be built inside a tokio runtime")]
+fn new_outside_a_runtime_panics() {
+    let _ = Limiter::new(1);
+}

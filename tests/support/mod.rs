@@ -1,0 +1,98 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+/// Lets the manager and the workers of a current-thread runtime run until they are idle.
+pub async fn settle() {
+    for _ in 0..200 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Items wait on a gate until the test opens it.
+#[derive(Clone, Debug)]
+pub struct Gate(Arc<Semaphore>);
+
+impl Gate {
+    pub fn new() -> Gate {
+        Gate(Arc::new(Semaphore::new(0)))
+    }
+
+    pub async fn wait(&self) {
+        self.0.acquire().await.unwrap().forget();
+    }
+
+    /// Lets `n` waiters through.
+    pub fn open(&self, n: usize) {
+        self.0.add_permits(n);
+    }
+}
+
+/// Counts items running at once and remembers the most seen.
+#[derive(Clone, Debug, Default)]
+pub struct Concurrency {
+    now: Arc<AtomicUsize>,
+    max: Arc<AtomicUsize>,
+}
+
+impl Concurrency {
+    pub fn enter(&self) -> ConcurrencyGuard {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max.fetch_max(now, Ordering::SeqCst);
+        ConcurrencyGuard(self.now.clone())
+    }
+
+    pub fn now(&self) -> usize {
+        self.now.load(Ordering::SeqCst)
+    }
+
+    pub fn max(&self) -> usize {
+        self.max.load(Ordering::SeqCst)
+    }
+}
+
+pub struct ConcurrencyGuard(Arc<AtomicUsize>);
+
+impl Drop for ConcurrencyGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Sets a flag when dropped: shows when the limiter lets go of a closure or future.
+#[derive(Debug)]
+pub struct DropFlag(pub Arc<AtomicBool>);
+
+impl DropFlag {
+    pub fn new() -> (DropFlag, Arc<AtomicBool>) {
+        let flag = Arc::new(AtomicBool::new(false));
+        (DropFlag(flag.clone()), flag)
+    }
+}
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+pub fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
+/// Waits (yielding) until the runtime's live tasks fall back to `baseline`; returns the count.
+pub async fn settle_alive(baseline: usize) -> usize {
+    for _ in 0..10_000 {
+        if alive_tasks() <= baseline {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    alive_tasks()
+}
