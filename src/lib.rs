@@ -95,6 +95,11 @@ pub use limiter::Limiter;
 pub use metrics::Metrics;
 pub use worker_id::WorkerId;
 
+/// README's examples run as doctests, so they cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 #[cfg(test)]
 mod tests {
     use super::*;
