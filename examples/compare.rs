@@ -1,0 +1,998 @@
+//! Compares task-limiter with the usual ways to limit concurrency on tokio, side by side.
+//!
+//! Run it with `cargo run --release --example compare -- [--quick] [--items M] [--runs R]
+//! [--limits 2,8,64,1024] [--jobs ret,yield] [--runtimes mt,ct] [--patterns ...] [--no-sample]`.
+//!
+//! Every measurement runs in a fresh child process (this binary re-executed with a hidden
+//! `--child pattern,N,job,runtime,mode` argument), so peak RSS (`VmHWM` minus the RSS read when
+//! the child starts) belongs to that one measurement. Runs are interleaved A B C … A B C so that
+//! a slow phase of the machine hits every pattern alike; the tables report medians.
+//!
+//! Patterns (`--patterns`, comma-separated; append `@task` to any of them to submit from inside a
+//! spawned task instead of `Runtime::block_on`):
+//! - `limiter`: task-limiter, `spawn` per item, every `JoinHandle` kept in a `Vec` and awaited;
+//! - `semaphore`: `tokio::spawn` per item, an `Arc<Semaphore>` permit acquired inside the task;
+//! - `acquire`: `acquire_owned` in the submitter, then `tokio::spawn` with the permit;
+//! - `joinset`: `JoinSet`, `join_next` whenever `len() == N`;
+//! - `buffered`: `futures` `buffer_unordered(N)` (one task: a ceiling, not a peer);
+//! - `unlimited`: `tokio::spawn` per item with no limit.
+//!
+//! Job kinds: `ret` returns its index; `yield` calls `tokio::task::yield_now().await` once, then
+//! returns its index. Runtimes: `mt` (multi-thread, 2 workers) and `ct` (current-thread).
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use task_limiter::Limiter;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+const ALL_PATTERNS: &[&str] = &[
+    "limiter",
+    "semaphore",
+    "acquire",
+    "joinset",
+    "buffered",
+    "unlimited",
+];
+/// The default set: every pattern submitting from `block_on`, plus task-limiter and `JoinSet`
+/// submitting from a spawned task. A submitter that waits (`JoinSet`, `acquire_owned`) is much
+/// slower in `block_on` on the multi-thread runtime, where every wait parks and unparks a thread
+/// that is not a worker; `joinset@task` is that pattern as fast as it gets. (`semaphore@task`
+/// and `acquire@task` measured slower than their `block_on` forms; add them with `--patterns`.)
+const DEFAULT_PATTERNS: &str =
+    "limiter,semaphore,acquire,joinset,buffered,unlimited,limiter@task,joinset@task";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(pos) = args.iter().position(|a| a == "--child") {
+        let spec = args.get(pos + 1).expect("--child needs a spec");
+        let items = flag_value(&args, "--items")
+            .map(|v| v.parse().expect("--items"))
+            .expect("--child needs --items");
+        child(spec, items);
+        return;
+    }
+    parent(&args);
+}
+
+fn flag_value<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|pos| args.get(pos + 1))
+        .map(String::as_str)
+}
+
+// === the child: one measurement ===
+
+/// What one job does.
+trait Work: Send + Sync + 'static {
+    fn job(i: u64) -> impl Future<Output = u64> + Send + 'static;
+}
+
+/// Returns its index.
+struct Ret;
+
+impl Work for Ret {
+    #[allow(clippy::manual_async_fn)]
+    fn job(i: u64) -> impl Future<Output = u64> + Send + 'static {
+        async move { i }
+    }
+}
+
+/// Yields to the runtime once, then returns its index.
+struct Yield;
+
+impl Work for Yield {
+    #[allow(clippy::manual_async_fn)]
+    fn job(i: u64) -> impl Future<Output = u64> + Send + 'static {
+        async move {
+            tokio::task::yield_now().await;
+            i
+        }
+    }
+}
+
+/// What a pattern reports besides its checksum.
+#[derive(Default)]
+struct Extra {
+    /// task-limiter's own counters: `(max_running, workers_spawned)`.
+    limiter: Option<(usize, u64)>,
+}
+
+async fn run_limiter<W: Work>(m: u64, n: usize) -> (u64, Extra) {
+    let limiter = Limiter::new(n);
+    let handles: Vec<_> = (0..m).map(|i| limiter.spawn(W::job(i))).collect();
+    let mut sum = 0;
+    for handle in handles {
+        sum += handle.await.expect("item failed");
+    }
+    limiter.close();
+    limiter.wait().await;
+    let metrics = limiter.metrics();
+    let extra = Extra {
+        limiter: Some((metrics.max_running, metrics.workers_spawned)),
+    };
+    (sum, extra)
+}
+
+async fn run_semaphore<W: Work>(m: u64, n: usize) -> (u64, Extra) {
+    let sem = Arc::new(Semaphore::new(n));
+    let handles: Vec<_> = (0..m)
+        .map(|i| {
+            let sem = sem.clone();
+            tokio::spawn(async move {
+                let _permit = sem.acquire().await.expect("semaphore closed");
+                W::job(i).await
+            })
+        })
+        .collect();
+    let mut sum = 0;
+    for handle in handles {
+        sum += handle.await.expect("task failed");
+    }
+    (sum, Extra::default())
+}
+
+async fn run_acquire<W: Work>(m: u64, n: usize) -> (u64, Extra) {
+    let sem = Arc::new(Semaphore::new(n));
+    let mut handles = Vec::with_capacity(m as usize);
+    for i in 0..m {
+        let permit = sem.clone().acquire_owned().await.expect("semaphore closed");
+        handles.push(tokio::spawn(async move {
+            let value = W::job(i).await;
+            drop(permit);
+            value
+        }));
+    }
+    let mut sum = 0;
+    for handle in handles {
+        sum += handle.await.expect("task failed");
+    }
+    (sum, Extra::default())
+}
+
+async fn run_joinset<W: Work>(m: u64, n: usize) -> (u64, Extra) {
+    let mut set = JoinSet::new();
+    let mut sum = 0;
+    for i in 0..m {
+        if set.len() == n {
+            sum += set
+                .join_next()
+                .await
+                .expect("set is full")
+                .expect("task failed");
+        }
+        set.spawn(W::job(i));
+    }
+    while let Some(result) = set.join_next().await {
+        sum += result.expect("task failed");
+    }
+    (sum, Extra::default())
+}
+
+async fn run_buffered<W: Work>(m: u64, n: usize) -> (u64, Extra) {
+    let sum = futures::stream::iter(0..m)
+        .map(W::job)
+        .buffer_unordered(n)
+        .fold(0, |sum, value| async move { sum + value })
+        .await;
+    (sum, Extra::default())
+}
+
+async fn run_unlimited<W: Work>(m: u64, _n: usize) -> (u64, Extra) {
+    let handles: Vec<_> = (0..m).map(|i| tokio::spawn(W::job(i))).collect();
+    let mut sum = 0;
+    for handle in handles {
+        sum += handle.await.expect("task failed");
+    }
+    (sum, Extra::default())
+}
+
+async fn run_pattern<W: Work>(pattern: &str, m: u64, n: usize) -> (u64, Extra) {
+    match pattern {
+        "limiter" => run_limiter::<W>(m, n).await,
+        "semaphore" => run_semaphore::<W>(m, n).await,
+        "acquire" => run_acquire::<W>(m, n).await,
+        "joinset" => run_joinset::<W>(m, n).await,
+        "buffered" => run_buffered::<W>(m, n).await,
+        "unlimited" => run_unlimited::<W>(m, n).await,
+        other => panic!("unknown pattern {other:?}"),
+    }
+}
+
+async fn submitter<W: Work>(pattern: String, m: u64, n: usize, in_task: bool) -> (u64, Extra) {
+    if in_task {
+        tokio::spawn(async move { run_pattern::<W>(&pattern, m, n).await })
+            .await
+            .expect("submitter task failed")
+    } else {
+        run_pattern::<W>(&pattern, m, n).await
+    }
+}
+
+/// Reads a `kB` field of `/proc/self/status`.
+fn status_kb(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn child(spec: &str, m: u64) {
+    // Before anything big is allocated: the runtime and the workload count against the peak.
+    let base_kb = status_kb("VmRSS");
+    let parts: Vec<&str> = spec.split(',').collect();
+    let [pattern, n, job, runtime, mode] = parts[..] else {
+        panic!("bad --child spec {spec:?}: want pattern,N,job,runtime,mode");
+    };
+    let n: usize = n.parse().expect("N");
+    let (pattern, in_task) = match pattern.strip_suffix("@task") {
+        Some(p) => (p.to_owned(), true),
+        None => (pattern.to_owned(), false),
+    };
+    let rt = match runtime {
+        "mt" => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build(),
+        "ct" => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        other => panic!("unknown runtime {other:?}"),
+    }
+    .expect("runtime");
+
+    // The sampler reads the runtime's live-task count from its own thread, only in `sample`
+    // runs, so that it never skews a timed run.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = (mode == "sample").then(|| {
+        let handle = rt.handle().clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut max = 0;
+            let mut samples = 0u64;
+            while !stop.load(Ordering::Acquire) {
+                max = max.max(handle.metrics().num_alive_tasks());
+                samples += 1;
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            (max, samples)
+        })
+    });
+
+    let start = Instant::now();
+    let (sum, extra) = match job {
+        "ret" => rt.block_on(submitter::<Ret>(pattern, m, n, in_task)),
+        "yield" => rt.block_on(submitter::<Yield>(pattern, m, n, in_task)),
+        other => panic!("unknown job {other:?}"),
+    };
+    let secs = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Release);
+    let (max_alive, samples) = sampler.map_or((0, 0), |s| s.join().expect("sampler"));
+    let hwm_kb = status_kb("VmHWM");
+    assert_eq!(sum, m * (m.saturating_sub(1)) / 2, "wrong checksum");
+    let (max_running, workers_spawned) = extra.limiter.unwrap_or((0, 0));
+    println!(
+        "RESULT secs={secs} base_kb={base_kb} hwm_kb={hwm_kb} max_alive={max_alive} \
+         samples={samples} max_running={max_running} workers_spawned={workers_spawned}"
+    );
+    // Skip the teardown of a million finished tasks: it is not part of the measurement.
+    std::process::exit(0);
+}
+
+// === the parent: schedules children and reports ===
+
+struct Config {
+    items: u64,
+    runs: usize,
+    limits: Vec<usize>,
+    jobs: Vec<String>,
+    runtimes: Vec<String>,
+    patterns: Vec<String>,
+    sample: bool,
+    timeout: Duration,
+}
+
+fn list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn parse_config(args: &[String]) -> Config {
+    let quick = args.iter().any(|a| a == "--quick");
+    let mut config = Config {
+        items: if quick { 100_000 } else { 1_000_000 },
+        runs: 5,
+        limits: vec![2, 8, 64, 1024],
+        jobs: list("ret,yield"),
+        runtimes: list("mt,ct"),
+        patterns: list(DEFAULT_PATTERNS),
+        sample: true,
+        timeout: Duration::from_secs(300),
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = || {
+            it.next()
+                .unwrap_or_else(|| usage(&format!("{arg} needs a value")))
+        };
+        match arg.as_str() {
+            "--quick" => {}
+            "--no-sample" => config.sample = false,
+            "--items" => config.items = value().parse().unwrap_or_else(|_| usage("--items")),
+            "--runs" => config.runs = value().parse().unwrap_or_else(|_| usage("--runs")),
+            "--limits" => {
+                config.limits = list(value())
+                    .iter()
+                    .map(|n| n.parse().unwrap_or_else(|_| usage("--limits")))
+                    .collect();
+            }
+            "--jobs" => config.jobs = list(value()),
+            "--runtimes" => config.runtimes = list(value()),
+            "--patterns" => config.patterns = list(value()),
+            "--timeout" => {
+                let secs = value().parse().unwrap_or_else(|_| usage("--timeout"));
+                config.timeout = Duration::from_secs(secs);
+            }
+            "-h" | "--help" => usage(""),
+            other => usage(&format!("unknown argument {other:?}")),
+        }
+    }
+    for p in &config.patterns {
+        let base = p.strip_suffix("@task").unwrap_or(p);
+        if !ALL_PATTERNS.contains(&base) {
+            usage(&format!("unknown pattern {p:?}"));
+        }
+    }
+    for j in &config.jobs {
+        if j != "ret" && j != "yield" {
+            usage(&format!("unknown job kind {j:?}"));
+        }
+    }
+    for r in &config.runtimes {
+        if r != "mt" && r != "ct" {
+            usage(&format!("unknown runtime {r:?}"));
+        }
+    }
+    if config.runs == 0 || config.items == 0 || config.limits.contains(&0) {
+        usage("--runs, --items and every limit must be at least 1");
+    }
+    config
+}
+
+fn usage(msg: &str) -> ! {
+    if !msg.is_empty() {
+        eprintln!("error: {msg}\n");
+    }
+    eprintln!(
+        "usage: cargo run --release --example compare -- [--quick] [--items M] [--runs R]\n\
+         \x20      [--limits 2,8,64,1024] [--jobs ret,yield] [--runtimes mt,ct]\n\
+         \x20      [--patterns {DEFAULT_PATTERNS}] [--no-sample] [--timeout SECS]\n\
+         patterns: {}; append @task to submit from a spawned task",
+        ALL_PATTERNS.join(",")
+    );
+    std::process::exit(if msg.is_empty() { 0 } else { 2 });
+}
+
+/// One child's report.
+#[derive(Clone, Copy, Debug, Default)]
+struct Sample {
+    items_per_sec: f64,
+    rss_per_item: f64,
+    max_alive: usize,
+    max_running: usize,
+    workers_spawned: u64,
+}
+
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Key {
+    runtime: String,
+    job: String,
+    n: usize,
+    pattern: String,
+}
+
+fn run_child(config: &Config, key: &Key, mode: &str) -> Result<Sample, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let spec = format!(
+        "{},{},{},{},{mode}",
+        key.pattern, key.n, key.job, key.runtime
+    );
+    let mut child = Command::new(exe)
+        .args(["--child", &spec, "--items", &config.items.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + config.timeout;
+    let status = loop {
+        match child.try_wait().map_err(|e| e.to_string())? {
+            Some(status) => break status,
+            None if Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("timed out after {:?}", config.timeout));
+            }
+            None => std::thread::sleep(Duration::from_millis(5)),
+        }
+    };
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut out)
+        .map_err(|e| e.to_string())?;
+    if !status.success() {
+        return Err(format!("child failed: {status}"));
+    }
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .ok_or("no RESULT line")?;
+    let field = |name: &str| -> f64 {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let m = config.items as f64;
+    Ok(Sample {
+        items_per_sec: m / field("secs"),
+        rss_per_item: (field("hwm_kb") - field("base_kb")).max(0.0) * 1024.0 / m,
+        max_alive: field("max_alive") as usize,
+        max_running: field("max_running") as usize,
+        workers_spawned: field("workers_spawned") as u64,
+    })
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let n = values.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+#[derive(Default)]
+struct Cell {
+    timed: Vec<Sample>,
+    sampled: Option<Sample>,
+    failures: Vec<String>,
+}
+
+impl Cell {
+    fn rate(&self) -> f64 {
+        median(
+            &mut self
+                .timed
+                .iter()
+                .map(|s| s.items_per_sec)
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    fn rss(&self) -> f64 {
+        median(
+            &mut self
+                .timed
+                .iter()
+                .map(|s| s.rss_per_item)
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    fn range(&self) -> (f64, f64) {
+        let rates = self.timed.iter().map(|s| s.items_per_sec);
+        (
+            rates.clone().fold(f64::INFINITY, f64::min),
+            rates.fold(0.0, f64::max),
+        )
+    }
+}
+
+fn cmd_output(cmd: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(cmd).args(args).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let first = text.lines().next()?.trim().to_owned();
+    (!first.is_empty()).then_some(first)
+}
+
+fn lock_version(lock: &str, name: &str) -> String {
+    let needle = format!("name = \"{name}\"\nversion = \"");
+    lock.find(&needle)
+        .map(|at| {
+            let rest = &lock[at + needle.len()..];
+            rest[..rest.find('"').unwrap_or(0)].to_owned()
+        })
+        .unwrap_or_else(|| "?".to_owned())
+}
+
+fn header(args: &[String], config: &Config) -> String {
+    let mut h = String::new();
+    let manifest = env!("CARGO_MANIFEST_DIR");
+    let lock = std::fs::read_to_string(format!("{manifest}/Cargo.lock")).unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name")?.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "?".to_owned());
+    let mem_gb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let git = cmd_output("git", &["-C", manifest, "rev-parse", "--short", "HEAD"])
+        .unwrap_or_else(|| "?".to_owned());
+    // What of the crate itself differs from that commit: the figures are for this tree.
+    let src_diff = cmd_output(
+        "git",
+        &["-C", manifest, "diff", "--shortstat", "HEAD", "--", "src"],
+    );
+    let _ = writeln!(h, "# task-limiter comparison\n");
+    let _ = writeln!(
+        h,
+        "- command: `cargo run --release --example compare --{}`",
+        args.iter().map(|a| format!(" {a}")).collect::<String>()
+    );
+    let _ = writeln!(
+        h,
+        "- machine: nproc = {nproc}, {cpu}, {mem_gb:.0} GiB RAM, {}",
+        cmd_output("uname", &["-sr"]).unwrap_or_default()
+    );
+    let _ = writeln!(
+        h,
+        "- tokio {} (Cargo.lock), futures {}, {}; allocator = glibc malloc (the system \
+         allocator, {})",
+        lock_version(&lock, "tokio"),
+        lock_version(&lock, "futures"),
+        cmd_output("rustc", &["--version"]).unwrap_or_else(|| "rustc ?".to_owned()),
+        cmd_output("ldd", &["--version"])
+            .and_then(|l| l.split_whitespace().last().map(|v| format!("glibc {v}")))
+            .unwrap_or_else(|| "glibc".to_owned()),
+    );
+    let _ = writeln!(h, "- load average at start: {}", loadavg());
+    let _ = writeln!(
+        h,
+        "- task-limiter at git {git}{}",
+        src_diff.map_or(String::new(), |d| format!(", src/ modified: {d}"))
+    );
+    let _ = writeln!(
+        h,
+        "- workload: M = {} items, {} interleaved timed runs per cell{}, limits {:?}, jobs {:?}, \
+         runtimes {:?} (mt = multi_thread with 2 workers, ct = current_thread), submitter in \
+         `block_on` unless the pattern ends in `@task`",
+        config.items,
+        config.runs,
+        if config.sample {
+            " + 1 separate sampling run (live tasks)"
+        } else {
+            ""
+        },
+        config.limits,
+        config.jobs,
+        config.runtimes,
+    );
+    h
+}
+
+/// The machine's load averages: other work running during the measurement shows here.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".to_owned())
+}
+
+fn fmt_rate(rate: f64) -> String {
+    if rate.is_nan() {
+        "–".to_owned()
+    } else {
+        format!("{:.2} M/s", rate / 1e6)
+    }
+}
+
+fn pattern_title(p: &str) -> String {
+    let (base, in_task) = match p.strip_suffix("@task") {
+        Some(base) => (base, true),
+        None => (p, false),
+    };
+    let name = match base {
+        "limiter" => "**task-limiter** `spawn`",
+        "semaphore" => "`tokio::spawn` + `Semaphore` inside",
+        "acquire" => "`acquire_owned` then `tokio::spawn`",
+        "joinset" => "`JoinSet`, join at `len() == N`",
+        "buffered" => "`buffer_unordered(N)` (ceiling)",
+        "unlimited" => "`tokio::spawn`, no limit",
+        other => other,
+    };
+    if in_task {
+        format!("{name}, submitter in a spawned task")
+    } else {
+        name.to_owned()
+    }
+}
+
+fn parent(args: &[String]) {
+    let config = parse_config(args);
+    let started = Instant::now();
+    let head = header(args, &config);
+    println!("{head}");
+
+    let mut keys = Vec::new();
+    for runtime in &config.runtimes {
+        for job in &config.jobs {
+            for &n in &config.limits {
+                for pattern in &config.patterns {
+                    keys.push(Key {
+                        runtime: runtime.clone(),
+                        job: job.clone(),
+                        n,
+                        pattern: pattern.clone(),
+                    });
+                }
+            }
+        }
+    }
+    let mut cells: std::collections::BTreeMap<Key, Cell> = Default::default();
+    let total = keys.len() * (config.runs + usize::from(config.sample));
+    let mut done = 0;
+
+    println!("## Raw measurements\n\n```text");
+    println!("run,runtime,job,n,pattern,mode,items_per_s,rss_b_per_item,max_alive,max_running,workers_spawned");
+    let mut passes: Vec<(String, &str)> =
+        (0..config.runs).map(|r| (r.to_string(), "time")).collect();
+    if config.sample {
+        passes.push(("S".to_owned(), "sample"));
+    }
+    for (run, mode) in &passes {
+        for key in &keys {
+            done += 1;
+            let result = run_child(&config, key, mode);
+            let cell = cells.entry(key.clone()).or_default();
+            match result {
+                Ok(s) => {
+                    println!(
+                        "{run},{},{},{},{},{mode},{:.0},{:.1},{},{},{}",
+                        key.runtime,
+                        key.job,
+                        key.n,
+                        key.pattern,
+                        s.items_per_sec,
+                        s.rss_per_item,
+                        s.max_alive,
+                        s.max_running,
+                        s.workers_spawned
+                    );
+                    eprintln!(
+                        "[{done}/{total} {:.0}s] {run} {} {} N={} {}: {} {:.0} B/item{}",
+                        started.elapsed().as_secs_f64(),
+                        key.runtime,
+                        key.job,
+                        key.n,
+                        key.pattern,
+                        fmt_rate(s.items_per_sec),
+                        s.rss_per_item,
+                        if *mode == "sample" {
+                            format!(", {} live tasks", s.max_alive)
+                        } else {
+                            String::new()
+                        }
+                    );
+                    if *mode == "sample" {
+                        cell.sampled = Some(s);
+                    } else {
+                        cell.timed.push(s);
+                    }
+                }
+                Err(err) => {
+                    println!(
+                        "{run},{},{},{},{},{mode},FAILED: {err}",
+                        key.runtime, key.job, key.n, key.pattern
+                    );
+                    eprintln!(
+                        "[{done}/{total}] {run} {key_s} FAILED: {err}",
+                        key_s =
+                            format_args!("{} {} N={} {}", key.runtime, key.job, key.n, key.pattern)
+                    );
+                    cell.failures.push(format!("run {run}: {err}"));
+                }
+            }
+        }
+    }
+    println!("```\n");
+
+    println!("{}", report(&config, &cells));
+    println!(
+        "_total wall time {:.0} s; load average at the end: {}_",
+        started.elapsed().as_secs_f64(),
+        loadavg()
+    );
+}
+
+fn report(config: &Config, cells: &std::collections::BTreeMap<Key, Cell>) -> String {
+    let mut out = String::new();
+    let get = |runtime: &str, job: &str, n: usize, pattern: &str| {
+        cells.get(&Key {
+            runtime: runtime.to_owned(),
+            job: job.to_owned(),
+            n,
+            pattern: pattern.to_owned(),
+        })
+    };
+    let rate = |runtime: &str, job: &str, n: usize, pattern: &str| {
+        get(runtime, job, n, pattern).map_or(f64::NAN, Cell::rate)
+    };
+    let _ = writeln!(out, "## Results\n");
+    let _ = writeln!(
+        out,
+        "Each cell: median items/s over the timed runs · task-limiter ÷ this pattern (above 1 \
+         means task-limiter is faster) · peak RSS per item (`VmHWM` − start RSS, ÷ M, median) · \
+         most live tasks seen (`num_alive_tasks`, separate sampling run; includes the limiter's \
+         manager and, for `@task`, the submitter task).\n"
+    );
+    for runtime in &config.runtimes {
+        for job in &config.jobs {
+            let rt_name = match runtime.as_str() {
+                "mt" => "multi_thread (2 workers)",
+                _ => "current_thread",
+            };
+            let job_name = match job.as_str() {
+                "ret" => "returning jobs",
+                _ => "yielding jobs (`yield_now` once)",
+            };
+            let _ = writeln!(out, "### {rt_name}, {job_name}, M = {}\n", config.items);
+            let _ = write!(out, "| pattern |");
+            for n in &config.limits {
+                let _ = write!(out, " N = {n} |");
+            }
+            let _ = write!(out, "\n|---|");
+            for _ in &config.limits {
+                let _ = write!(out, "--:|");
+            }
+            let _ = writeln!(out);
+            for pattern in &config.patterns {
+                let _ = write!(out, "| {} |", pattern_title(pattern));
+                for &n in &config.limits {
+                    let Some(cell) = get(runtime, job, n, pattern) else {
+                        let _ = write!(out, " – |");
+                        continue;
+                    };
+                    let mine = rate(runtime, job, n, "limiter");
+                    let r = cell.rate();
+                    let live = cell
+                        .sampled
+                        .map_or("–".to_owned(), |s| s.max_alive.to_string());
+                    let fails = if cell.failures.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({} failed)", cell.failures.len())
+                    };
+                    let _ = write!(
+                        out,
+                        " {} · ×{:.2} · {:.0} B · {live}{fails} |",
+                        fmt_rate(r),
+                        mine / r,
+                        cell.rss()
+                    );
+                }
+                let _ = writeln!(out);
+            }
+            let _ = writeln!(out);
+        }
+    }
+
+    // Spread and the limiter's own counters, for judging noise and worker reuse.
+    let _ = writeln!(out, "### Spread (min–max items/s over the timed runs)\n");
+    let _ = writeln!(out, "| runtime | job | pattern |{}", {
+        config
+            .limits
+            .iter()
+            .map(|n| format!(" N = {n} |"))
+            .collect::<String>()
+    });
+    let _ = writeln!(out, "|---|---|---|{}", "--:|".repeat(config.limits.len()));
+    for runtime in &config.runtimes {
+        for job in &config.jobs {
+            for pattern in &config.patterns {
+                let _ = write!(out, "| {runtime} | {job} | {pattern} |");
+                for &n in &config.limits {
+                    match get(runtime, job, n, pattern) {
+                        Some(cell) if !cell.timed.is_empty() => {
+                            let (lo, hi) = cell.range();
+                            let _ = write!(out, " {:.2}–{:.2} M |", lo / 1e6, hi / 1e6);
+                        }
+                        _ => {
+                            let _ = write!(out, " – |");
+                        }
+                    }
+                }
+                let _ = writeln!(out);
+            }
+        }
+    }
+    let _ = writeln!(out);
+    let limiter_patterns: Vec<&String> = config
+        .patterns
+        .iter()
+        .filter(|p| p.starts_with("limiter"))
+        .collect();
+    if config.sample && !limiter_patterns.is_empty() {
+        let _ = writeln!(
+            out,
+            "### task-limiter counters (sampling run): max running items / worker tasks spawned\n"
+        );
+        let _ = writeln!(out, "| runtime | job | pattern |{}", {
+            config
+                .limits
+                .iter()
+                .map(|n| format!(" N = {n} |"))
+                .collect::<String>()
+        });
+        let _ = writeln!(out, "|---|---|---|{}", "--:|".repeat(config.limits.len()));
+        for runtime in &config.runtimes {
+            for job in &config.jobs {
+                for pattern in &limiter_patterns {
+                    let _ = write!(out, "| {runtime} | {job} | {pattern} |");
+                    for &n in &config.limits {
+                        match get(runtime, job, n, pattern).and_then(|c| c.sampled) {
+                            Some(s) => {
+                                let _ = write!(out, " {} / {} |", s.max_running, s.workers_spawned);
+                            }
+                            None => {
+                                let _ = write!(out, " – |");
+                            }
+                        }
+                    }
+                    let _ = writeln!(out);
+                }
+            }
+        }
+        let _ = writeln!(out);
+    }
+
+    out.push_str(&targets(config, cells));
+    out
+}
+
+/// Checks the targets of issue 3 against this run.
+fn targets(config: &Config, cells: &std::collections::BTreeMap<Key, Cell>) -> String {
+    let mut out = String::new();
+    let cell = |runtime: &str, job: &str, n: usize, pattern: &str| {
+        cells.get(&Key {
+            runtime: runtime.to_owned(),
+            job: job.to_owned(),
+            n,
+            pattern: pattern.to_owned(),
+        })
+    };
+    let rate = |runtime: &str, job: &str, n: usize, pattern: &str| {
+        cell(runtime, job, n, pattern).map(Cell::rate)
+    };
+    let best = |runtime: &str, job: &str, n: usize, base: &str| {
+        [base.to_owned(), format!("{base}@task")]
+            .into_iter()
+            .filter_map(|p| Some((rate(runtime, job, n, &p)?, p)))
+            .filter(|(r, _)| !r.is_nan())
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+    };
+    let mark = |ok: bool| if ok { "met" } else { "**NOT met**" };
+    let _ = writeln!(out, "## Targets of issue 3 (from this run)\n");
+    if config.items < 1_000_000 {
+        let _ = writeln!(
+            out,
+            "_M = {} (the targets are stated for 1,000,000 items)_\n",
+            config.items
+        );
+    }
+    let mut line = |text: String| {
+        let _ = writeln!(out, "- {text}");
+    };
+    for job in &config.jobs {
+        for &n in config.limits.iter().filter(|&&n| n >= 8) {
+            let Some(mine) = rate("mt", job, n, "limiter") else {
+                continue;
+            };
+            // Against the faster submitter placement of each rival, where both were measured.
+            if let Some((sem, which)) = best("mt", job, n, "semaphore") {
+                line(format!(
+                    "mt {job} N={n}: ≥ 2× spawn + semaphore: ×{:.2} ({} vs {} `{which}`) — {}",
+                    mine / sem,
+                    fmt_rate(mine),
+                    fmt_rate(sem),
+                    mark(mine >= 2.0 * sem)
+                ));
+            }
+            if let Some((js, which)) = best("mt", job, n, "joinset") {
+                line(format!(
+                    "mt {job} N={n}: ≥ 1.3× JoinSet: ×{:.2} ({} vs {} `{which}`) — {}",
+                    mine / js,
+                    fmt_rate(mine),
+                    fmt_rate(js),
+                    mark(mine >= 1.3 * js)
+                ));
+            }
+            line(format!(
+                "mt {job} N={n}: ≥ 3 M items/s: {} — {}",
+                fmt_rate(mine),
+                mark(mine >= 3e6)
+            ));
+        }
+    }
+    if let Some(mine) = rate("mt", "ret", 2, "limiter") {
+        line(format!(
+            "mt ret N=2: ≥ 2.5 M items/s: {} — {}",
+            fmt_rate(mine),
+            mark(mine >= 2.5e6)
+        ));
+    }
+    for (job, want) in [("ret", 5e6), ("yield", 4e6)] {
+        if let Some(mine) = rate("ct", job, 64, "limiter") {
+            line(format!(
+                "ct {job} N=64: ≥ {:.0} M items/s: {} — {}",
+                want / 1e6,
+                fmt_rate(mine),
+                mark(mine >= want)
+            ));
+        }
+    }
+    let mut worst_rss: Option<(f64, String)> = None;
+    let mut worst_live: Vec<String> = Vec::new();
+    let mut live_checked = 0;
+    for key in cells.keys().filter(|k| k.pattern.starts_with("limiter")) {
+        let c = &cells[key];
+        let rss = c.rss();
+        if !rss.is_nan() && worst_rss.as_ref().is_none_or(|(w, _)| rss > *w) {
+            worst_rss = Some((
+                rss,
+                format!("{} {} N={} {}", key.runtime, key.job, key.n, key.pattern),
+            ));
+        }
+        if let Some(s) = c.sampled {
+            live_checked += 1;
+            // limit + manager + one transient worker, plus the submitter task for `@task`.
+            let allowed = key.n + 2 + usize::from(key.pattern.ends_with("@task"));
+            if s.max_alive > allowed {
+                worst_live.push(format!(
+                    "{} {} N={} {}: {} > {allowed}",
+                    key.runtime, key.job, key.n, key.pattern, s.max_alive
+                ));
+            }
+        }
+    }
+    if let Some((rss, at)) = worst_rss {
+        line(format!(
+            "memory ≤ 150 B per item, handle included: worst {rss:.0} B ({at}) — {}",
+            mark(rss <= 150.0)
+        ));
+    }
+    if live_checked > 0 {
+        line(format!(
+            "live tasks ≤ limit + 1 (manager) + 1 (transient) in all {live_checked} sampled \
+             limiter runs — {}{}",
+            mark(worst_live.is_empty()),
+            if worst_live.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", worst_live.join("; "))
+            }
+        ));
+    }
+    let _ = writeln!(out);
+    out
+}
