@@ -149,6 +149,11 @@ impl<S, T> Cell<S, T> {
         let queued = mem::replace(&mut state.stage, resolved);
         let waker = state.join_waker.take();
         drop(state);
+        if let Stage::Queued(_, Some(trace)) = &queued {
+            // It never got a span of its own: tell it in the span it was submitted from.
+            let waited_us = trace.queued_at.elapsed().as_micros() as u64;
+            tracing::debug!(target: "task_limiter", parent: &trace.parent, waited_us, "item cancelled");
+        }
         // The work goes now, not when the queue reaches its slot.
         drop_quietly(|| drop(queued));
         if let Some(waker) = waker {
@@ -342,6 +347,7 @@ where
         cell: &*cell,
         worker,
         armed: true,
+        started_at,
     };
     let work = AssertUnwindSafe(async move { starter(worker).await }).catch_unwind();
     let result = Abortable {
@@ -372,6 +378,8 @@ struct Unfinished<'a, S, T> {
     cell: &'a Cell<S, T>,
     worker: WorkerId,
     armed: bool,
+    /// Set while a subscriber listens, for the "item cancelled" event.
+    started_at: Option<Instant>,
 }
 
 impl<S, T> Unfinished<'_, S, T> {
@@ -385,6 +393,10 @@ impl<S, T> Drop for Unfinished<'_, S, T> {
         if self.armed {
             self.cell
                 .finish(Err(JoinError::cancelled(Some(self.worker))));
+            if let Some(started_at) = self.started_at {
+                let ran_us = started_at.elapsed().as_micros() as u64;
+                tracing::debug!(target: "task_limiter", ran_us, "item cancelled");
+            }
         }
     }
 }
