@@ -138,6 +138,11 @@ impl Manager {
                         // Every `Limiter` is gone (or `close` closed the channel) and the
                         // channel is drained.
                         self.work_open = false;
+                    } else if shared.shutdown.load(Ordering::Acquire) {
+                        // A send that raced `shutdown` can land after `on_control` drained the
+                        // channel (its `try_recv` saw the send still in flight). Queued now, it
+                        // would never run and the manager would never exit: cancel it instead.
+                        shared.cancel_unstarted(jobs.drain(..));
                     } else {
                         lock(&shared.queue).extend(jobs.drain(..));
                     }
