@@ -95,6 +95,10 @@ pub use limiter::Limiter;
 pub use metrics::Metrics;
 pub use worker_id::WorkerId;
 
+#[cfg(feature = "shuttle")]
+#[doc(hidden)]
+pub use manager::planted::__plant_early_id_release;
+
 /// README's examples run as doctests, so they cannot drift from the API.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -276,12 +276,20 @@ impl Drop for WorkerGuard {
                 shared.running.fetch_sub(1, Ordering::AcqRel);
             }
         }
+        #[cfg(feature = "shuttle")]
+        if planted::early_id_release() {
+            return; // already handed back at the start of `work`
+        }
         // Fails only when the manager is gone with its runtime: nobody needs the ID then.
         let _ = shared.done_tx.send(self.id);
     }
 }
 
 async fn work(mut guard: WorkerGuard, mut job: Job) {
+    #[cfg(feature = "shuttle")]
+    if planted::early_id_release() {
+        let _ = guard.shared.done_tx.send(guard.id);
+    }
     loop {
         match job.start(guard.id, &guard.shared.name) {
             Some(item) => {
@@ -351,6 +359,29 @@ where
     {
         let _ = (name, id);
         rt::spawn(future).abort_handle()
+    }
+}
+
+/// A planted bug, compiled only for the model checks: with it on, a worker hands its ID back as
+/// it starts, before its items end, so the manager may give the ID to a second worker while the
+/// first still runs. tests/shuttle.rs turns it on to show that its checks catch that.
+#[cfg(feature = "shuttle")]
+pub(crate) mod planted {
+    use std::cell::Cell;
+
+    std::thread_local! {
+        // Per OS thread: shuttle runs all of a test's schedules on the test's own thread.
+        static EARLY_ID_RELEASE: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Turns the planted bug on or off for this thread.
+    #[doc(hidden)]
+    pub fn __plant_early_id_release(on: bool) {
+        EARLY_ID_RELEASE.with(|flag| flag.set(on));
+    }
+
+    pub(super) fn early_id_release() -> bool {
+        EARLY_ID_RELEASE.with(Cell::get)
     }
 }
 
