@@ -101,11 +101,13 @@ struct Manager {
     work_open: bool,
 }
 
-pub(crate) async fn run(
+/// The manager's future. The `Manager` is made before the future is first polled, so its `Drop`
+/// runs even if the runtime drops the future unpolled.
+pub(crate) fn run(
     exit: ExitGuard,
     work_rx: UnboundedReceiver<Job>,
     done_rx: UnboundedReceiver<WorkerId>,
-) {
+) -> impl std::future::Future<Output = ()> + Send {
     let mut manager = Manager {
         exit,
         work_rx,
@@ -113,7 +115,20 @@ pub(crate) async fn run(
         workers: Vec::new(),
         work_open: true,
     };
-    manager.run().await;
+    async move { manager.run().await }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        // Dropped with its runtime, items may still be in the work channel: cancel them here,
+        // where they are counted (dropped with the channel, their handles would resolve but
+        // `metrics()` would show them queued forever). Runs before `ExitGuard` marks the
+        // limiter exited, so `wait` sees final counters; sends after `close` count themselves.
+        self.work_rx.close();
+        while let Ok(job) = self.work_rx.try_recv() {
+            self.exit.shared.cancel_unstarted([job]);
+        }
+    }
 }
 
 impl Manager {
