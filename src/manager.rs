@@ -14,14 +14,18 @@
 use std::collections::BTreeSet;
 
 use crate::limiter::Shared;
+use crate::state::WorkerState;
 use crate::sync::rt::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use crate::sync::rt::task::AbortHandle;
 use crate::sync::{lock, recv_batch, rt, Arc, Ordering};
-use crate::task::{Job, Outcome};
+use crate::task::{BlockingRun, Job, Outcome, Run};
 use crate::WorkerId;
 
 /// Messages drained from a channel per wake-up: as good as any size tried (see DESIGN.md).
 const BATCH: usize = 256;
+
+/// The most messages moved from the work channel into the queue per wake-up.
+const DRAIN: usize = 64 * BATCH;
 
 /// The worker IDs: which are busy, which are free.
 ///
@@ -160,12 +164,36 @@ impl Manager {
                         shared.cancel_unstarted(jobs.drain(..));
                     } else {
                         lock(&shared.queue).extend(jobs.drain(..));
+                        self.drain_ready(&shared, &mut jobs);
                     }
                 }
             }
             self.dispatch(&shared);
             if !self.work_open && lock(&shared.slots).busy() == 0 && lock(&shared.queue).is_empty()
             {
+                return;
+            }
+        }
+    }
+
+    /// Moves what else already waits in the work channel into the queue, up to `DRAIN` items.
+    /// A queue that runs dry sends its workers home, and spawning them again costs far more than
+    /// this: on a current-thread runtime, where the submitter fills the channel before the
+    /// manager runs, draining one batch per wake-up respawned every worker per batch.
+    fn drain_ready(&mut self, shared: &Shared, jobs: &mut Vec<Job>) {
+        for _ in 0..DRAIN / BATCH {
+            while jobs.len() < BATCH {
+                match self.work_rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            if jobs.is_empty() {
+                return;
+            }
+            let last = jobs.len() < BATCH;
+            lock(&shared.queue).extend(jobs.drain(..));
+            if last {
                 return;
             }
         }
