@@ -1,7 +1,9 @@
 use std::fmt;
 
+use crate::state::MakeState;
 use crate::sync::rt::runtime::Handle;
-use crate::Limiter;
+use crate::sync::Arc;
+use crate::{Limiter, WorkerId};
 
 /// The order in which queued items start.
 ///
@@ -25,6 +27,30 @@ pub enum QueueOrder {
     /// Last in, first out: the most recently submitted item starts first, as in the Go
     /// compiler's back end. Keeps recently made (cache-warm) work moving.
     Lifo,
+    /// Highest priority first, and first in, first out among equal priorities. An item's
+    /// priority is set with [`TaskBuilder::priority`](crate::TaskBuilder::priority); items
+    /// submitted without one have priority 0. Under the other orders priorities are ignored.
+    ///
+    /// Priority decides which queued item starts next; it never stops a running item.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::{Limiter, QueueOrder};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::builder()
+    ///     .limit(1)
+    ///     .queue_order(QueueOrder::Priority)
+    ///     .build();
+    /// let routine = limiter.spawn(async { "routine" });
+    /// let urgent = limiter.build_task().priority(10).spawn(async { "urgent" });
+    /// assert_eq!(urgent.await.unwrap(), "urgent");
+    /// assert_eq!(routine.await.unwrap(), "routine");
+    /// # }
+    /// ```
+    Priority,
 }
 
 /// Configures and builds a [`Limiter`].
@@ -45,12 +71,16 @@ pub enum QueueOrder {
 /// assert_eq!(limiter.name(), "thumbnails");
 /// # }
 /// ```
-#[derive(Clone)]
+///
+/// The type parameter `S` is the type of the per-worker state set by
+/// [`worker_state`](Self::worker_state); it is `()` without one.
 #[must_use = "a builder does nothing until `build` is called"]
-pub struct Builder {
+pub struct Builder<S = ()> {
     pub(crate) limit: Option<usize>,
     pub(crate) name: String,
     pub(crate) order: QueueOrder,
+    pub(crate) max_queued: Option<usize>,
+    pub(crate) make: MakeState<S>,
 }
 
 impl Builder {
@@ -59,9 +89,25 @@ impl Builder {
             limit: None,
             name: String::from("task-limiter"),
             order: QueueOrder::default(),
+            max_queued: None,
+            make: Arc::new(|_| ()),
         }
     }
+}
 
+impl<S> Clone for Builder<S> {
+    fn clone(&self) -> Self {
+        Builder {
+            limit: self.limit,
+            name: self.name.clone(),
+            order: self.order,
+            max_queued: self.max_queued,
+            make: self.make.clone(),
+        }
+    }
+}
+
+impl<S> Builder<S> {
     /// Sets the most items that may run at once. Defaults to the number of CPUs
     /// ([`std::thread::available_parallelism`]).
     ///
@@ -81,7 +127,7 @@ impl Builder {
     /// # }
     /// ```
     #[track_caller]
-    pub fn limit(mut self, limit: usize) -> Builder {
+    pub fn limit(mut self, limit: usize) -> Builder<S> {
         assert!(limit > 0, "task_limiter: the limit must be at least 1");
         self.limit = Some(limit);
         self
@@ -101,7 +147,7 @@ impl Builder {
     /// assert_eq!(limiter.name(), "uploads");
     /// # }
     /// ```
-    pub fn name(mut self, name: impl Into<String>) -> Builder {
+    pub fn name(mut self, name: impl Into<String>) -> Builder<S> {
         self.name = name.into();
         self
     }
@@ -119,9 +165,101 @@ impl Builder {
     /// # drop(limiter);
     /// # }
     /// ```
-    pub fn queue_order(mut self, order: QueueOrder) -> Builder {
+    pub fn queue_order(mut self, order: QueueOrder) -> Builder<S> {
         self.order = order;
         self
+    }
+
+    /// Bounds the queue for [`try_spawn`](Limiter::try_spawn) and
+    /// [`reserve`](Limiter::reserve): at most `max` items submitted through them wait for a
+    /// worker at once. Without it the queue is unbounded.
+    ///
+    /// An item takes its place in the queue when it is submitted and gives it back the moment
+    /// it leaves the queue: when it starts, or when it is cancelled (its place is free as soon
+    /// as [`abort`](crate::JoinHandle::abort) returns). Once `max` such items wait,
+    /// `try_spawn` gives its work back with [`TrySpawnError::Full`](crate::TrySpawnError::Full)
+    /// and `reserve` waits for a place.
+    ///
+    /// The other submission methods ([`spawn`](Limiter::spawn),
+    /// [`spawn_with`](Limiter::spawn_with), [`spawn_blocking`](Limiter::spawn_blocking), ...)
+    /// never wait and are never refused for room, bound or not, and their items take no place:
+    /// work may submit more work to its own limiter, and that must not wait for the queue that
+    /// the work itself is holding up, or it would deadlock. Bound the producers that feed the
+    /// limiter from outside with `try_spawn` and `reserve`.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `max` is 0.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::Limiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::builder().limit(1).max_queued(1).build();
+    /// let first = limiter.try_spawn(async { 1 }).unwrap(); // queued: the manager has not run yet
+    /// let refused = limiter.try_spawn(async { 2 }).unwrap_err();
+    /// assert!(refused.is_full());
+    /// let work = refused.into_inner(); // the future comes back
+    /// assert_eq!(first.await.unwrap(), 1);
+    /// assert_eq!(limiter.try_spawn(work).unwrap().await.unwrap(), 2);
+    /// # }
+    /// ```
+    #[track_caller]
+    pub fn max_queued(mut self, max: usize) -> Builder<S> {
+        assert!(max > 0, "task_limiter: `max_queued` must be at least 1");
+        self.max_queued = Some(max);
+        self
+    }
+
+    /// Gives every worker ID a value of type `T`, made by `make` on the first item that needs
+    /// it and lent to the items submitted with
+    /// [`spawn_with_state`](Limiter::spawn_with_state) and
+    /// [`spawn_blocking_with_state`](Limiter::spawn_blocking_with_state) that run under that
+    /// ID: a reusable buffer, a connection, a cache.
+    ///
+    /// The worker task owns the value and lends `&mut T` to one item at a time, so the items
+    /// need no lock and no table indexed by [`WorkerId`]. The value outlives worker tasks: when
+    /// a worker exits, its value is kept for the next worker with the same ID. It is dropped
+    /// if an item panics while it holds it (the next item gets a new one), and otherwise
+    /// when the limiter and its workers are gone. At most one value per ID ever exists, so at
+    /// most `limit` values (the highest limit in force, after [`set_limit`](Limiter::set_limit)).
+    ///
+    /// `make` runs on the worker, inside the first item that needs the value: a panic in it is
+    /// that item's panic, and the next item on the ID calls it again.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::Limiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::builder()
+    ///     .limit(4)
+    ///     .worker_state(|id| format!("connection for {id}"))
+    ///     .build();
+    /// let greeting = limiter
+    ///     .spawn_with_state(|conn: &mut String, _id| Box::pin(async move { conn.clone() }))
+    ///     .await
+    ///     .unwrap();
+    /// assert!(greeting.starts_with("connection for worker-"));
+    /// # }
+    /// ```
+    pub fn worker_state<T, F>(self, make: F) -> Builder<T>
+    where
+        F: Fn(WorkerId) -> T + Send + Sync + 'static,
+        T: Send + 'static,
+    {
+        Builder {
+            limit: self.limit,
+            name: self.name,
+            order: self.order,
+            max_queued: self.max_queued,
+            make: Arc::new(make),
+        }
     }
 
     /// Builds the limiter on the current tokio runtime, spawning its manager task there.
@@ -142,7 +280,10 @@ impl Builder {
     /// # }
     /// ```
     #[track_caller]
-    pub fn build(self) -> Limiter {
+    pub fn build(self) -> Limiter<S>
+    where
+        S: Send + 'static,
+    {
         match Handle::try_current() {
             Ok(handle) => self.build_on(&handle),
             Err(_) => panic!(
@@ -165,17 +306,21 @@ impl Builder {
     /// let handle = limiter.spawn(async { 1 + 1 });
     /// assert_eq!(runtime.block_on(handle).unwrap(), 2);
     /// ```
-    pub fn build_on(self, handle: &Handle) -> Limiter {
+    pub fn build_on(self, handle: &Handle) -> Limiter<S>
+    where
+        S: Send + 'static,
+    {
         Limiter::from_builder(self, handle)
     }
 }
 
-impl fmt::Debug for Builder {
+impl<S> fmt::Debug for Builder<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
             .field("limit", &self.limit)
             .field("name", &self.name)
             .field("queue_order", &self.order)
+            .field("max_queued", &self.max_queued)
             .finish()
     }
 }

@@ -204,3 +204,154 @@ impl From<JoinError> for std::io::Error {
         std::io::Error::other(err.to_string())
     }
 }
+
+/// Why [`Limiter::try_spawn`](crate::Limiter::try_spawn) refused work: it comes back inside.
+///
+/// Modelled on async-channel's `TrySendError`. `try_reserve` returns it with `()` inside.
+///
+/// # Examples
+///
+/// ```
+/// use task_limiter::{Limiter, TrySpawnError};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let limiter = Limiter::new(1);
+/// limiter.close();
+/// match limiter.try_spawn(async { 1 }) {
+///     Err(TrySpawnError::Closed(work)) => assert_eq!(work.await, 1),
+///     _ => unreachable!(),
+/// }
+/// # }
+/// ```
+#[derive(PartialEq, Eq, Clone, Copy)]
+pub enum TrySpawnError<T> {
+    /// The queue holds [`max_queued`](crate::Builder::max_queued) items already.
+    Full(T),
+    /// The limiter is closed.
+    Closed(T),
+}
+
+impl<T> TrySpawnError<T> {
+    /// Returns the work that was refused.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::Limiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::new(1);
+    /// limiter.close();
+    /// let work = limiter.try_spawn(async { 5 }).unwrap_err().into_inner();
+    /// assert_eq!(work.await, 5);
+    /// # }
+    /// ```
+    pub fn into_inner(self) -> T {
+        match self {
+            TrySpawnError::Full(work) | TrySpawnError::Closed(work) => work,
+        }
+    }
+
+    /// Returns true if the queue was full.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::Limiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::builder().max_queued(1).build();
+    /// let _first = limiter.try_spawn(async {}).unwrap();
+    /// assert!(limiter.try_spawn(async {}).unwrap_err().is_full());
+    /// # }
+    /// ```
+    pub fn is_full(&self) -> bool {
+        matches!(self, TrySpawnError::Full(_))
+    }
+
+    /// Returns true if the limiter was closed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::Limiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::new(1);
+    /// limiter.close();
+    /// assert!(limiter.try_spawn(async {}).unwrap_err().is_closed());
+    /// # }
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        matches!(self, TrySpawnError::Closed(_))
+    }
+
+    pub(crate) fn map<U>(self, f: impl FnOnce(T) -> U) -> TrySpawnError<U> {
+        match self {
+            TrySpawnError::Full(work) => TrySpawnError::Full(f(work)),
+            TrySpawnError::Closed(work) => TrySpawnError::Closed(f(work)),
+        }
+    }
+}
+
+impl<T> fmt::Debug for TrySpawnError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrySpawnError::Full(_) => f.write_str("Full(..)"),
+            TrySpawnError::Closed(_) => f.write_str("Closed(..)"),
+        }
+    }
+}
+
+impl<T> fmt::Display for TrySpawnError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrySpawnError::Full(_) => f.write_str("limiter queue is full"),
+            TrySpawnError::Closed(_) => f.write_str("limiter is closed"),
+        }
+    }
+}
+
+impl<T> std::error::Error for TrySpawnError<T> {}
+
+/// Why [`Limiter::reserve`](crate::Limiter::reserve) failed: the limiter is closed.
+///
+/// # Examples
+///
+/// ```
+/// use task_limiter::Limiter;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let limiter = Limiter::builder().max_queued(4).build();
+/// limiter.close();
+/// let err = limiter.reserve().await.unwrap_err();
+/// assert_eq!(err.to_string(), "limiter is closed");
+/// # }
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct ReserveError(());
+
+impl ReserveError {
+    pub(crate) fn new() -> ReserveError {
+        ReserveError(())
+    }
+}
+
+impl fmt::Debug for ReserveError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ReserveError")
+    }
+}
+
+impl fmt::Display for ReserveError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("limiter is closed")
+    }
+}
+
+impl std::error::Error for ReserveError {}

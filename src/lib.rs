@@ -77,22 +77,30 @@
 //! [`JoinSet`]: tokio::task::JoinSet
 //! [`StreamExt::buffer_unordered`]: https://docs.rs/futures/latest/futures/stream/trait.StreamExt.html#method.buffer_unordered
 
+mod batch;
+mod blocking;
 mod builder;
 mod error;
 mod handle;
 mod limiter;
 mod manager;
 mod metrics;
+mod permit;
 mod queue;
+mod state;
 mod sync;
 mod task;
+mod task_builder;
 mod worker_id;
 
+pub use batch::Batch;
 pub use builder::{Builder, QueueOrder};
-pub use error::JoinError;
+pub use error::{JoinError, ReserveError, TrySpawnError};
 pub use handle::{AbortHandle, JoinHandle};
 pub use limiter::Limiter;
 pub use metrics::Metrics;
+pub use permit::Permit;
+pub use task_builder::TaskBuilder;
 pub use worker_id::WorkerId;
 
 #[cfg(feature = "shuttle")]

@@ -1,14 +1,17 @@
+use std::any::Any;
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 
 use crate::builder::Builder;
 use crate::manager::{self, DoneTx, ExitGuard, Slots};
 use crate::queue::Queue;
+use crate::state::States;
 use crate::sync::rt::runtime::Handle;
 use crate::sync::rt::sync::mpsc::{self, UnboundedSender};
-use crate::sync::rt::sync::Notify;
+use crate::sync::rt::sync::{Notify, Semaphore};
 use crate::sync::{lock, Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering};
-use crate::task::Job;
+use crate::task::{Job, Starter};
 use crate::{JoinHandle, Metrics, WorkerId};
 
 /// Runs futures on the tokio runtime with at most `limit` of them alive at once.
@@ -26,6 +29,10 @@ use crate::{JoinHandle, Metrics, WorkerId};
 ///
 /// [`shutdown`]: Self::shutdown
 ///
+/// The type parameter `S` is the type of the per-worker state made by
+/// [`Builder::worker_state`] and lent to items by
+/// [`spawn_with_state`](Self::spawn_with_state); it is `()` for a limiter built without one.
+///
 /// # Examples
 ///
 /// ```
@@ -42,11 +49,22 @@ use crate::{JoinHandle, Metrics, WorkerId};
 /// assert_eq!(sum, 9900);
 /// # }
 /// ```
-#[derive(Clone)]
-pub struct Limiter {
-    shared: Arc<Shared>,
+pub struct Limiter<S = ()> {
+    pub(crate) shared: Arc<Shared>,
     /// The work channel. The manager sees it close when every `Limiter` is dropped.
     work_tx: UnboundedSender<Job>,
+    /// The state lives in `shared.states`; this only names its type.
+    _state: PhantomData<fn() -> S>,
+}
+
+impl<S> Clone for Limiter<S> {
+    fn clone(&self) -> Self {
+        Limiter {
+            shared: self.shared.clone(),
+            work_tx: self.work_tx.clone(),
+            _state: PhantomData,
+        }
+    }
 }
 
 /// State shared by the `Limiter` clones, the manager and the workers.
@@ -74,6 +92,11 @@ pub(crate) struct Shared {
     pub(crate) dropped_unstarted: AtomicU64,
     max_running: AtomicUsize,
     pub(crate) workers_spawned: AtomicU64,
+
+    /// The `Arc<States<S>>` of a `Limiter<S>`: per-worker state, untouched by other items.
+    pub(crate) states: Box<dyn Any + Send + Sync>,
+    /// Places in the queue for `try_spawn` and `reserve`, with `Builder::max_queued`.
+    pub(crate) room: Option<Arc<Semaphore>>,
 }
 
 /// Keeps the submitter's counter off the cache line that the workers write.
@@ -167,8 +190,10 @@ impl Limiter {
     pub fn builder() -> Builder {
         Builder::new()
     }
+}
 
-    pub(crate) fn from_builder(builder: Builder, handle: &Handle) -> Limiter {
+impl<S: Send + 'static> Limiter<S> {
+    pub(crate) fn from_builder(builder: Builder<S>, handle: &Handle) -> Limiter<S> {
         let limit = builder.limit.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         });
@@ -194,14 +219,24 @@ impl Limiter {
             dropped_unstarted: AtomicU64::new(0),
             max_running: AtomicUsize::new(0),
             workers_spawned: AtomicU64::new(0),
+            states: Box::new(Arc::new(States::new(builder.make))),
+            room: builder
+                .max_queued
+                .map(|max| Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS)))),
         });
         let exit = ExitGuard {
             shared: shared.clone(),
         };
         manager::spawn_manager(handle, &shared.name, manager::run(exit, work_rx, done_rx));
-        Limiter { shared, work_tx }
+        Limiter {
+            shared,
+            work_tx,
+            _state: PhantomData,
+        }
     }
+}
 
+impl<S> Limiter<S> {
     /// Submits a future; it runs once a worker slot is free.
     ///
     /// Never blocks and never awaits, so work may submit more work to its own limiter. The
@@ -258,7 +293,12 @@ impl Limiter {
         Fut: Future + Send + 'static,
         Fut::Output: Send + 'static,
     {
-        let (job, cell) = Job::new(make);
+        self.submit(make)
+    }
+
+    /// Queues an item of any shape: the one path of every `spawn` method.
+    pub(crate) fn submit<T: Starter>(&self, starter: T) -> JoinHandle<T::Output> {
+        let (job, cell) = Job::new(starter);
         let shared = &*self.shared;
         shared.submitted.fetch_add(1, Ordering::Relaxed);
         if shared.closed.load(Ordering::Acquire) {
@@ -270,6 +310,36 @@ impl Limiter {
             tracing::trace!(target: "task_limiter", limiter = %shared.name, "item queued");
         }
         JoinHandle::new(cell)
+    }
+
+    /// Queues an item unless the limiter is closed, in which case its work comes back.
+    pub(crate) fn try_submit<T: Starter>(&self, starter: T) -> Result<JoinHandle<T::Output>, T> {
+        let shared = &*self.shared;
+        if shared.closed.load(Ordering::Acquire) {
+            return Err(starter);
+        }
+        let (job, cell) = Job::new(starter);
+        shared.submitted.fetch_add(1, Ordering::Relaxed);
+        match self.work_tx.send(job) {
+            Ok(()) => {
+                tracing::trace!(target: "task_limiter", limiter = %shared.name, "item queued");
+                Ok(JoinHandle::new(cell))
+            }
+            // Closed since the check: the item never reached the manager, so take it back.
+            Err(refused) => {
+                shared.submitted.fetch_sub(1, Ordering::Relaxed);
+                let starter = cell.take_unstarted();
+                drop(refused);
+                Err(starter.expect("a refused item is still queued"))
+            }
+        }
+    }
+
+    /// Wakes `reserve` waiters once the limiter closes.
+    fn close_room(&self) {
+        if let Some(room) = &self.shared.room {
+            room.close();
+        }
     }
 
     /// Closes the limiter: items already submitted still run, later submissions resolve
@@ -295,6 +365,7 @@ impl Limiter {
     pub fn close(&self) -> bool {
         let closed_now = !self.shared.closed.swap(true, Ordering::AcqRel);
         if closed_now {
+            self.close_room();
             self.shared.control.notify_one();
         }
         closed_now
@@ -390,6 +461,7 @@ impl Limiter {
     pub async fn shutdown(&self) {
         self.shared.shutdown.store(true, Ordering::Release);
         self.shared.closed.store(true, Ordering::Release);
+        self.close_room();
         self.shared.control.notify_one();
         self.wait().await;
     }
@@ -551,7 +623,7 @@ impl Limiter {
     }
 }
 
-impl fmt::Debug for Limiter {
+impl<S> fmt::Debug for Limiter<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = self.metrics();
         f.debug_struct("Limiter")

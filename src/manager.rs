@@ -244,6 +244,7 @@ impl Manager {
                 shared: shared.clone(),
                 id,
                 item: Held::Admitted,
+                state: WorkerState::default(),
             };
             let task = spawn_worker(&shared.name, id, work(guard, job));
             if self.workers.len() <= id.index() {
@@ -263,6 +264,8 @@ struct WorkerGuard {
     shared: Arc<Shared>,
     id: WorkerId,
     item: Held,
+    /// The per-worker value of a limiter built with `worker_state`, once an item needed it.
+    state: WorkerState,
 }
 
 /// What a worker holds, for its counters.
@@ -319,6 +322,8 @@ impl Drop for WorkerGuard {
                 shared.running.fetch_sub(1, Ordering::AcqRel);
             }
         }
+        // Before the ID goes back: the next worker with this ID takes the value from the table.
+        self.state.park(self.id);
         #[cfg(feature = "shuttle")]
         if planted::early_id_release() {
             return; // already handed back at the start of `work`
@@ -334,27 +339,35 @@ async fn work(mut guard: WorkerGuard, mut job: Job) {
         let _ = guard.shared.done_tx.send(guard.id);
     }
     loop {
-        match job.start(guard.id, &guard.shared.name) {
-            Some(item) => {
+        let blocking = match job.start(guard.id, &guard.shared.name, &mut guard.state) {
+            Some(Run::Async(item)) => {
                 guard.item = Held::Started;
                 guard.shared.started.fetch_add(1, Ordering::Relaxed);
-                let shared = &*guard.shared;
-                let counter = match item.await {
-                    Outcome::Completed => &shared.completed,
-                    Outcome::Panicked => &shared.panicked,
-                    Outcome::Cancelled => &shared.cancelled_running,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
+                count(&guard.shared, item.await);
+                None
             }
+            Some(Run::Blocking(item)) => Some(item),
             // Aborted while queued: its work is already dropped.
             None => {
                 guard
                     .shared
                     .dropped_unstarted
                     .fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        };
+        match blocking {
+            None => guard.end_item(),
+            Some(item) => {
+                guard.item = Held::Started;
+                guard.shared.started.fetch_add(1, Ordering::Relaxed);
+                // Counted and ended on the blocking thread, which hands the guard back.
+                guard = match run_blocking(guard, item).await {
+                    Some(guard) => guard,
+                    None => return,
+                };
             }
         }
-        guard.end_item();
         // A worker that finds ready items in a row must still let other tasks on its thread run.
         rt::task::consume_budget().await;
         match guard.next_job() {
@@ -362,6 +375,34 @@ async fn work(mut guard: WorkerGuard, mut job: Job) {
             None => return,
         }
     }
+}
+
+/// Counts how a started item ended.
+fn count(shared: &Shared, outcome: Outcome) {
+    let counter = match outcome {
+        Outcome::Completed => &shared.completed,
+        Outcome::Panicked => &shared.panicked,
+        Outcome::Cancelled => &shared.cancelled_running,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Runs a blocking item on the runtime's blocking pool, with the worker's guard moved into the
+/// closure: the ID, the item's place in `running` and the worker state stay with the closure
+/// until it really returns, whatever happens to this worker task meanwhile. The item is counted
+/// and ended there; the guard then comes back for the worker to go on, or, if the worker task
+/// is gone (aborted by `shutdown`), is dropped on the blocking thread, handing the ID back.
+/// Returns `None` if the guard is gone: the blocking pool refused the closure (runtime
+/// shutdown), which resolved the item as cancelled and released the ID.
+async fn run_blocking(mut guard: WorkerGuard, item: Box<dyn BlockingRun>) -> Option<WorkerGuard> {
+    let (back_tx, back_rx) = rt::sync::oneshot::channel();
+    let _detached = rt::task::spawn_blocking(move || {
+        let outcome = item.run(&mut guard.state);
+        count(&guard.shared, outcome);
+        guard.end_item();
+        let _ = back_tx.send(guard);
+    });
+    back_rx.await.ok()
 }
 
 /// Spawns the manager onto `handle`'s runtime, named `{name}.manager` for tokio-console.

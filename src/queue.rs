@@ -1,4 +1,5 @@
-use std::collections::VecDeque;
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, VecDeque};
 
 use crate::task::Job;
 use crate::QueueOrder;
@@ -10,13 +11,52 @@ use crate::QueueOrder;
 pub(crate) enum Queue {
     Fifo(VecDeque<Job>),
     Lifo(Vec<Job>),
+    Priority {
+        heap: BinaryHeap<Ranked>,
+        /// Arrival count, to keep FIFO order among equal priorities.
+        next_seq: u64,
+    },
 }
+
+/// A job in a priority queue, ranked by its priority and then by its arrival.
+pub(crate) struct Ranked {
+    priority: i32,
+    seq: u64,
+    job: Job,
+}
+
+impl Ord for Ranked {
+    /// The greatest is popped first: the highest priority, then the earliest arrival.
+    fn cmp(&self, other: &Ranked) -> Ordering {
+        self.priority
+            .cmp(&other.priority)
+            .then_with(|| other.seq.cmp(&self.seq))
+    }
+}
+
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Ranked) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Ranked {
+    fn eq(&self, other: &Ranked) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Ranked {}
 
 impl Queue {
     pub(crate) fn new(order: QueueOrder) -> Queue {
         match order {
             QueueOrder::Fifo => Queue::Fifo(VecDeque::new()),
             QueueOrder::Lifo => Queue::Lifo(Vec::new()),
+            QueueOrder::Priority => Queue::Priority {
+                heap: BinaryHeap::new(),
+                next_seq: 0,
+            },
         }
     }
 
@@ -24,6 +64,18 @@ impl Queue {
         match self {
             Queue::Fifo(queue) => queue.extend(jobs),
             Queue::Lifo(stack) => stack.extend(jobs),
+            Queue::Priority { heap, next_seq } => {
+                for job in jobs {
+                    // Read from the item's cell: the lock order is queue, then cell, everywhere.
+                    let priority = job.priority();
+                    heap.push(Ranked {
+                        priority,
+                        seq: *next_seq,
+                        job,
+                    });
+                    *next_seq += 1;
+                }
+            }
         }
     }
 
@@ -31,6 +83,7 @@ impl Queue {
         match self {
             Queue::Fifo(queue) => queue.pop_front(),
             Queue::Lifo(stack) => stack.pop(),
+            Queue::Priority { heap, .. } => heap.pop().map(|ranked| ranked.job),
         }
     }
 
@@ -38,6 +91,7 @@ impl Queue {
         match self {
             Queue::Fifo(queue) => queue.is_empty(),
             Queue::Lifo(stack) => stack.is_empty(),
+            Queue::Priority { heap, .. } => heap.is_empty(),
         }
     }
 
@@ -46,6 +100,11 @@ impl Queue {
         match self {
             Queue::Fifo(queue) => std::mem::take(queue).into(),
             Queue::Lifo(stack) => std::mem::take(stack),
+            Queue::Priority { heap, .. } => std::mem::take(heap)
+                .into_vec()
+                .into_iter()
+                .map(|ranked| ranked.job)
+                .collect(),
         }
     }
 }

@@ -16,11 +16,66 @@ use futures_util::FutureExt;
 use pin_project_lite::pin_project;
 use tracing::Span;
 
+use crate::state::WorkerState;
 use crate::sync::{lock, Arc, Mutex};
 use crate::{JoinError, WorkerId};
 
-/// A started item, ready for its worker to poll.
-pub(crate) type Run = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+/// A started item, ready for its worker to run.
+pub(crate) enum Run<'a> {
+    /// A future for the worker to poll; it may borrow the worker's state.
+    Async(Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>),
+    /// A closure for the runtime's blocking pool, given the worker's state there.
+    Blocking(Box<dyn BlockingRun>),
+}
+
+/// A started blocking item. Dropping it without running it resolves its handle as cancelled.
+pub(crate) trait BlockingRun: Send {
+    fn run(self: Box<Self>, state: &mut WorkerState) -> Outcome;
+}
+
+/// What a queued item holds until it starts: the user's work, in one of the shapes the limiter
+/// accepts (a closure making a future, a future, a blocking closure, with or without the
+/// worker's state), plus any options it was submitted with.
+pub(crate) trait Starter: Send + 'static {
+    type Output: Send + 'static;
+    /// The item's future, which may borrow the worker's state for as long as it runs.
+    type Future<'a>: Future<Output = Self::Output> + Send + 'a;
+    /// The item runs on the blocking pool through `run_blocking`, never through `start`.
+    const BLOCKING: bool = false;
+
+    /// The item's rank in a [`QueueOrder::Priority`](crate::QueueOrder::Priority) queue.
+    fn priority(&self) -> i32 {
+        0
+    }
+
+    /// The item has left the queue to start: gives back its place in the queue, if it holds one.
+    fn leave_queue(&mut self) {}
+
+    /// Makes the item's future, on `worker`. Called only if `BLOCKING` is false.
+    fn start(self, worker: WorkerId, state: &mut WorkerState) -> Self::Future<'_>;
+
+    /// Runs the item to its end on a blocking-pool thread. Called only if `BLOCKING` is true.
+    fn run_blocking(self, worker: WorkerId, state: &mut WorkerState) -> Self::Output;
+}
+
+/// `spawn_with`'s closures, and through them `spawn`'s futures.
+impl<C, Fut> Starter for C
+where
+    C: FnOnce(WorkerId) -> Fut + Send + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
+    type Output = Fut::Output;
+    type Future<'a> = Fut;
+
+    fn start(self, worker: WorkerId, _: &mut WorkerState) -> Fut {
+        self(worker)
+    }
+
+    fn run_blocking(self, _: WorkerId, _: &mut WorkerState) -> Fut::Output {
+        unreachable!("an async item never runs on the blocking pool")
+    }
+}
 
 /// How a started item ended, for the limiter's counters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,12 +93,7 @@ pub(crate) struct Job(Option<Arc<dyn RawTask>>);
 
 impl Job {
     /// Allocates the cell for one item; returns the queue's and the handle's pointers to it.
-    pub(crate) fn new<S, Fut>(starter: S) -> (Job, Arc<Cell<S, Fut::Output>>)
-    where
-        S: FnOnce(WorkerId) -> Fut + Send + 'static,
-        Fut: Future + Send + 'static,
-        Fut::Output: Send + 'static,
-    {
+    pub(crate) fn new<S: Starter>(starter: S) -> (Job, Arc<Cell<S, S::Output>>) {
         let trace = tracing::enabled!(target: "task_limiter", tracing::Level::DEBUG).then(|| {
             Box::new(Trace {
                 parent: Span::current(),
@@ -61,8 +111,21 @@ impl Job {
     }
 
     /// Moves the item to running on `worker`, or returns `None` if it was cancelled while queued.
-    pub(crate) fn start(mut self, worker: WorkerId, limiter: &str) -> Option<Run> {
-        self.0.take().and_then(|raw| raw.start(worker, limiter))
+    /// An async item borrows `state` (the worker's) while it runs.
+    pub(crate) fn start<'a>(
+        mut self,
+        worker: WorkerId,
+        limiter: &str,
+        state: &'a mut WorkerState,
+    ) -> Option<Run<'a>> {
+        self.0
+            .take()
+            .and_then(|raw| raw.start(worker, limiter, state))
+    }
+
+    /// The item's rank in a priority queue; 0 once it has been cancelled.
+    pub(crate) fn priority(&self) -> i32 {
+        self.0.as_ref().map_or(0, |raw| raw.priority())
     }
 
     /// Cancels the item if it has not started; returns true if this call cancelled it.
@@ -81,8 +144,14 @@ impl Drop for Job {
 
 /// The type-erased face of a cell that the queue and the workers see.
 trait RawTask: Send + Sync {
-    fn start(self: Arc<Self>, worker: WorkerId, limiter: &str) -> Option<Run>;
+    fn start<'a>(
+        self: Arc<Self>,
+        worker: WorkerId,
+        limiter: &str,
+        state: &'a mut WorkerState,
+    ) -> Option<Run<'a>>;
     fn cancel_queued(&self) -> bool;
+    fn priority(&self) -> i32;
 }
 
 /// The face of a cell that a [`JoinHandle`](crate::JoinHandle) sees.
@@ -281,13 +350,13 @@ where
     }
 }
 
-impl<S, Fut> RawTask for Cell<S, Fut::Output>
-where
-    S: FnOnce(WorkerId) -> Fut + Send + 'static,
-    Fut: Future + Send + 'static,
-    Fut::Output: Send + 'static,
-{
-    fn start(self: Arc<Self>, worker: WorkerId, limiter: &str) -> Option<Run> {
+impl<S: Starter> RawTask for Cell<S, S::Output> {
+    fn start<'a>(
+        self: Arc<Self>,
+        worker: WorkerId,
+        limiter: &str,
+        worker_state: &'a mut WorkerState,
+    ) -> Option<Run<'a>> {
         let mut state = lock(&self.state);
         if !matches!(state.stage, Stage::Queued(..)) {
             return None;
@@ -296,10 +365,11 @@ where
             waker: None,
             abort: false,
         };
-        let Stage::Queued(starter, trace) = mem::replace(&mut state.stage, running) else {
+        let Stage::Queued(mut starter, trace) = mem::replace(&mut state.stage, running) else {
             unreachable!()
         };
         drop(state);
+        starter.leave_queue();
 
         let span = match &trace {
             Some(trace) => tracing::debug_span!(
@@ -312,30 +382,57 @@ where
             None => Span::none(),
         };
         let queued_at = trace.map(|trace| trace.queued_at);
-        Some(Box::pin(tracing::Instrument::instrument(
-            run(self, worker, starter, queued_at),
+        if S::BLOCKING {
+            return Some(Run::Blocking(Box::new(BlockingItem {
+                cell: self,
+                worker,
+                starter: Some(starter),
+                span,
+                queued_at,
+            })));
+        }
+        Some(Run::Async(Box::pin(tracing::Instrument::instrument(
+            run(self, worker, starter, worker_state, queued_at),
             span,
-        )))
+        ))))
     }
 
     fn cancel_queued(&self) -> bool {
         self.cancel_if_queued()
     }
+
+    fn priority(&self) -> i32 {
+        match &lock(&self.state).stage {
+            Stage::Queued(starter, _) => starter.priority(),
+            _ => 0,
+        }
+    }
+}
+
+impl<S: Starter> Cell<S, S::Output> {
+    /// Takes back the work of an item that never reached the queue, for a refused `try_` call to
+    /// give it back. Returns `None` if the item is no longer queued.
+    pub(crate) fn take_unstarted(&self) -> Option<S> {
+        let mut state = lock(&self.state);
+        match mem::replace(&mut state.stage, Stage::Consumed) {
+            Stage::Queued(starter, _) => Some(starter),
+            other => {
+                state.stage = other;
+                None
+            }
+        }
+    }
 }
 
 /// The body of a started item: build the future from the starter, poll it under abort and panic
 /// protection, then store the result.
-async fn run<S, Fut>(
-    cell: Arc<Cell<S, Fut::Output>>,
+async fn run<S: Starter>(
+    cell: Arc<Cell<S, S::Output>>,
     worker: WorkerId,
     starter: S,
+    worker_state: &mut WorkerState,
     queued_at: Option<Instant>,
-) -> Outcome
-where
-    S: FnOnce(WorkerId) -> Fut + Send + 'static,
-    Fut: Future + Send + 'static,
-    Fut::Output: Send + 'static,
-{
+) -> Outcome {
     let started_at = queued_at.map(|queued_at| {
         tracing::trace!(target: "task_limiter", waited_us = queued_at.elapsed().as_micros() as u64, "item started");
         Instant::now()
@@ -349,13 +446,15 @@ where
         armed: true,
         started_at,
     };
-    let work = AssertUnwindSafe(async move { starter(worker).await }).catch_unwind();
+    let lent = &mut *worker_state;
+    let work = AssertUnwindSafe(async move { starter.start(worker, lent).await }).catch_unwind();
     let result = Abortable {
         cell: &*cell,
         work: Some(work),
     }
     .await;
     unfinished.disarm();
+    worker_state.end_item(matches!(result, Some(Err(_))));
 
     let result = match result {
         Some(Ok(value)) => Ok(value),
@@ -372,6 +471,56 @@ where
         }
     }
     outcome
+}
+
+/// A started blocking item, on its way to a blocking-pool thread.
+struct BlockingItem<S: Starter> {
+    cell: Arc<Cell<S, S::Output>>,
+    worker: WorkerId,
+    /// Taken when the item runs; still here if the blocking pool drops it unrun (runtime
+    /// shutdown), and then `Drop` resolves the handle as cancelled.
+    starter: Option<S>,
+    span: Span,
+    queued_at: Option<Instant>,
+}
+
+impl<S: Starter> BlockingRun for BlockingItem<S> {
+    fn run(mut self: Box<Self>, worker_state: &mut WorkerState) -> Outcome {
+        let starter = self.starter.take().expect("a blocking item runs once");
+        let _span = self.span.enter();
+        let started_at = self.queued_at.map(|queued_at| {
+            tracing::trace!(target: "task_limiter", waited_us = queued_at.elapsed().as_micros() as u64, "item started");
+            Instant::now()
+        });
+        let worker = self.worker;
+        let result = panic::catch_unwind(AssertUnwindSafe(|| {
+            starter.run_blocking(worker, &mut *worker_state)
+        }));
+        worker_state.end_item(result.is_err());
+        let outcome = self
+            .cell
+            .finish(result.map_err(|payload| JoinError::panic(worker, payload)));
+        if let Some(started_at) = started_at {
+            let ran_us = started_at.elapsed().as_micros() as u64;
+            match outcome {
+                Outcome::Completed => {
+                    tracing::trace!(target: "task_limiter", ran_us, "item finished")
+                }
+                _ => tracing::debug!(target: "task_limiter", ran_us, "item panicked"),
+            }
+        }
+        outcome
+    }
+}
+
+impl<S: Starter> Drop for BlockingItem<S> {
+    fn drop(&mut self) {
+        if let Some(starter) = self.starter.take() {
+            drop_quietly(|| drop(starter));
+            self.cell
+                .finish(Err(JoinError::cancelled(Some(self.worker))));
+        }
+    }
 }
 
 struct Unfinished<'a, S, T> {
