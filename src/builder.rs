@@ -306,6 +306,7 @@ impl<S> Builder<S> {
     /// let handle = limiter.spawn(async { 1 + 1 });
     /// assert_eq!(runtime.block_on(handle).unwrap(), 2);
     /// ```
+    #[track_caller]
     pub fn build_on(self, handle: &Handle) -> Limiter<S>
     where
         S: Send + 'static,

@@ -1,5 +1,6 @@
 use std::any::Any;
 use std::fmt;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::WorkerId;
 
@@ -31,7 +32,9 @@ pub struct JoinError {
 
 enum Repr {
     Cancelled,
-    Panic(Box<dyn Any + Send + 'static>),
+    /// In a `Mutex` only to make `JoinError: Sync` (the payload is `Send` but not `Sync`, as
+    /// in tokio's `JoinError`); it is never locked by two threads.
+    Panic(Mutex<Box<dyn Any + Send + 'static>>),
 }
 
 impl JoinError {
@@ -44,7 +47,7 @@ impl JoinError {
 
     pub(crate) fn panic(worker: WorkerId, payload: Box<dyn Any + Send + 'static>) -> JoinError {
         JoinError {
-            repr: Repr::Panic(payload),
+            repr: Repr::Panic(Mutex::new(payload)),
             worker: Some(worker),
         }
     }
@@ -134,7 +137,9 @@ impl JoinError {
     /// ```
     pub fn try_into_panic(self) -> Result<Box<dyn Any + Send + 'static>, JoinError> {
         match self.repr {
-            Repr::Panic(payload) => Ok(payload),
+            Repr::Panic(payload) => {
+                Ok(payload.into_inner().unwrap_or_else(PoisonError::into_inner))
+            }
             Repr::Cancelled => Err(self),
         }
     }
@@ -175,7 +180,7 @@ impl fmt::Display for JoinError {
         }
         match &self.repr {
             Repr::Cancelled => f.write_str("was cancelled"),
-            Repr::Panic(payload) => match panic_message(payload.as_ref()) {
+            Repr::Panic(payload) => match panic_message(&**lock(payload)) {
                 Some(msg) => write!(f, "panicked with message {msg:?}"),
                 None => f.write_str("panicked"),
             },
@@ -188,7 +193,7 @@ impl fmt::Debug for JoinError {
         let mut s = f.debug_struct("JoinError");
         match &self.repr {
             Repr::Cancelled => s.field("reason", &"cancelled"),
-            Repr::Panic(payload) => match panic_message(payload.as_ref()) {
+            Repr::Panic(payload) => match panic_message(&**lock(payload)) {
                 Some(msg) => s.field("reason", &"panic").field("message", &msg),
                 None => s.field("reason", &"panic"),
             },
@@ -355,3 +360,7 @@ impl fmt::Display for ReserveError {
 }
 
 impl std::error::Error for ReserveError {}
+
+fn lock<T: ?Sized>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}

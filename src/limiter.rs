@@ -193,6 +193,8 @@ impl Limiter {
 }
 
 impl<S: Send + 'static> Limiter<S> {
+    // The manager's spawn location, as tokio-console shows it, is then the user's `build` call.
+    #[track_caller]
     pub(crate) fn from_builder(builder: Builder<S>, handle: &Handle) -> Limiter<S> {
         let limit = builder.limit.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)

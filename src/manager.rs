@@ -90,9 +90,9 @@ impl Drop for ExitGuard {
         shared.closed.store(true, Ordering::Release);
         let queued = lock(&shared.queue).take_all();
         shared.cancel_unstarted(queued);
+        tracing::debug!(target: "task_limiter", limiter = %shared.name, "manager exited");
         shared.exited.store(true, Ordering::Release);
         shared.exit_notify.notify_waiters();
-        tracing::debug!(target: "task_limiter", limiter = %shared.name, "manager exited");
     }
 }
 
@@ -406,6 +406,7 @@ async fn run_blocking(mut guard: WorkerGuard, item: Box<dyn BlockingRun>) -> Opt
 }
 
 /// Spawns the manager onto `handle`'s runtime, named `{name}.manager` for tokio-console.
+#[track_caller]
 pub(crate) fn spawn_manager<F>(handle: &rt::runtime::Handle, name: &str, future: F)
 where
     F: std::future::Future<Output = ()> + Send + 'static,

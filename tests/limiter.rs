@@ -243,29 +243,34 @@ async fn work_can_submit_more_work_to_its_own_limiter() {
     let total = Arc::new(AtomicUsize::new(0));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
 
-    fn tree(
-        limiter: Limiter,
-        depth: u32,
-        total: Arc<AtomicUsize>,
-        tx: tokio::sync::mpsc::UnboundedSender<task_limiter::JoinHandle<()>>,
-    ) {
+    type Handles = tokio::sync::mpsc::UnboundedSender<task_limiter::JoinHandle<()>>;
+    fn tree(limiter: Limiter, depth: u32, total: Arc<AtomicUsize>, handles: Handles) {
         let child_limiter = limiter.clone();
+        let child_handles = handles.clone();
         let handle = limiter.spawn(async move {
             total.fetch_add(1, Ordering::SeqCst);
             if depth > 0 {
                 for _ in 0..3 {
-                    tree(child_limiter.clone(), depth - 1, total.clone(), tx.clone());
+                    // Submitting never blocks, even from an item holding one of the two slots.
+                    tree(
+                        child_limiter.clone(),
+                        depth - 1,
+                        total.clone(),
+                        child_handles.clone(),
+                    );
                 }
             }
         });
-        // Submitting never blocks, even from inside an item holding one of the two slots.
-        let _ = handle;
+        handles.send(handle).unwrap();
     }
     tree(limiter.clone(), 4, total.clone(), tx.clone());
     drop(tx);
+    let mut resolved = 0;
     while let Some(handle) = rx.recv().await {
         handle.await.unwrap();
+        resolved += 1;
     }
+    assert_eq!(resolved, 121);
     limiter.close();
     limiter.wait().await;
     // 1 + 3 + 9 + 27 + 81 items.
