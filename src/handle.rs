@@ -36,7 +36,9 @@ use crate::JoinError;
 /// # }
 /// ```
 pub struct JoinHandle<T> {
-    raw: Arc<dyn Join<T>>,
+    /// Let go of as soon as the result is taken: the cell's memory goes then, and dropping the
+    /// handle afterwards has nothing left to do.
+    raw: Option<Arc<dyn Join<T>>>,
 }
 
 /// A handle that can cancel an item without awaiting it. Cloneable; dropping it does nothing.
@@ -58,14 +60,15 @@ pub struct JoinHandle<T> {
 /// ```
 #[derive(Clone)]
 pub struct AbortHandle {
-    raw: Arc<dyn Abort>,
+    /// `None` if made from a handle whose result was already taken.
+    raw: Option<Arc<dyn Abort>>,
 }
 
 // === impl JoinHandle ===
 
 impl<T> JoinHandle<T> {
     pub(crate) fn new(raw: Arc<dyn Join<T>>) -> JoinHandle<T> {
-        JoinHandle { raw }
+        JoinHandle { raw: Some(raw) }
     }
 
     /// Cancels the item.
@@ -93,7 +96,9 @@ impl<T> JoinHandle<T> {
     /// # }
     /// ```
     pub fn abort(&self) {
-        self.raw.abort();
+        if let Some(raw) = &self.raw {
+            raw.abort();
+        }
     }
 
     /// Returns true once the item has finished: completed, panicked or been cancelled.
@@ -113,7 +118,7 @@ impl<T> JoinHandle<T> {
     /// # }
     /// ```
     pub fn is_finished(&self) -> bool {
-        self.raw.is_finished()
+        self.raw.as_ref().is_none_or(|raw| raw.is_finished())
     }
 
     /// Returns an [`AbortHandle`] for the item, which can cancel it without awaiting it.
@@ -135,7 +140,7 @@ impl<T> JoinHandle<T> {
     /// ```
     pub fn abort_handle(&self) -> AbortHandle {
         AbortHandle {
-            raw: self.raw.clone().into_abort(),
+            raw: self.raw.clone().map(|raw| raw.into_abort()),
         }
     }
 }
@@ -143,14 +148,24 @@ impl<T> JoinHandle<T> {
 impl<T> Future for JoinHandle<T> {
     type Output = Result<T, JoinError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.raw.poll_join(cx)
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let raw = self
+            .raw
+            .as_ref()
+            .expect("`JoinHandle` polled after completion");
+        let result = raw.poll_join(cx);
+        if result.is_ready() {
+            self.raw = None;
+        }
+        result
     }
 }
 
 impl<T> Drop for JoinHandle<T> {
     fn drop(&mut self) {
-        self.raw.detach();
+        if let Some(raw) = &self.raw {
+            raw.detach();
+        }
     }
 }
 
@@ -181,7 +196,9 @@ impl AbortHandle {
     /// # }
     /// ```
     pub fn abort(&self) {
-        self.raw.abort();
+        if let Some(raw) = &self.raw {
+            raw.abort();
+        }
     }
 
     /// Returns true once the item has finished: completed, panicked or been cancelled.
@@ -201,7 +218,7 @@ impl AbortHandle {
     /// # }
     /// ```
     pub fn is_finished(&self) -> bool {
-        self.raw.is_finished()
+        self.raw.as_ref().is_none_or(|raw| raw.is_finished())
     }
 }
 

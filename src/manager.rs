@@ -277,6 +277,9 @@ enum Held {
     Admitted,
     /// Started: counted in `running` and `started`.
     Started,
+    /// Between two items: still counted in `running`, so that a worker going straight on to
+    /// the next item keeps its place instead of giving it up and taking it again.
+    Between,
 }
 
 impl WorkerGuard {
@@ -287,22 +290,31 @@ impl WorkerGuard {
     }
 
     /// Takes the next queued item if this worker may run it: the limiter is not shutting down,
-    /// this worker's ID is below the limit in force, and the limit has room.
+    /// this worker's ID is below the limit in force, and the limit has room. Otherwise gives up
+    /// the worker's place in `running`, if it still holds one.
     fn next_job(&mut self) -> Option<Job> {
         let shared = &self.shared;
-        if shared.shutdown.load(Ordering::Acquire) {
-            return None;
-        }
         let limit = shared.limit();
-        if self.id.index() >= limit {
-            return None;
+        if !shared.shutdown.load(Ordering::Acquire) && self.id.index() < limit {
+            let mut queue = lock(&shared.queue);
+            if !queue.is_empty() {
+                let admitted = match self.item {
+                    // `running` counts this worker: keep its place unless the limit shrank
+                    // below what runs now. `running` never grows here, so racing admissions
+                    // (which grow it only while below the limit) cannot push it past the limit.
+                    Held::Between => shared.running.load(Ordering::Acquire) <= limit,
+                    _ => shared.try_admit(limit),
+                };
+                if admitted {
+                    self.item = Held::Admitted;
+                    return queue.pop();
+                }
+            }
         }
-        let mut queue = lock(&shared.queue);
-        if queue.is_empty() || !shared.try_admit(limit) {
-            return None;
+        if self.item == Held::Between {
+            self.end_item();
         }
-        self.item = Held::Admitted;
-        queue.pop()
+        None
     }
 }
 
@@ -319,6 +331,9 @@ impl Drop for WorkerGuard {
             }
             Held::Started => {
                 shared.cancelled_running.fetch_add(1, Ordering::Relaxed);
+                shared.running.fetch_sub(1, Ordering::AcqRel);
+            }
+            Held::Between => {
                 shared.running.fetch_sub(1, Ordering::AcqRel);
             }
         }
@@ -357,7 +372,7 @@ async fn work(mut guard: WorkerGuard, mut job: Job) {
             }
         };
         match blocking {
-            None => guard.end_item(),
+            None => guard.item = Held::Between,
             Some(item) => {
                 guard.item = Held::Started;
                 guard.shared.started.fetch_add(1, Ordering::Relaxed);

@@ -17,7 +17,7 @@ use pin_project_lite::pin_project;
 use tracing::Span;
 
 use crate::state::WorkerState;
-use crate::sync::{lock, Arc, Mutex};
+use crate::sync::{lock, Arc, AtomicBool, Mutex, Ordering};
 use crate::{JoinError, WorkerId};
 
 /// A started item, ready for its worker to run.
@@ -101,6 +101,7 @@ impl Job {
             })
         });
         let cell = Arc::new(Cell {
+            aborted: AtomicBool::new(false),
             state: Mutex::new(State {
                 stage: Stage::Queued(starter, trace),
                 join_waker: None,
@@ -175,6 +176,9 @@ struct Trace {
 }
 
 pub(crate) struct Cell<S, T> {
+    /// Set by `abort` while the item runs. Read without the lock on every poll of the item, so
+    /// an item that finishes in one poll never takes the lock for it.
+    aborted: AtomicBool,
     state: Mutex<State<S, T>>,
 }
 
@@ -190,7 +194,6 @@ enum Stage<S, T> {
     Running {
         /// The worker's waker, so that `abort` can wake the worker.
         waker: Option<Waker>,
-        abort: bool,
     },
     Finished(Result<T, JoinError>),
     /// The output was taken by the handle, or dropped because the handle was gone.
@@ -254,20 +257,28 @@ impl<S, T> Cell<S, T> {
         outcome
     }
 
-    /// Returns true (and drops the worker's future) if the item has been aborted; otherwise
-    /// stores the worker's waker so that `abort` can reach it.
-    fn poll_abort(&self, cx: &mut Context<'_>) -> bool {
+    fn is_aborted(&self) -> bool {
+        self.aborted.load(Ordering::Acquire)
+    }
+
+    /// Stores the worker's waker so that `abort` can reach the pending item; returns true if
+    /// the item was aborted meanwhile.
+    ///
+    /// `abort` sets the flag and takes the waker under the lock. If its lock came first, the
+    /// flag is visible after ours; if ours came first, it finds and wakes this waker. Either
+    /// way no abort is missed.
+    fn register_worker(&self, cx: &mut Context<'_>) -> bool {
         let mut state = lock(&self.state);
         match &mut state.stage {
-            Stage::Running { abort: true, .. } => true,
-            Stage::Running { waker, .. } => {
+            Stage::Running { waker } => {
                 if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                     *waker = Some(cx.waker().clone());
                 }
-                false
             }
             _ => unreachable!("a running item's cell is always in the running stage"),
         }
+        drop(state);
+        self.is_aborted()
     }
 }
 
@@ -283,8 +294,8 @@ where
                 drop(state);
                 self.cancel_if_queued();
             }
-            Stage::Running { abort, waker } => {
-                *abort = true;
+            Stage::Running { waker } => {
+                self.aborted.store(true, Ordering::Release);
                 let waker = waker.take();
                 drop(state);
                 if let Some(waker) = waker {
@@ -361,10 +372,7 @@ impl<S: Starter> RawTask for Cell<S, S::Output> {
         if !matches!(state.stage, Stage::Queued(..)) {
             return None;
         }
-        let running = Stage::Running {
-            waker: None,
-            abort: false,
-        };
+        let running = Stage::Running { waker: None };
         let Stage::Queued(mut starter, trace) = mem::replace(&mut state.stage, running) else {
             unreachable!()
         };
@@ -391,10 +399,12 @@ impl<S: Starter> RawTask for Cell<S, S::Output> {
                 queued_at,
             })));
         }
-        Some(Run::Async(Box::pin(tracing::Instrument::instrument(
-            run(self, worker, starter, worker_state, queued_at),
-            span,
-        ))))
+        let run = run(self, worker, starter, worker_state, queued_at);
+        Some(Run::Async(match span.is_none() {
+            // No subscriber listens: spare every poll the span's enter and exit.
+            true => Box::pin(run),
+            false => Box::pin(tracing::Instrument::instrument(run, span)),
+        }))
     }
 
     fn cancel_queued(&self) -> bool {
@@ -565,13 +575,18 @@ impl<S, T, F: Future> Future for Abortable<'_, S, T, F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        if this.cell.poll_abort(cx) {
-            drop_quietly(|| this.work.set(None));
-            return Poll::Ready(None);
+        if !this.cell.is_aborted() {
+            let Some(work) = this.work.as_mut().as_pin_mut() else {
+                return Poll::Ready(None);
+            };
+            if let Poll::Ready(output) = work.poll(cx) {
+                return Poll::Ready(Some(output));
+            }
+            if !this.cell.register_worker(cx) {
+                return Poll::Pending;
+            }
         }
-        match this.work.as_pin_mut() {
-            Some(work) => work.poll(cx).map(Some),
-            None => Poll::Ready(None),
-        }
+        drop_quietly(|| this.work.set(None));
+        Poll::Ready(None)
     }
 }
