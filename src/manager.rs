@@ -13,6 +13,8 @@
 
 use std::collections::BTreeSet;
 
+use futures_util::FutureExt;
+
 use crate::limiter::Shared;
 use crate::state::WorkerState;
 use crate::sync::rt::sync::mpsc::{UnboundedReceiver, UnboundedSender};
@@ -96,6 +98,18 @@ impl Drop for ExitGuard {
     }
 }
 
+/// Moves a batch from the work channel into the queue.
+fn enqueue(shared: &Shared, jobs: &mut Vec<Job>) {
+    if shared.shutdown.load(Ordering::Acquire) {
+        // A send that raced `shutdown` can land after `on_control` drained the channel (its
+        // `try_recv` saw the send still in flight). Queued now, it would never run and the
+        // manager would never exit: cancel it instead.
+        shared.cancel_unstarted(jobs.drain(..));
+    } else {
+        lock(&shared.queue).extend(jobs.drain(..));
+    }
+}
+
 struct Manager {
     exit: ExitGuard,
     work_rx: UnboundedReceiver<Job>,
@@ -157,13 +171,8 @@ impl Manager {
                         // Every `Limiter` is gone (or `close` closed the channel) and the
                         // channel is drained.
                         self.work_open = false;
-                    } else if shared.shutdown.load(Ordering::Acquire) {
-                        // A send that raced `shutdown` can land after `on_control` drained the
-                        // channel (its `try_recv` saw the send still in flight). Queued now, it
-                        // would never run and the manager would never exit: cancel it instead.
-                        shared.cancel_unstarted(jobs.drain(..));
                     } else {
-                        lock(&shared.queue).extend(jobs.drain(..));
+                        enqueue(&shared, &mut jobs);
                         self.drain_ready(&shared, &mut jobs);
                     }
                 }
@@ -182,19 +191,11 @@ impl Manager {
     /// manager runs, draining one batch per wake-up respawned every worker per batch.
     fn drain_ready(&mut self, shared: &Shared, jobs: &mut Vec<Job>) {
         for _ in 0..DRAIN / BATCH {
-            while jobs.len() < BATCH {
-                match self.work_rx.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
-                }
-            }
-            if jobs.is_empty() {
-                return;
-            }
-            let last = jobs.len() < BATCH;
-            lock(&shared.queue).extend(jobs.drain(..));
-            if last {
-                return;
+            // Polled once: `None` when the channel is empty for now (or the coop budget ran
+            // out), `Some(0)` when it is closed, which the next `select!` sees too.
+            match recv_batch(&mut self.work_rx, jobs, BATCH).now_or_never() {
+                Some(n) if n > 0 => enqueue(shared, jobs),
+                _ => return,
             }
         }
     }
