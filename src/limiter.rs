@@ -299,6 +299,7 @@ impl<S> Limiter<S> {
     }
 
     /// Queues an item of any shape: the one path of every `spawn` method.
+    #[inline]
     pub(crate) fn submit<T: Starter>(&self, starter: T) -> JoinHandle<T::Output> {
         let (job, cell) = Job::new(starter);
         let shared = &*self.shared;

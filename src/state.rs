@@ -11,7 +11,6 @@
 use std::any::Any;
 use std::fmt;
 use std::future::Future;
-use std::mem;
 use std::pin::Pin;
 
 use crate::sync::{lock, Arc, Mutex};
@@ -61,8 +60,6 @@ impl<S> States<S> {
 #[derive(Default)]
 pub(crate) struct WorkerState {
     value: Option<Box<dyn Lent>>,
-    /// The item running now was lent the value.
-    lent: bool,
 }
 
 /// A value and the table it goes back to, with its type erased so that the worker code stays
@@ -92,7 +89,6 @@ impl WorkerState {
     /// Lends this worker's value to the item starting on it: from the worker itself, else from
     /// the table, else made by the factory (a panic there is the item's panic).
     fn lend<S: Send + 'static>(&mut self, worker: WorkerId, home: &Arc<States<S>>) -> &mut S {
-        self.lent = true;
         if self.value.is_none() {
             let value = home.unpark(worker).unwrap_or_else(|| (home.make)(worker));
             self.value = Some(Box::new(Value {
@@ -107,14 +103,12 @@ impl WorkerState {
             .value
     }
 
-    /// Called after every item: if the item was lent the value and panicked, the value may be
-    /// half-updated, so it is dropped and the next item on this ID gets a new one.
-    pub(crate) fn end_item(&mut self, panicked: bool) {
-        if mem::take(&mut self.lent) && panicked {
-            if let Some(value) = self.value.take() {
-                // A panicking destructor must not take the worker down with it.
-                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(value)));
-            }
+    /// A stateful item panicked: the value may be half-updated, so it is dropped, and the next
+    /// item on this ID gets a new one.
+    pub(crate) fn poison(&mut self) {
+        if let Some(value) = self.value.take() {
+            // A panicking destructor must not take the worker down with it.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(value)));
         }
     }
 
@@ -152,6 +146,7 @@ where
 {
     type Output = T;
     type Future<'a> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+    const USES_STATE: bool = true;
 
     fn start(self, worker: WorkerId, state: &mut WorkerState) -> Self::Future<'_> {
         let value = state.lend(worker, &self.home);
@@ -178,6 +173,7 @@ where
     type Output = R;
     type Future<'a> = std::future::Pending<R>;
     const BLOCKING: bool = true;
+    const USES_STATE: bool = true;
 
     fn start(self, _: WorkerId, _: &mut WorkerState) -> Self::Future<'_> {
         unreachable!("a blocking item is never polled")

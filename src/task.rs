@@ -42,6 +42,9 @@ pub(crate) trait Starter: Send + 'static {
     type Future<'a>: Future<Output = Self::Output> + Send + 'a;
     /// The item runs on the blocking pool through `run_blocking`, never through `start`.
     const BLOCKING: bool = false;
+    /// The item borrows the worker's state, which a panic of the item then drops. A constant,
+    /// so that items without state pay nothing for it.
+    const USES_STATE: bool = false;
 
     /// The item's rank in a [`QueueOrder::Priority`](crate::QueueOrder::Priority) queue.
     fn priority(&self) -> i32 {
@@ -464,7 +467,9 @@ async fn run<S: Starter>(
     }
     .await;
     unfinished.disarm();
-    worker_state.end_item(matches!(result, Some(Err(_))));
+    if S::USES_STATE && matches!(result, Some(Err(_))) {
+        worker_state.poison();
+    }
 
     let result = match result {
         Some(Ok(value)) => Ok(value),
@@ -506,7 +511,9 @@ impl<S: Starter> BlockingRun for BlockingItem<S> {
         let result = panic::catch_unwind(AssertUnwindSafe(|| {
             starter.run_blocking(worker, &mut *worker_state)
         }));
-        worker_state.end_item(result.is_err());
+        if S::USES_STATE && result.is_err() {
+            worker_state.poison();
+        }
         let outcome = self
             .cell
             .finish(result.map_err(|payload| JoinError::panic(worker, payload)));

@@ -50,6 +50,7 @@ impl<T: Starter> Starter for Configured<T> {
     type Output = T::Output;
     type Future<'a> = T::Future<'a>;
     const BLOCKING: bool = T::BLOCKING;
+    const USES_STATE: bool = T::USES_STATE;
 
     fn priority(&self) -> i32 {
         self.priority
