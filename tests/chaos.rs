@@ -12,6 +12,8 @@
 //! The seed is printed; `TASK_LIMITER_CHAOS_SEED=<seed>` replays the mix (not the thread
 //! interleaving). `TASK_LIMITER_CHAOS_ITEMS` sets the items per limit (default 25,000). The larger
 //! run is ignored by default: `cargo test --release --test chaos -- --ignored --nocapture`.
+// Real tokio: under the `shuttle` feature the crate runs on shuttle-tokio (tests/shuttle.rs).
+#![cfg(not(feature = "shuttle"))]
 
 mod monitor;
 

@@ -6,6 +6,8 @@
 //! aborted or shut down, a running item aborted, a detached output) is swallowed on the spot,
 //! as tokio does when it drops a task's future or output; a bomb that goes off inside an item's
 //! poll makes the item panic.
+// Real tokio: under the `shuttle` feature the crate runs on shuttle-tokio (tests/shuttle.rs).
+#![cfg(not(feature = "shuttle"))]
 
 mod support;
 

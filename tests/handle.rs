@@ -1,4 +1,6 @@
 //! Join handles: results, panics, aborts, detaching, and the exactly-once contract.
+// Real tokio: under the `shuttle` feature the crate runs on shuttle-tokio (tests/shuttle.rs).
+#![cfg(not(feature = "shuttle"))]
 
 mod support;
 

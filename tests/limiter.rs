@@ -1,4 +1,6 @@
 //! The limiter's contract: limits, worker IDs, queue order, resizing, closing and shutdown.
+// Real tokio: under the `shuttle` feature the crate runs on shuttle-tokio (tests/shuttle.rs).
+#![cfg(not(feature = "shuttle"))]
 
 mod support;
 

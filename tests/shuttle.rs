@@ -2,10 +2,16 @@
 //! across thousands of random and PCT schedules per property, with limits 1 to 3 and a handful
 //! of items.
 //!
-//! Run them with
-//! `CARGO_TARGET_DIR=target/shuttle cargo test --release --features shuttle --test shuttle`.
+//! Run them with (dependencies optimized, this crate with its debug assertions on)
+//! `CARGO_TARGET_DIR=target/shuttle cargo test --features shuttle --test shuttle
+//! --config 'profile.dev.package."*".opt-level=2'`, or with `--release`.
 //! `TASK_LIMITER_SHUTTLE_ITERATIONS=N` sets the schedules per property, limit and scheduler
-//! (default 1000). A failing schedule is printed by shuttle and replays with `shuttle::replay`.
+//! (default 1000, about 15 s that way; an unoptimized build is about 7 times slower). A failure
+//! prints the schedule, which `shuttle::replay` replays, and for the random scheduler a seed:
+//! `SHUTTLE_RANDOM_SEED=<seed>` with `TASK_LIMITER_SHUTTLE_ITERATIONS=1` replays it.
+//!
+//! Only this file runs under the `shuttle` feature: the other tests and the doctests drive
+//! real tokio, whose runtime does not schedule shuttle-tokio's tasks.
 //!
 //! Invariants 1 and 2 (DESIGN.md) are checked by `monitor::Monitor`; a hang (a handle that never
 //! resolves, a `wait` that never returns) leaves every task blocked, which shuttle reports as a
@@ -22,7 +28,7 @@ use monitor::Monitor;
 use shuttle::scheduler::{PctScheduler, RandomScheduler};
 use shuttle::{Config, Runner};
 use shuttle_tokio::task::yield_now;
-use task_limiter::{JoinHandle, Limiter};
+use task_limiter::{JoinHandle, Limiter, QueueOrder};
 
 /// Schedules per property, limit and scheduler.
 fn iterations() -> usize {
@@ -107,8 +113,14 @@ fn assert_drained(limiter: &Limiter) {
 /// value, and `wait` returns once the limiter is closed and drained (the manager has exited).
 fn ids_and_limit_hold_and_the_manager_exits(limit: usize) {
     block_on(async move {
+        // LIFO at limit 2: the other queue order takes the same paths.
+        let order = match limit {
+            2 => QueueOrder::Lifo,
+            _ => QueueOrder::Fifo,
+        };
         let limiter = Limiter::builder()
             .limit(limit)
+            .queue_order(order)
             .build_on(&shuttle_tokio::runtime::Handle::current());
         let monitor = Arc::new(Monitor::new(limit));
 
@@ -218,6 +230,54 @@ fn aborts_race_completion(limit: usize) {
         assert_drained(&limiter);
         assert_eq!(limiter.metrics().submitted, 5);
     });
+}
+
+/// `close` races a task that submits and items that complete: what was sent before the close
+/// runs to its value, what was sent after resolves cancelled without running, and `wait`
+/// returns with everything drained.
+fn close_races_submission(limit: usize) {
+    block_on(async move {
+        let limiter = Limiter::new(limit);
+        let monitor = Arc::new(Monitor::new(limit));
+        let first: Vec<_> = (0..2).map(|i| item(&limiter, &monitor, i, 1)).collect();
+        let submitter = shuttle_tokio::spawn({
+            let (limiter, monitor) = (limiter.clone(), monitor.clone());
+            async move {
+                let mut handles = Vec::new();
+                for i in 2..5 {
+                    handles.push(item(&limiter, &monitor, i, 0));
+                    yield_now().await;
+                }
+                handles
+            }
+        });
+        assert!(limiter.close());
+        let rest = submitter.await.unwrap();
+        limiter.wait().await;
+        let mut ran = 0;
+        for (i, handle) in (0..).zip(first.into_iter().chain(rest)) {
+            match handle.await {
+                Ok(value) => {
+                    assert_eq!(value, i);
+                    ran += 1;
+                }
+                Err(err) => {
+                    assert!(err.is_cancelled(), "item {i}: {err:?}");
+                    assert!(i >= 2, "item {i} was submitted before the close");
+                }
+            }
+        }
+        monitor.assert_ok();
+        assert_eq!(monitor.started(), ran, "a refused item ran");
+        assert_drained(&limiter);
+        let m = limiter.metrics();
+        assert_eq!((m.submitted, m.completed), (5, ran));
+    });
+}
+
+#[test]
+fn close_racing_submission_runs_what_was_sent_before_it() {
+    explore(close_races_submission);
 }
 
 #[test]

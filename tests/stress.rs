@@ -1,4 +1,6 @@
 //! Many items on the multi-thread runtime, with random panics, aborts and dropped handles.
+// Real tokio: under the `shuttle` feature the crate runs on shuttle-tokio (tests/shuttle.rs).
+#![cfg(not(feature = "shuttle"))]
 
 mod support;
 

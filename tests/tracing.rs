@@ -5,6 +5,8 @@
 //! One global subscriber records everything (the limiter's tasks run on runtime threads, which a
 //! thread-local default would not reach). Tests run in parallel, so each one names its limiter
 //! and its spans uniquely and looks only at what belongs to it.
+// Real tokio: under the `shuttle` feature the crate runs on shuttle-tokio (tests/shuttle.rs).
+#![cfg(not(feature = "shuttle"))]
 
 use std::collections::BTreeMap;
 use std::fmt;
