@@ -33,8 +33,9 @@ pub struct JoinError {
 enum Repr {
     Cancelled,
     /// In a `Mutex` only to make `JoinError: Sync` (the payload is `Send` but not `Sync`, as
-    /// in tokio's `JoinError`); it is never locked by two threads.
-    Panic(Mutex<Box<dyn Any + Send + 'static>>),
+    /// in tokio's `JoinError`); it is never locked by two threads. Boxed once more so that a
+    /// `JoinError`, and with it every item's result slot, stays two words.
+    Panic(Box<Mutex<Box<dyn Any + Send + 'static>>>),
 }
 
 impl JoinError {
@@ -47,7 +48,7 @@ impl JoinError {
 
     pub(crate) fn panic(worker: WorkerId, payload: Box<dyn Any + Send + 'static>) -> JoinError {
         JoinError {
-            repr: Repr::Panic(Mutex::new(payload)),
+            repr: Repr::Panic(Box::new(Mutex::new(payload))),
             worker: Some(worker),
         }
     }

@@ -129,3 +129,21 @@ mod tests {
         assert_send_sync_unpin::<Builder>();
     }
 }
+/// The per-item cell is the limiter's memory per queued item: keep it in its size class.
+#[cfg(all(test, target_pointer_width = "64"))]
+mod size {
+    fn cell_size<S: crate::task::Starter>(_: &S) -> usize {
+        std::mem::size_of::<crate::task::Cell<S, S::Output>>()
+    }
+
+    #[test]
+    fn queued_item_cell_stays_small() {
+        let index = 7_u64;
+        let fut = async move { index };
+        let size = cell_size(&move |_: crate::WorkerId| fut);
+        // With Arc's two counts, an 80-byte request: a 96-byte chunk in glibc malloc.
+        assert!(size <= 64, "{size}");
+        assert_eq!(std::mem::size_of::<crate::JoinError>(), 16);
+        assert_eq!(std::mem::size_of::<crate::JoinHandle<u64>>(), 16);
+    }
+}

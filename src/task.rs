@@ -105,10 +105,10 @@ impl Job {
         });
         let cell = Arc::new(Cell {
             aborted: AtomicBool::new(false),
+            detached: AtomicBool::new(false),
             state: Mutex::new(State {
                 stage: Stage::Queued(starter, trace),
                 join_waker: None,
-                detached: false,
             }),
         });
         (Job(Some(cell.clone())), cell)
@@ -182,14 +182,16 @@ pub(crate) struct Cell<S, T> {
     /// Set by `abort` while the item runs. Read without the lock on every poll of the item, so
     /// an item that finishes in one poll never takes the lock for it.
     aborted: AtomicBool,
+    /// The `JoinHandle` was dropped: nobody will take the output. Only read and written under
+    /// the lock; an atomic beside it rather than a field in it, because it fits in the padding
+    /// beside `aborted` and keeps the cell (one allocation per queued item) a size class smaller.
+    detached: AtomicBool,
     state: Mutex<State<S, T>>,
 }
 
 struct State<S, T> {
     stage: Stage<S, T>,
     join_waker: Option<Waker>,
-    /// The `JoinHandle` was dropped: nobody will take the output.
-    detached: bool,
 }
 
 enum Stage<S, T> {
@@ -217,7 +219,7 @@ impl<S, T> Cell<S, T> {
         if !matches!(state.stage, Stage::Queued(..)) {
             return false;
         }
-        let resolved = match state.detached {
+        let resolved = match self.detached.load(Ordering::Relaxed) {
             true => Stage::Consumed,
             false => Stage::Finished(Err(JoinError::cancelled(None))),
         };
@@ -245,7 +247,7 @@ impl<S, T> Cell<S, T> {
         };
         let mut state = lock(&self.state);
         debug_assert!(matches!(state.stage, Stage::Running { .. }));
-        if state.detached {
+        if self.detached.load(Ordering::Relaxed) {
             state.stage = Stage::Consumed;
             drop(state);
             drop_quietly(|| drop(result));
@@ -346,7 +348,7 @@ where
 
     fn detach(&self) {
         let mut state = lock(&self.state);
-        state.detached = true;
+        self.detached.store(true, Ordering::Relaxed);
         let waker = state.join_waker.take();
         let output = match state.stage {
             Stage::Finished(_) => Some(mem::replace(&mut state.stage, Stage::Consumed)),
