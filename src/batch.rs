@@ -6,7 +6,8 @@ use std::task::{Context, Poll};
 
 use futures_util::stream::{FusedStream, FuturesUnordered, Stream, StreamExt};
 
-use crate::{JoinError, JoinHandle, Limiter};
+use crate::sync::{lock, Arc, AtomicUsize, Mutex, Ordering};
+use crate::{AbortHandle, JoinError, JoinHandle, Limiter};
 
 /// A [`Stream`] of the results of a batch of items, in input order or, after
 /// [`unordered`](Self::unordered), in completion order: returned by [`Limiter::spawn_batch`],
@@ -51,6 +52,90 @@ pub struct Batch<T> {
     fails: Option<Fails<T>>,
     /// The batch ended early: nothing more is yielded.
     ended: bool,
+    /// What the items of `spawn_batch` share, to end the batch themselves as they fail.
+    shared: Arc<Shared<T>>,
+}
+
+/// Shared by a batch and the items `spawn_batch` made for it: a failing item aborts its
+/// siblings at once, without waiting for the stream to be polled.
+struct Shared<T> {
+    /// The rule of `cancel_on_panic` / `cancel_on_error`, once set.
+    fails: Mutex<Option<Fails<T>>>,
+    /// The items to abort, in input order.
+    aborts: Mutex<Vec<AbortHandle>>,
+    /// The index of the item that ended the batch, or `NONE`.
+    trigger: AtomicUsize,
+}
+
+const NONE: usize = usize::MAX;
+
+impl<T> Shared<T> {
+    fn new() -> Shared<T> {
+        Shared {
+            fails: Mutex::new(None),
+            aborts: Mutex::new(Vec::new()),
+            trigger: AtomicUsize::new(NONE),
+        }
+    }
+
+    fn trigger(&self) -> Option<usize> {
+        Some(self.trigger.load(Ordering::Acquire)).filter(|&index| index != NONE)
+    }
+
+    /// Item `index` failed: if the batch ends on failures and no other item ended it first,
+    /// aborts every other item (queued ones are dropped before this returns).
+    fn fail(&self, index: usize) {
+        if lock(&self.fails).is_none() {
+            return;
+        }
+        let first = self
+            .trigger
+            .compare_exchange(NONE, index, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if first {
+            // Lock order: `aborts`, then each item's cell.
+            let aborts = lock(&self.aborts);
+            for (i, abort) in aborts.iter().enumerate() {
+                if i != index {
+                    abort.abort();
+                }
+            }
+        }
+    }
+
+    /// A finished item's value: ends the batch if the rule says it is a failure.
+    fn check(&self, index: usize, value: T) -> T {
+        let fails = *lock(&self.fails);
+        match fails {
+            Some(fails) => {
+                let result = Ok(value);
+                if fails(&result) {
+                    self.fail(index);
+                }
+                match result {
+                    Ok(value) => value,
+                    Err(_) => unreachable!(),
+                }
+            }
+            None => value,
+        }
+    }
+}
+
+/// Held by a running item of `spawn_batch`: dropped before the item finished, it panicked or
+/// was cancelled, which fails the batch.
+struct Member<'a, T> {
+    shared: &'a Shared<T>,
+    index: usize,
+    armed: bool,
+}
+
+impl<T> Drop for Member<'_, T> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.fail(self.index);
+        }
+    }
 }
 
 /// Tells whether a result ends the batch.
@@ -103,9 +188,11 @@ impl<T> Batch<T> {
     /// yet is aborted (queued ones dropped at once), the failure is the next result the stream
     /// yields, and then the stream ends.
     ///
-    /// Failures are seen as they happen, in completion order, while the stream is polled; in
-    /// input order the failure is yielded before results still waiting for earlier items, and
-    /// those are dropped.
+    /// In a batch made by [`Limiter::spawn_batch`], the failing item aborts the others itself,
+    /// the moment it fails, whether or not the stream is being polled; in a batch collected
+    /// from handles, that happens when the stream sees the failure. Failures count in
+    /// completion order: in input order the failure is yielded before the results still
+    /// waiting for earlier items, which are dropped.
     ///
     /// # Examples
     ///
@@ -130,8 +217,13 @@ impl<T> Batch<T> {
     /// assert!(batch.next().await.is_none()); // items 3..100 never ran
     /// # }
     /// ```
-    pub fn cancel_on_panic(mut self) -> Self {
-        self.fails = Some(|result| result.is_err());
+    pub fn cancel_on_panic(self) -> Self {
+        self.ends_on(|result| result.is_err())
+    }
+
+    fn ends_on(mut self, fails: Fails<T>) -> Self {
+        self.fails = Some(fails);
+        *lock(&self.shared.fails) = Some(fails);
         self
     }
 
@@ -140,7 +232,7 @@ impl<T> Batch<T> {
     /// Queued items are dropped before this returns, running ones at their next `.await`
     /// (blocking items once started run to their end). The stream still yields one result per
     /// remaining item: the value of any that finished first, a cancelled [`JoinError`] for the
-    /// rest.
+    /// rest (unless the batch ends on failures, when the first cancellation ends it).
     ///
     /// # Examples
     ///
@@ -241,9 +333,8 @@ impl<T, E> Batch<Result<T, E>> {
     /// assert_eq!(results[3].as_ref().unwrap().as_ref().unwrap_err(), "item 3 failed");
     /// # }
     /// ```
-    pub fn cancel_on_error(mut self) -> Self {
-        self.fails = Some(|result| !matches!(result, Ok(Ok(_))));
-        self
+    pub fn cancel_on_error(self) -> Self {
+        self.ends_on(|result| !matches!(result, Ok(Ok(_))))
     }
 }
 
@@ -279,6 +370,7 @@ impl<T> FromIterator<JoinHandle<T>> for Batch<T> {
             ordered: true,
             fails: None,
             ended: false,
+            shared: Arc::new(Shared::new()),
         }
     }
 }
@@ -309,8 +401,15 @@ impl<T> Stream for Batch<T> {
                 Poll::Pending => return Poll::Pending,
             };
             if this.fails.is_some_and(|fails| fails(&result)) {
-                this.end();
-                return Poll::Ready(Some(result));
+                match this.shared.trigger() {
+                    // Cancelled by the item that ended the batch, whose own result is the one
+                    // to yield: wait for it.
+                    Some(trigger) if trigger != index => continue,
+                    _ => {
+                        this.end();
+                        return Poll::Ready(Some(result));
+                    }
+                }
             }
             if !this.ordered {
                 return Poll::Ready(Some(result));
@@ -397,6 +496,31 @@ impl<S> Limiter<S> {
         I::Item: Future + Send + 'static,
         <I::Item as Future>::Output: Send + 'static,
     {
-        work.into_iter().map(|future| self.spawn(future)).collect()
+        let shared = Arc::new(Shared::new());
+        let mut handles = Vec::new();
+        for (index, future) in work.into_iter().enumerate() {
+            let member = shared.clone();
+            let handle = self.spawn(async move {
+                let mut guard = Member {
+                    shared: &member,
+                    index,
+                    armed: true,
+                };
+                let value = future.await;
+                guard.armed = false;
+                member.check(index, value)
+            });
+            let mut aborts = lock(&shared.aborts);
+            aborts.push(handle.abort_handle());
+            // An item that failed before this one was registered could not abort it.
+            if shared.trigger().is_some() {
+                handle.abort();
+            }
+            drop(aborts);
+            handles.push(handle);
+        }
+        let mut batch: Batch<_> = handles.into_iter().collect();
+        batch.shared = shared;
+        batch
     }
 }
