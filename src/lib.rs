@@ -143,6 +143,12 @@ mod size {
         let size = cell_size(&move |_: crate::WorkerId| fut);
         // With Arc's two counts, an 80-byte request: a 96-byte chunk in glibc malloc.
         assert!(size <= 64, "{size}");
+        let yielding = async move {
+            tokio::task::yield_now().await;
+            index
+        };
+        let size = cell_size(&move |_: crate::WorkerId| yielding);
+        assert!(size <= 72, "{size}");
         assert_eq!(std::mem::size_of::<crate::JoinError>(), 16);
         assert_eq!(std::mem::size_of::<crate::JoinHandle<u64>>(), 16);
     }

@@ -312,7 +312,7 @@ impl<S> Limiter<S> {
         } else {
             tracing::trace!(target: "task_limiter", limiter = %shared.name, "item queued");
         }
-        JoinHandle::new(cell)
+        JoinHandle::new(cell.into_join())
     }
 
     /// Queues an item unless the limiter is closed, in which case its work comes back.
@@ -326,7 +326,7 @@ impl<S> Limiter<S> {
         match self.work_tx.send(job) {
             Ok(()) => {
                 tracing::trace!(target: "task_limiter", limiter = %shared.name, "item queued");
-                Ok(JoinHandle::new(cell))
+                Ok(JoinHandle::new(cell.into_join()))
             }
             // Closed since the check: the item never reached the manager, so take it back.
             Err(refused) => {

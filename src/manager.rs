@@ -155,6 +155,9 @@ impl Manager {
         let mut jobs = Vec::with_capacity(BATCH);
         let mut ids = Vec::new();
         loop {
+            // A full FIFO queue leaves the rest in the channel until workers bring the queue
+            // down to its low-water mark and wake the manager through `control`.
+            let take_work = self.work_open && lock(&shared.queue).wants_more(shared.limit());
             rt::select! {
                 // IDs first: they are what lets queued work start.
                 biased;
@@ -166,7 +169,7 @@ impl Manager {
                     }
                 }
                 () = shared.control.notified() => self.on_control(&shared),
-                n = recv_batch(&mut self.work_rx, &mut jobs, BATCH), if self.work_open => {
+                n = recv_batch(&mut self.work_rx, &mut jobs, BATCH), if take_work => {
                     if n == 0 {
                         // Every `Limiter` is gone (or `close` closed the channel) and the
                         // channel is drained.
@@ -193,6 +196,9 @@ impl Manager {
         for _ in 0..DRAIN / BATCH {
             // Polled once: `None` when the channel is empty for now (or the coop budget ran
             // out), `Some(0)` when it is closed, which the next `select!` sees too.
+            if !lock(&shared.queue).wants_more(shared.limit()) {
+                return;
+            }
             match recv_batch(&mut self.work_rx, jobs, BATCH).now_or_never() {
                 Some(n) if n > 0 => enqueue(shared, jobs),
                 _ => return,
@@ -308,7 +314,12 @@ impl WorkerGuard {
                 };
                 if admitted {
                     self.item = Held::Admitted;
-                    return queue.pop();
+                    let job = queue.pop();
+                    if queue.at_low_water(limit) {
+                        drop(queue);
+                        shared.control.notify_one();
+                    }
+                    return job;
                 }
             }
         }

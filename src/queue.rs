@@ -8,6 +8,12 @@ use crate::QueueOrder;
 ///
 /// The manager appends whole batches from the work channel; workers pop from it when they
 /// finish an item. Both do so under one short lock, never across an `.await`.
+///
+/// A FIFO queue is filled only a little ahead of the workers ([`wants_more`](Self::wants_more)):
+/// the rest waits in the work channel, in the same order, rather than in both places at once
+/// (which cost 16 bytes or more per queued item and a reallocation of the queue as it grew).
+/// When the workers bring it down to its low-water mark they wake the manager to top it up. LIFO and
+/// priority queues take everything at once, since their order covers every waiting item.
 pub(crate) enum Queue {
     Fifo(VecDeque<Job>),
     Lifo(Vec<Job>),
@@ -48,6 +54,14 @@ impl PartialEq for Ranked {
 
 impl Eq for Ranked {}
 
+/// Queued items at which workers ask the manager to top a FIFO queue up: enough to keep every
+/// worker busy until the manager runs. A worker runs up to tokio's coop budget (128) of ready
+/// items before it yields, and the manager, once woken, may wait behind every worker in the run
+/// queue, so the mark scales with the limit.
+fn low_water(limit: usize) -> usize {
+    limit.saturating_mul(128).max(1024)
+}
+
 impl Queue {
     pub(crate) fn new(order: QueueOrder) -> Queue {
         match order {
@@ -85,6 +99,20 @@ impl Queue {
             Queue::Lifo(stack) => stack.pop(),
             Queue::Priority { heap, .. } => heap.pop().map(|ranked| ranked.job),
         }
+    }
+
+    /// Whether the manager should move more work from the channel into this queue.
+    pub(crate) fn wants_more(&self, limit: usize) -> bool {
+        match self {
+            Queue::Fifo(queue) => queue.len() < low_water(limit).saturating_mul(2),
+            Queue::Lifo(_) | Queue::Priority { .. } => true,
+        }
+    }
+
+    /// True when a pop has just brought a FIFO queue down to its low-water mark: the popping
+    /// worker then wakes the manager, which may have stopped filling the queue.
+    pub(crate) fn at_low_water(&self, limit: usize) -> bool {
+        matches!(self, Queue::Fifo(queue) if queue.len() == low_water(limit))
     }
 
     pub(crate) fn is_empty(&self) -> bool {

@@ -59,6 +59,69 @@ pub(crate) trait Starter: Send + 'static {
 
     /// Runs the item to its end on a blocking-pool thread. Called only if `BLOCKING` is true.
     fn run_blocking(self, worker: WorkerId, state: &mut WorkerState) -> Self::Output;
+
+    /// The submitter's span and the submission time, if a subscriber listened then.
+    fn trace(&self) -> Option<&Trace> {
+        None
+    }
+}
+
+/// An item submitted while a subscriber listened: its work plus the span it was submitted in.
+/// A wrapper rather than a field of every cell, so that without a subscriber a queued item
+/// carries nothing for tracing.
+pub(crate) struct Traced<S> {
+    starter: S,
+    trace: Trace,
+}
+
+impl<S: Starter> Starter for Traced<S> {
+    type Output = S::Output;
+    type Future<'a> = S::Future<'a>;
+    const BLOCKING: bool = S::BLOCKING;
+
+    fn priority(&self) -> i32 {
+        self.starter.priority()
+    }
+
+    fn leave_queue(&mut self) {
+        self.starter.leave_queue();
+    }
+
+    fn start(self, worker: WorkerId, state: &mut WorkerState) -> Self::Future<'_> {
+        self.starter.start(worker, state)
+    }
+
+    fn run_blocking(self, worker: WorkerId, state: &mut WorkerState) -> Self::Output {
+        self.starter.run_blocking(worker, state)
+    }
+
+    fn trace(&self) -> Option<&Trace> {
+        Some(&self.trace)
+    }
+}
+
+/// The handle's side of a new item's cell, whichever way it was wrapped.
+pub(crate) enum NewCell<S: Starter> {
+    Plain(Arc<Cell<S, S::Output>>),
+    Traced(Arc<Cell<Traced<S>, S::Output>>),
+}
+
+impl<S: Starter> NewCell<S> {
+    pub(crate) fn into_join(self) -> Arc<dyn Join<S::Output>> {
+        match self {
+            NewCell::Plain(cell) => cell,
+            NewCell::Traced(cell) => cell,
+        }
+    }
+
+    /// Takes back the work of an item that never reached the queue, for a refused `try_` call
+    /// to give it back. Returns `None` if the item is no longer queued.
+    pub(crate) fn take_unstarted(&self) -> Option<S> {
+        match self {
+            NewCell::Plain(cell) => cell.take_unstarted(),
+            NewCell::Traced(cell) => cell.take_unstarted().map(|traced| traced.starter),
+        }
+    }
 }
 
 /// `spawn_with`'s closures, and through them `spawn`'s futures.
@@ -96,18 +159,26 @@ pub(crate) struct Job(Option<Arc<dyn RawTask>>);
 
 impl Job {
     /// Allocates the cell for one item; returns the queue's and the handle's pointers to it.
-    pub(crate) fn new<S: Starter>(starter: S) -> (Job, Arc<Cell<S, S::Output>>) {
-        let trace = tracing::enabled!(target: "task_limiter", tracing::Level::DEBUG).then(|| {
-            Box::new(Trace {
+    pub(crate) fn new<S: Starter>(starter: S) -> (Job, NewCell<S>) {
+        if tracing::enabled!(target: "task_limiter", tracing::Level::DEBUG) {
+            let trace = Trace {
                 parent: Span::current(),
                 queued_at: Instant::now(),
-            })
-        });
+            };
+            let (job, cell) = Job::with_cell(Traced { starter, trace });
+            (job, NewCell::Traced(cell))
+        } else {
+            let (job, cell) = Job::with_cell(starter);
+            (job, NewCell::Plain(cell))
+        }
+    }
+
+    fn with_cell<S: Starter>(starter: S) -> (Job, Arc<Cell<S, S::Output>>) {
         let cell = Arc::new(Cell {
             aborted: AtomicBool::new(false),
             detached: AtomicBool::new(false),
             state: Mutex::new(State {
-                stage: Stage::Queued(starter, trace),
+                stage: Stage::Queued(starter),
                 join_waker: None,
             }),
         });
@@ -173,7 +244,7 @@ pub(crate) trait Abort: Send + Sync {
 }
 
 /// The caller's span and the submission time, kept only while a subscriber listens.
-struct Trace {
+pub(crate) struct Trace {
     parent: Span,
     queued_at: Instant,
 }
@@ -195,7 +266,7 @@ struct State<S, T> {
 }
 
 enum Stage<S, T> {
-    Queued(S, Option<Box<Trace>>),
+    Queued(S),
     Running {
         /// The worker's waker, so that `abort` can wake the worker.
         waker: Option<Waker>,
@@ -212,32 +283,6 @@ fn drop_quietly(f: impl FnOnce()) {
 }
 
 impl<S, T> Cell<S, T> {
-    /// Resolves a queued item as cancelled and drops its work now, not when the queue reaches
-    /// its slot. Returns false if it had already started or ended.
-    fn cancel_if_queued(&self) -> bool {
-        let mut state = lock(&self.state);
-        if !matches!(state.stage, Stage::Queued(..)) {
-            return false;
-        }
-        let resolved = match self.detached.load(Ordering::Relaxed) {
-            true => Stage::Consumed,
-            false => Stage::Finished(Err(JoinError::cancelled(None))),
-        };
-        let queued = mem::replace(&mut state.stage, resolved);
-        let waker = state.join_waker.take();
-        drop(state);
-        if let Stage::Queued(_, Some(trace)) = &queued {
-            // It never got a span of its own: tell it in the span it was submitted from.
-            let waited_us = trace.queued_at.elapsed().as_micros() as u64;
-            tracing::debug!(target: "task_limiter", parent: &trace.parent, waited_us, "item cancelled");
-        }
-        // The work goes now, not when the queue reaches its slot.
-        drop_quietly(|| drop(queued));
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-        true
-    }
     /// Stores the item's result, wakes its handle, and tells the worker how it ended.
     fn finish(&self, result: Result<T, JoinError>) -> Outcome {
         let outcome = match &result {
@@ -287,11 +332,7 @@ impl<S, T> Cell<S, T> {
     }
 }
 
-impl<S, T> Abort for Cell<S, T>
-where
-    S: Send,
-    T: Send,
-{
+impl<S: Starter> Abort for Cell<S, S::Output> {
     fn abort(&self) {
         let mut state = lock(&self.state);
         match &mut state.stage {
@@ -319,12 +360,8 @@ where
     }
 }
 
-impl<S, T> Join<T> for Cell<S, T>
-where
-    S: Send + 'static,
-    T: Send + 'static,
-{
-    fn poll_join(&self, cx: &mut Context<'_>) -> Poll<Result<T, JoinError>> {
+impl<S: Starter> Join<S::Output> for Cell<S, S::Output> {
+    fn poll_join(&self, cx: &mut Context<'_>) -> Poll<Result<S::Output, JoinError>> {
         let mut state = lock(&self.state);
         match mem::replace(&mut state.stage, Stage::Consumed) {
             Stage::Finished(result) => Poll::Ready(result),
@@ -378,13 +415,14 @@ impl<S: Starter> RawTask for Cell<S, S::Output> {
             return None;
         }
         let running = Stage::Running { waker: None };
-        let Stage::Queued(mut starter, trace) = mem::replace(&mut state.stage, running) else {
+        let Stage::Queued(mut starter) = mem::replace(&mut state.stage, running) else {
             unreachable!()
         };
         drop(state);
         starter.leave_queue();
 
-        let span = match &trace {
+        let trace = starter.trace();
+        let span = match trace {
             Some(trace) => tracing::debug_span!(
                 target: "task_limiter",
                 parent: &trace.parent,
@@ -418,19 +456,48 @@ impl<S: Starter> RawTask for Cell<S, S::Output> {
 
     fn priority(&self) -> i32 {
         match &lock(&self.state).stage {
-            Stage::Queued(starter, _) => starter.priority(),
+            Stage::Queued(starter) => starter.priority(),
             _ => 0,
         }
     }
 }
 
 impl<S: Starter> Cell<S, S::Output> {
+    /// Resolves a queued item as cancelled and drops its work now, not when the queue reaches
+    /// its slot. Returns false if it had already started or ended.
+    fn cancel_if_queued(&self) -> bool {
+        let mut state = lock(&self.state);
+        if !matches!(state.stage, Stage::Queued(..)) {
+            return false;
+        }
+        let resolved = match self.detached.load(Ordering::Relaxed) {
+            true => Stage::Consumed,
+            false => Stage::Finished(Err(JoinError::cancelled(None))),
+        };
+        let queued = mem::replace(&mut state.stage, resolved);
+        let waker = state.join_waker.take();
+        drop(state);
+        if let Stage::Queued(starter) = &queued {
+            if let Some(trace) = starter.trace() {
+                // It never got a span of its own: tell it in the span it was submitted from.
+                let waited_us = trace.queued_at.elapsed().as_micros() as u64;
+                tracing::debug!(target: "task_limiter", parent: &trace.parent, waited_us, "item cancelled");
+            }
+        }
+        // The work goes now, not when the queue reaches its slot.
+        drop_quietly(|| drop(queued));
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        true
+    }
+
     /// Takes back the work of an item that never reached the queue, for a refused `try_` call to
     /// give it back. Returns `None` if the item is no longer queued.
     pub(crate) fn take_unstarted(&self) -> Option<S> {
         let mut state = lock(&self.state);
         match mem::replace(&mut state.stage, Stage::Consumed) {
-            Stage::Queued(starter, _) => Some(starter),
+            Stage::Queued(starter) => Some(starter),
             other => {
                 state.stage = other;
                 None
