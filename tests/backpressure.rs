@@ -1,5 +1,6 @@
 //! Backpressure: `max_queued` bounds what `try_spawn` and `reserve` may queue; places come
 //! back the moment an item starts or is cancelled; `spawn` never waits and takes no place.
+#![cfg(not(feature = "shuttle"))]
 
 mod support;
 

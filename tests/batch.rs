@@ -1,5 +1,6 @@
 //! Batches: a stream of results in input or completion order; dropping it, `abort_all`, or a
 //! failure with `cancel_on_panic` / `cancel_on_error` aborts the rest at once.
+#![cfg(not(feature = "shuttle"))]
 
 mod support;
 

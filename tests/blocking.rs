@@ -1,5 +1,6 @@
 //! Blocking items: run on tokio's blocking pool, under the same limit and worker IDs as async
 //! items, holding their ID until the closure really returns.
+#![cfg(not(feature = "shuttle"))]
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! Priority queues: the highest priority starts first, equal priorities keep FIFO order, and
 //! other queue orders ignore priorities.
+#![cfg(not(feature = "shuttle"))]
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! Per-worker state: made lazily once per worker ID, lent to one item at a time, kept across
 //! items and worker tasks, dropped and made anew after a panic.
+#![cfg(not(feature = "shuttle"))]
 
 mod support;
 
