@@ -366,11 +366,14 @@ async fn work(mut guard: WorkerGuard, mut job: Job) {
         let _ = guard.shared.done_tx.send(guard.id);
     }
     loop {
+        let mut poisoned = false;
         let blocking = match job.start(guard.id, &guard.shared.name, &mut guard.state) {
-            Some(Run::Async(item)) => {
+            Some(Run::Async(item, uses_state)) => {
                 guard.item = Held::Started;
                 guard.shared.started.fetch_add(1, Ordering::Relaxed);
-                count(&guard.shared, item.await);
+                let outcome = item.await;
+                poisoned = uses_state && outcome == Outcome::Panicked;
+                count(&guard.shared, outcome);
                 None
             }
             Some(Run::Blocking(item)) => Some(item),
@@ -383,6 +386,10 @@ async fn work(mut guard: WorkerGuard, mut job: Job) {
                 None
             }
         };
+        if poisoned {
+            // The value may be half-updated: the next item on this ID gets a new one.
+            guard.state.poison();
+        }
         match blocking {
             None => guard.item = Held::Between,
             Some(item) => {

@@ -12,7 +12,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use futures_util::FutureExt;
 use pin_project_lite::pin_project;
 use tracing::Span;
 
@@ -22,8 +21,9 @@ use crate::{JoinError, WorkerId};
 
 /// A started item, ready for its worker to run.
 pub(crate) enum Run<'a> {
-    /// A future for the worker to poll; it may borrow the worker's state.
-    Async(Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>),
+    /// A future for the worker to poll; it may borrow the worker's state. The flag says it
+    /// does, so that its panic poisons the worker's state.
+    Async(Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>, bool),
     /// A closure for the runtime's blocking pool, given the worker's state there.
     Blocking(Box<dyn BlockingRun>),
 }
@@ -442,12 +442,21 @@ impl<S: Starter> RawTask for Cell<S, S::Output> {
                 queued_at,
             })));
         }
-        let run = run(self, worker, starter, worker_state, queued_at);
-        Some(Run::Async(match span.is_none() {
+        let run = RunItem {
+            cell: self,
+            worker,
+            start: Some((starter, worker_state)),
+            work: None,
+            queued_at,
+            started_at: None,
+            finished: false,
+        };
+        let run: Pin<Box<dyn Future<Output = Outcome> + Send + 'a>> = match span.is_none() {
             // No subscriber listens: spare every poll the span's enter and exit.
             true => Box::pin(run),
             false => Box::pin(tracing::Instrument::instrument(run, span)),
-        }))
+        };
+        Some(Run::Async(run, S::USES_STATE))
     }
 
     fn cancel_queued(&self) -> bool {
@@ -506,57 +515,6 @@ impl<S: Starter> Cell<S, S::Output> {
     }
 }
 
-/// The body of a started item: build the future from the starter, poll it under abort and panic
-/// protection, then store the result.
-async fn run<S: Starter>(
-    cell: Arc<Cell<S, S::Output>>,
-    worker: WorkerId,
-    starter: S,
-    worker_state: &mut WorkerState,
-    queued_at: Option<Instant>,
-) -> Outcome {
-    let started_at = queued_at.map(|queued_at| {
-        tracing::trace!(target: "task_limiter", waited_us = queued_at.elapsed().as_micros() as u64, "item started");
-        Instant::now()
-    });
-
-    // Resolves the handle as cancelled if the worker is dropped mid-item (the limiter's
-    // shutdown aborting it, or the runtime shutting down).
-    let mut unfinished = Unfinished {
-        cell: &*cell,
-        worker,
-        armed: true,
-        started_at,
-    };
-    let lent = &mut *worker_state;
-    let work = AssertUnwindSafe(async move { starter.start(worker, lent).await }).catch_unwind();
-    let result = Abortable {
-        cell: &*cell,
-        work: Some(work),
-    }
-    .await;
-    unfinished.disarm();
-    if S::USES_STATE && matches!(result, Some(Err(_))) {
-        worker_state.poison();
-    }
-
-    let result = match result {
-        Some(Ok(value)) => Ok(value),
-        Some(Err(payload)) => Err(JoinError::panic(worker, payload)),
-        None => Err(JoinError::cancelled(Some(worker))),
-    };
-    let outcome = cell.finish(result);
-    if let Some(started_at) = started_at {
-        let ran_us = started_at.elapsed().as_micros() as u64;
-        match outcome {
-            Outcome::Completed => tracing::trace!(target: "task_limiter", ran_us, "item finished"),
-            Outcome::Panicked => tracing::debug!(target: "task_limiter", ran_us, "item panicked"),
-            Outcome::Cancelled => tracing::debug!(target: "task_limiter", ran_us, "item cancelled"),
-        }
-    }
-    outcome
-}
-
 /// A started blocking item, on its way to a blocking-pool thread.
 struct BlockingItem<S: Starter> {
     cell: Arc<Cell<S, S::Output>>,
@@ -609,60 +567,102 @@ impl<S: Starter> Drop for BlockingItem<S> {
     }
 }
 
-struct Unfinished<'a, S, T> {
-    cell: &'a Cell<S, T>,
-    worker: WorkerId,
-    armed: bool,
-    /// Set while a subscriber listens, for the "item cancelled" event.
-    started_at: Option<Instant>,
-}
-
-impl<S, T> Unfinished<'_, S, T> {
-    fn disarm(&mut self) {
-        self.armed = false;
-    }
-}
-
-impl<S, T> Drop for Unfinished<'_, S, T> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.cell
-                .finish(Err(JoinError::cancelled(Some(self.worker))));
-            if let Some(started_at) = self.started_at {
-                let ran_us = started_at.elapsed().as_micros() as u64;
-                tracing::debug!(target: "task_limiter", ran_us, "item cancelled");
-            }
-        }
-    }
-}
-
 pin_project! {
-    /// Polls the item's work until it is done or its handle aborts it.
-    struct Abortable<'a, S, T, F> {
-        cell: &'a Cell<S, T>,
+    /// A started item, as its worker polls it: makes the work from its starter on the first
+    /// poll, polls it with abort and panic protection, and stores the result in the cell. One
+    /// hand-written future rather than layers of adapters: each poll of a yielding item went
+    /// through all of them.
+    ///
+    /// Dropped before it finished (`shutdown` aborting its worker, or the runtime shutting
+    /// down), it resolves the handle as cancelled.
+    struct RunItem<'a, S: Starter> {
+        cell: Arc<Cell<S, S::Output>>,
+        worker: WorkerId,
+        start: Option<(S, &'a mut WorkerState)>,
         #[pin]
-        work: Option<F>,
+        work: Option<S::Future<'a>>,
+        // Set while a subscriber listens, for the events' durations.
+        queued_at: Option<Instant>,
+        started_at: Option<Instant>,
+        finished: bool,
+    }
+
+    impl<'a, S: Starter> PinnedDrop for RunItem<'a, S> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            if !*this.finished {
+                drop_quietly(|| this.work.set(None));
+                this.cell.finish(Err(JoinError::cancelled(Some(*this.worker))));
+                if let Some(started_at) = this.started_at {
+                    let ran_us = started_at.elapsed().as_micros() as u64;
+                    tracing::debug!(target: "task_limiter", ran_us, "item cancelled");
+                }
+            }
+        }
     }
 }
 
-impl<S, T, F: Future> Future for Abortable<'_, S, T, F> {
-    /// `None` when aborted.
-    type Output = Option<F::Output>;
+impl<S: Starter> Future for RunItem<'_, S> {
+    type Output = Outcome;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
         let mut this = self.project();
-        if !this.cell.is_aborted() {
-            let Some(work) = this.work.as_mut().as_pin_mut() else {
-                return Poll::Ready(None);
-            };
-            if let Poll::Ready(output) = work.poll(cx) {
-                return Poll::Ready(Some(output));
+        let worker = *this.worker;
+        // `None`: aborted.
+        let result = 'result: {
+            if this.cell.is_aborted() {
+                break 'result None;
             }
-            if !this.cell.register_worker(cx) {
-                return Poll::Pending;
+            if let Some((starter, state)) = this.start.take() {
+                if let Some(queued_at) = this.queued_at {
+                    let waited_us = queued_at.elapsed().as_micros() as u64;
+                    tracing::trace!(target: "task_limiter", waited_us, "item started");
+                    *this.started_at = Some(Instant::now());
+                }
+                match panic::catch_unwind(AssertUnwindSafe(|| starter.start(worker, state))) {
+                    Ok(work) => this.work.set(Some(work)),
+                    Err(payload) => break 'result Some(Err(payload)),
+                }
+            }
+            let work = this
+                .work
+                .as_mut()
+                .as_pin_mut()
+                .expect("`RunItem` polled after it finished");
+            match panic::catch_unwind(AssertUnwindSafe(|| work.poll(cx))) {
+                Ok(Poll::Ready(value)) => Some(Ok(value)),
+                Err(payload) => Some(Err(payload)),
+                // `abort` sets its flag, then wakes the waker registered here; check the flag
+                // once more after registering so that an abort in between is not missed.
+                Ok(Poll::Pending) if !this.cell.register_worker(cx) => return Poll::Pending,
+                Ok(Poll::Pending) => None,
+            }
+        };
+        *this.finished = true;
+        // The work goes before the result is published. A destructor that panics makes a
+        // completed item a panicked one, as it would inside the item.
+        let dropped = panic::catch_unwind(AssertUnwindSafe(|| this.work.set(None)));
+        let result = match (result, dropped) {
+            (Some(Ok(_)), Err(payload)) => Err(JoinError::panic(worker, payload)),
+            (Some(Ok(value)), Ok(())) => Ok(value),
+            (Some(Err(payload)), _) => Err(JoinError::panic(worker, payload)),
+            (None, _) => Err(JoinError::cancelled(Some(worker))),
+        };
+        let outcome = this.cell.finish(result);
+        if let Some(started_at) = this.started_at {
+            let ran_us = started_at.elapsed().as_micros() as u64;
+            match outcome {
+                Outcome::Completed => {
+                    tracing::trace!(target: "task_limiter", ran_us, "item finished")
+                }
+                Outcome::Panicked => {
+                    tracing::debug!(target: "task_limiter", ran_us, "item panicked")
+                }
+                Outcome::Cancelled => {
+                    tracing::debug!(target: "task_limiter", ran_us, "item cancelled")
+                }
             }
         }
-        drop_quietly(|| this.work.set(None));
-        Poll::Ready(None)
+        Poll::Ready(outcome)
     }
 }
