@@ -52,6 +52,20 @@
 //! cancelled. Worker IDs come back on every exit path: completion, panic, abort, shutdown and
 //! runtime shutdown.
 //!
+//! # Beyond spawning futures
+//!
+//! - **Per-worker state**: [`Builder::worker_state`] gives each worker ID one value (a buffer,
+//!   a connection, a cache), lent as `&mut` to [`spawn_with_state`](Limiter::spawn_with_state)
+//!   items without a lock.
+//! - **Blocking work**: [`spawn_blocking`](Limiter::spawn_blocking) runs closures on tokio's
+//!   blocking pool under the same limit and worker IDs.
+//! - **Backpressure**: with [`Builder::max_queued`], [`try_spawn`](Limiter::try_spawn) gives
+//!   work back when the queue is full and [`reserve`](Limiter::reserve) waits for room.
+//! - **Batches**: [`spawn_batch`](Limiter::spawn_batch) returns a [`Batch`], a stream of
+//!   results in input or completion order that can end on the first failure.
+//! - **Priority**: [`QueueOrder::Priority`] with [`build_task`](Limiter::build_task)`().`
+//!   [`priority(..)`](TaskBuilder::priority) lets urgent items jump the queue.
+//!
 //! # Comparison with `JoinSet` + `Semaphore`
 //!
 //! The usual limiter on tokio spawns a task per item and acquires a [`Semaphore`] permit inside
@@ -127,6 +141,13 @@ mod tests {
         assert_send_sync_unpin::<WorkerId>();
         assert_send_sync_unpin::<Metrics>();
         assert_send_sync_unpin::<Builder>();
+        assert_send_sync_unpin::<Limiter<std::cell::Cell<u8>>>();
+        assert_send_sync_unpin::<Builder<std::cell::Cell<u8>>>();
+        assert_send_sync_unpin::<Batch<()>>();
+        assert_send_sync_unpin::<Permit<'static>>();
+        assert_send_sync_unpin::<TaskBuilder<'static>>();
+        assert_send_sync_unpin::<TrySpawnError<()>>();
+        assert_send_sync_unpin::<ReserveError>();
     }
 }
 /// The per-item cell is the limiter's memory per queued item: keep it in its size class.
