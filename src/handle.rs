@@ -79,6 +79,10 @@ impl<T> JoinHandle<T> {
     /// [`is_cancelled`](JoinError::is_cancelled). Aborting a finished item does nothing: its
     /// value stays available.
     ///
+    /// A [blocking item](crate::Limiter::spawn_blocking) that has started cannot be stopped, as
+    /// with tokio's blocking tasks: aborting it then does nothing, and the handle resolves to
+    /// the closure's value when it returns.
+    ///
     /// # Examples
     ///
     /// ```
