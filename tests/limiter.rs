@@ -427,7 +427,7 @@ fn built_on_a_handle_from_outside_the_runtime() {
         sum
     });
     assert_eq!(sum, 4950);
-    assert_eq!(format!("{limiter:?}").contains("outside"), true);
+    assert!(format!("{limiter:?}").contains("outside"));
 }
 
 #[test]
