@@ -1,7 +1,8 @@
-//! Chaos on the real multi-thread runtime: over 100,000 items per run across limits 1, 2, 8 and
-//! 64, a seeded random mix of items that return, yield, sleep, panic, are aborted while queued or
-//! while running, have their handles dropped, and submit more items, with `set_limit` calls in
-//! between; some runs end in a `shutdown` with work still queued.
+//! Chaos on the real multi-thread runtime: over 100,000 items per round across limits 1, 2, 8
+//! and 64, a seeded random mix of items that return, yield, sleep, panic, are aborted while
+//! queued, abort themselves while running, are aborted by another task racing their completion,
+//! have their handles dropped, and submit more items, with `set_limit` calls in between; each
+//! limit also has a run cut short by `shutdown` with work still queued.
 //!
 //! Checked: every kept handle resolves once, to the outcome its kind calls for; no item runs
 //! twice; invariants 1 and 2 (DESIGN.md) through `monitor::Monitor`; `metrics()` adds up and
@@ -88,6 +89,9 @@ enum Kind {
     AbortQueued,
     /// Aborts itself once it runs: always cancelled, always started.
     AbortRunning,
+    /// Once it runs, another task aborts it after a short random delay, racing its own short
+    /// sleep: it ends cancelled mid-run or finishes first.
+    AbortLater,
     /// Its handle is dropped at once; it still runs, and its output is dropped.
     Detach,
     /// Submits one to three children (returning, yielding or panicking) to its own limiter.
@@ -105,6 +109,7 @@ impl Kind {
             70..=74 => Kind::AbortRunning,
             75..=84 => Kind::Detach,
             85..=89 => Kind::Spawn,
+            90..=93 => Kind::AbortLater,
             _ => Kind::Return,
         }
     }
@@ -151,6 +156,8 @@ struct Tally {
     cancelled: u64,
     detached: u64,
     aborted_queued_finished_first: u64,
+    aborted_later_finished_first: u64,
+    aborted_later_while_running: u64,
 }
 
 fn submit(
@@ -163,6 +170,7 @@ fn submit(
     let since = ctx.monitor.mark();
     let yields = rng.usize(1..4);
     let sleep = Duration::from_micros(rng.u64(0..300));
+    let abort_after = Duration::from_micros(rng.u64(0..1500));
     let children: Vec<(Kind, u64)> = match kind {
         Kind::Spawn => (0..rng.usize(1..4))
             .map(|_| (Kind::child(rng), rng.u64(..)))
@@ -186,6 +194,21 @@ fn submit(
                     }
                 }
                 Kind::Sleep => tokio::time::sleep(sleep).await,
+                Kind::AbortLater => {
+                    // The handle may not be stored yet when the item starts.
+                    let me = loop {
+                        match me.get() {
+                            Some(me) => break me.clone(),
+                            None => tokio::task::yield_now().await,
+                        }
+                    };
+                    tokio::spawn(async move {
+                        tokio::time::sleep(abort_after).await;
+                        me.abort();
+                    });
+                    tokio::task::yield_now().await;
+                    tokio::time::sleep(sleep).await;
+                }
                 Kind::Panic => panic!("planned"),
                 Kind::AbortRunning => loop {
                     // The handle may not be stored yet when the item starts.
@@ -250,6 +273,19 @@ fn check(
             tally.aborted_queued_finished_first += 1;
         }
         (Kind::AbortQueued, Err(err)) if err.is_cancelled() => tally.cancelled += 1,
+        (Kind::AbortLater, Ok(output)) => {
+            assert_eq!((output.item, ran), (item, 1));
+            tally.ok += 1;
+            tally.aborted_later_finished_first += 1;
+        }
+        (Kind::AbortLater, Err(err)) if err.is_cancelled() => {
+            assert!(
+                cut || ran == 1,
+                "item {item} was aborted while running, but never ran"
+            );
+            tally.aborted_later_while_running += u64::from(ran);
+            tally.cancelled += 1;
+        }
         (Kind::Return | Kind::Yield | Kind::Sleep | Kind::Spawn, Ok(output)) => {
             assert_eq!((output.item, ran), (item, 1), "{kind:?}");
             tally.ok += 1;
