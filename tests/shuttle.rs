@@ -456,11 +456,60 @@ fn panicking_and_detached_items_resolve_and_the_manager_survives() {
     }
 }
 
+/// Item 0 holds its worker until the test lets it go; item 1 ends at once and its worker exits
+/// (nothing is queued). Items submitted after that make the manager hand out an ID while item 0
+/// still holds one. Returns the monitor's verdict instead of panicking: with the planted bug on,
+/// workers are still running when it is reached, and a failed execution would tear them down
+/// mid-step.
+fn held_id_scenario(limit: usize) -> Result<(), String> {
+    block_on(async move {
+        let limiter = Limiter::new(limit);
+        let monitor = Arc::new(Monitor::new(limit));
+        let gate = Arc::new(shuttle_tokio::sync::Notify::new());
+        let held = limiter.spawn_with({
+            let (monitor, gate) = (monitor.clone(), gate.clone());
+            move |worker| async move {
+                let _running = monitor.enter(0, worker, 0);
+                gate.notified().await;
+                0
+            }
+        });
+        item(&limiter, &monitor, 1, 0).await.unwrap();
+        for _ in 0..1000 {
+            if limiter.metrics().running <= 1 {
+                break;
+            }
+            yield_now().await;
+        }
+        let handles: Vec<_> = (2..4).map(|i| item(&limiter, &monitor, i, 1)).collect();
+        for handle in handles {
+            let _ = handle.await;
+        }
+        gate.notify_one();
+        let _ = held.await;
+        limiter.close();
+        limiter.wait().await;
+        monitor.check()
+    })
+}
+
+/// The scenario of the planted-bug test, without the bug: it needs a limit of at least 2.
+#[test]
+fn an_id_held_by_a_long_item_is_not_handed_out_again() {
+    init();
+    let n = iterations();
+    for limit in 2..=3 {
+        let property = move || held_id_scenario(limit).unwrap();
+        Runner::new(RandomScheduler::new(n), config()).run(property);
+        Runner::new(PctScheduler::new(3, n), config()).run(property);
+    }
+}
+
 // === the checker bites ===
 
 /// With the planted bug on, a worker hands its ID back to the manager as it starts, before its
-/// items end, so the manager can give that ID to a second worker while the first item still
-/// runs. The monitor must see two running items share an ID in some schedule.
+/// items end, so in `held_id_scenario` the manager gives item 0's ID to a new worker while
+/// item 0 still runs. The monitor must see two running items share an ID.
 #[test]
 #[should_panic(expected = "share a worker ID")]
 fn planted_early_id_release_is_caught() {
@@ -486,22 +535,9 @@ fn planted_early_id_release_is_caught() {
             return; // caught already: skip the remaining schedules
         }
         counter.fetch_add(1, Ordering::Relaxed);
-        block_on(async {
-            let limiter = Limiter::new(2);
-            let monitor = Arc::new(Monitor::new(2));
-            let handles: Vec<_> = (0..4).map(|i| item(&limiter, &monitor, i, 2)).collect();
-            for handle in handles {
-                let _ = handle.await;
-            }
-            limiter.close();
-            limiter.wait().await;
-            // The violation is reported after the execution, not by a panic inside it: the
-            // planted bug leaves workers running, and a failed execution tears them down
-            // mid-step.
-            if let Err(violations) = monitor.check() {
-                CAUGHT.with(|caught| *caught.borrow_mut() = Some(violations));
-            }
-        })
+        if let Err(violations) = held_id_scenario(2) {
+            CAUGHT.with(|caught| *caught.borrow_mut() = Some(violations));
+        }
     });
     match CAUGHT.with(|caught| caught.borrow_mut().take()) {
         Some(violations) => panic!(
