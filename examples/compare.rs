@@ -567,10 +567,27 @@ fn header(args: &[String], config: &Config) -> String {
             .and_then(|l| l.split_whitespace().last().map(|v| format!("glibc {v}")))
             .unwrap_or_else(|| "glibc".to_owned()),
     );
-    let _ = writeln!(h, "- load average at start: {}", loadavg());
+    // The binary may be older than HEAD when others commit meanwhile: its build time tells.
+    let built = std::env::current_exe()
+        .and_then(std::fs::metadata)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .and_then(|d| {
+            cmd_output(
+                "date",
+                &["-u", "-d", &format!("@{}", d.as_secs()), "+%F %T UTC"],
+            )
+        })
+        .unwrap_or_else(|| "?".to_owned());
     let _ = writeln!(
         h,
-        "- task-limiter at git {git}{}",
+        "- binary built {built}; load average at start: {}",
+        loadavg()
+    );
+    let _ = writeln!(
+        h,
+        "- task-limiter at git {git} (HEAD when the run started){}",
         src_diff.map_or(String::new(), |d| format!(", src/ modified: {d}"))
     );
     let _ = writeln!(
