@@ -7,8 +7,8 @@
 //! `CARGO_TARGET_DIR=target/shuttle cargo test --release --features shuttle --test shuttle
 //! --config profile.release.debug-assertions=true`.
 //! `TASK_LIMITER_SHUTTLE_ITERATIONS=N` sets the schedules per property, limit and scheduler:
-//! default 1000 (about 2 s that way on 2 cores; CI runs 20000, about 30 s; an unoptimized build
-//! takes minutes at the default). A failure prints the schedule, which `shuttle::replay` replays, and
+//! default 1000 (a few seconds that way on 2 cores; CI runs 10000, 15 to 45 s depending on
+//! the machine's load; an unoptimized build takes minutes at the default). A failure prints the schedule, which `shuttle::replay` replays, and
 //! for the random scheduler a seed:
 //! `SHUTTLE_RANDOM_SEED=<seed>` with `TASK_LIMITER_SHUTTLE_ITERATIONS=1` replays it.
 //!
