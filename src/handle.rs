@@ -17,6 +17,10 @@ use crate::JoinError;
 /// Dropping a `JoinHandle` detaches the item: it still runs, and its output is dropped when it
 /// finishes. Use [`abort`](Self::abort) to cancel it.
 ///
+/// Destructors that panic never take the limiter down. Work whose destructor panics as it
+/// completes resolves as a panic (its value is lost), as a tokio task does; a panic while the
+/// limiter drops cancelled work, an output nobody will take, or a panic payload, is swallowed.
+///
 /// [`shutdown`]: crate::Limiter::shutdown
 ///
 /// # Panics
