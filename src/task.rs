@@ -178,8 +178,7 @@ impl Job {
             aborted: AtomicBool::new(false),
             detached: AtomicBool::new(false),
             state: Mutex::new(State {
-                stage: Stage::Queued(starter),
-                join_waker: None,
+                stage: Stage::Queued(starter, None),
             }),
         });
         (Job(Some(cell.clone())), cell)
@@ -262,18 +261,35 @@ pub(crate) struct Cell<S, T> {
 
 struct State<S, T> {
     stage: Stage<S, T>,
-    join_waker: Option<Waker>,
 }
 
+/// The `JoinHandle`'s waker lives in the stages that need one (an item still queued or
+/// running), not beside them: that keeps a returning item's cell a malloc size class smaller.
 enum Stage<S, T> {
-    Queued(S),
+    /// The work, and the handle's waker.
+    Queued(S, Option<Waker>),
     Running {
         /// The worker's waker, so that `abort` can wake the worker.
         waker: Option<Waker>,
+        join: Option<Waker>,
     },
     Finished(Result<T, JoinError>),
     /// The output was taken by the handle, or dropped because the handle was gone.
     Consumed,
+}
+
+impl<S, T> State<S, T> {
+    /// Where the handle's waker goes while the item is queued or running.
+    fn join_slot(&mut self) -> Option<&mut Option<Waker>> {
+        match &mut self.stage {
+            Stage::Queued(_, join) | Stage::Running { join, .. } => Some(join),
+            Stage::Finished(_) | Stage::Consumed => None,
+        }
+    }
+
+    fn take_join_waker(&mut self) -> Option<Waker> {
+        self.join_slot().and_then(Option::take)
+    }
 }
 
 /// Runs `f` and swallows a panic from it: used for dropping user values (work, outputs, panic
@@ -297,8 +313,8 @@ impl<S, T> Cell<S, T> {
             drop(state);
             drop_quietly(|| drop(result));
         } else {
+            let waker = state.take_join_waker();
             state.stage = Stage::Finished(result);
-            let waker = state.join_waker.take();
             drop(state);
             if let Some(waker) = waker {
                 waker.wake();
@@ -320,7 +336,7 @@ impl<S, T> Cell<S, T> {
     fn register_worker(&self, cx: &mut Context<'_>) -> bool {
         let mut state = lock(&self.state);
         match &mut state.stage {
-            Stage::Running { waker } => {
+            Stage::Running { waker, .. } => {
                 if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                     *waker = Some(cx.waker().clone());
                 }
@@ -340,7 +356,7 @@ impl<S: Starter> Abort for Cell<S, S::Output> {
                 drop(state);
                 self.cancel_if_queued();
             }
-            Stage::Running { waker } => {
+            Stage::Running { waker, .. } => {
                 self.aborted.store(true, Ordering::Release);
                 let waker = waker.take();
                 drop(state);
@@ -371,12 +387,10 @@ impl<S: Starter> Join<S::Output> for Cell<S, S::Output> {
             }
             pending => {
                 state.stage = pending;
-                if !state
-                    .join_waker
-                    .as_ref()
-                    .is_some_and(|w| w.will_wake(cx.waker()))
-                {
-                    state.join_waker = Some(cx.waker().clone());
+                if let Some(join) = state.join_slot() {
+                    if !join.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        *join = Some(cx.waker().clone());
+                    }
                 }
                 Poll::Pending
             }
@@ -386,7 +400,7 @@ impl<S: Starter> Join<S::Output> for Cell<S, S::Output> {
     fn detach(&self) {
         let mut state = lock(&self.state);
         self.detached.store(true, Ordering::Relaxed);
-        let waker = state.join_waker.take();
+        let waker = state.take_join_waker();
         let output = match state.stage {
             Stage::Finished(_) => Some(mem::replace(&mut state.stage, Stage::Consumed)),
             _ => None,
@@ -414,10 +428,11 @@ impl<S: Starter> RawTask for Cell<S, S::Output> {
         if !matches!(state.stage, Stage::Queued(..)) {
             return None;
         }
-        let running = Stage::Running { waker: None };
-        let Stage::Queued(mut starter) = mem::replace(&mut state.stage, running) else {
+        let Stage::Queued(mut starter, join) = mem::replace(&mut state.stage, Stage::Consumed)
+        else {
             unreachable!()
         };
+        state.stage = Stage::Running { waker: None, join };
         drop(state);
         starter.leave_queue();
 
@@ -465,7 +480,7 @@ impl<S: Starter> RawTask for Cell<S, S::Output> {
 
     fn priority(&self) -> i32 {
         match &lock(&self.state).stage {
-            Stage::Queued(starter) => starter.priority(),
+            Stage::Queued(starter, _) => starter.priority(),
             _ => 0,
         }
     }
@@ -483,10 +498,10 @@ impl<S: Starter> Cell<S, S::Output> {
             true => Stage::Consumed,
             false => Stage::Finished(Err(JoinError::cancelled(None))),
         };
+        let waker = state.take_join_waker();
         let queued = mem::replace(&mut state.stage, resolved);
-        let waker = state.join_waker.take();
         drop(state);
-        if let Stage::Queued(starter) = &queued {
+        if let Stage::Queued(starter, _) = &queued {
             if let Some(trace) = starter.trace() {
                 // It never got a span of its own: tell it in the span it was submitted from.
                 let waited_us = trace.queued_at.elapsed().as_micros() as u64;
@@ -506,7 +521,7 @@ impl<S: Starter> Cell<S, S::Output> {
     pub(crate) fn take_unstarted(&self) -> Option<S> {
         let mut state = lock(&self.state);
         match mem::replace(&mut state.stage, Stage::Consumed) {
-            Stage::Queued(starter) => Some(starter),
+            Stage::Queued(starter, _) => Some(starter),
             other => {
                 state.stage = other;
                 None
