@@ -296,6 +296,13 @@ impl WorkerGuard {
         self.shared.running.fetch_sub(1, Ordering::AcqRel);
     }
 
+    /// Whether more work may come for this worker soon: the limiter is open and its ID is
+    /// below the limit.
+    fn may_linger(&self) -> bool {
+        let shared = &self.shared;
+        !shared.closed.load(Ordering::Acquire) && self.id.index() < shared.limit()
+    }
+
     /// Takes the next queued item if this worker may run it: the limiter is not shutting down,
     /// this worker's ID is below the limit in force, and the limit has room. Otherwise gives up
     /// the worker's place in `running`, if it still holds one.
@@ -404,10 +411,20 @@ async fn work(mut guard: WorkerGuard, mut job: Job) {
         }
         // A worker that finds ready items in a row must still let other tasks on its thread run.
         rt::task::consume_budget().await;
-        match guard.next_job() {
-            Some(next) => job = next,
+        job = match guard.next_job() {
+            Some(next) => next,
+            // The queue ran dry, but the manager may be moving more into it right now: look
+            // once more after letting it run, rather than exit and be spawned again (a task
+            // spawn, a done message and a wake of the manager).
+            None if guard.may_linger() => {
+                rt::task::yield_now().await;
+                match guard.next_job() {
+                    Some(next) => next,
+                    None => return,
+                }
+            }
             None => return,
-        }
+        };
     }
 }
 
