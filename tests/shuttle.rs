@@ -21,6 +21,7 @@
 #![cfg(feature = "shuttle")]
 
 mod monitor;
+mod shuttle_support;
 
 use std::panic;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,45 +29,19 @@ use std::sync::Arc;
 
 use monitor::Monitor;
 use shuttle::scheduler::{PctScheduler, RandomScheduler};
-use shuttle::{Config, Runner};
+use shuttle::Runner;
+use shuttle_support::{assert_drained, block_on, config, iterations};
 use shuttle_tokio::task::yield_now;
 use task_limiter::{JoinHandle, Limiter, QueueOrder};
 
-/// Schedules per property, limit and scheduler.
-fn iterations() -> usize {
-    match std::env::var("TASK_LIMITER_SHUTTLE_ITERATIONS") {
-        Ok(n) => n
-            .parse()
-            .expect("TASK_LIMITER_SHUTTLE_ITERATIONS must be a number"),
-        Err(_) => 1000,
-    }
-}
-
-fn config() -> Config {
-    let mut config = Config::new();
-    // The limiter's futures nest a few levels deep; debug builds need more than the default.
-    config.stack_size = 0x8_0000;
-    // On a failure, stop at once and leak the other tasks' stacks instead of unwinding them: a
-    // task preempted while holding one of the limiter's locks would block the destructors of
-    // the others, and a panic during that unwinding aborts the process before the failure is
-    // reported.
-    config
-        .ungraceful_shutdown_config
-        .immediately_return_on_panic = true;
-    config
-}
-
-/// Runs `property` under the random and the PCT scheduler for each limit in 1..=3.
+/// Runs `property` under the random and the PCT scheduler for each limit in 1..=3, with this
+/// file's subscriber installed.
 fn explore<F>(property: F)
 where
     F: Fn(usize) + Send + Sync + Copy + 'static,
 {
     init();
-    let n = iterations();
-    for limit in 1..=3 {
-        Runner::new(RandomScheduler::new(n), config()).run(move || property(limit));
-        Runner::new(PctScheduler::new(3, n), config()).run(move || property(limit));
-    }
+    shuttle_support::explore(property);
 }
 
 /// Installs the process-wide tracing subscriber that watches for the manager's exit, before any
@@ -78,11 +53,6 @@ fn init() {
         tracing::subscriber::set_global_default(exit_watcher())
             .expect("no other global subscriber in this test binary");
     });
-}
-
-/// Drives `future` to completion on shuttle's scheduler from the test's main task.
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    shuttle::future::block_on(future)
 }
 
 /// Submits item `i`: its body reports to `monitor`, yields `yields` times (scheduling points
@@ -97,15 +67,6 @@ fn item(limiter: &Limiter, monitor: &Arc<Monitor>, i: u64, yields: usize) -> Joi
         }
         i
     })
-}
-
-/// Checks that the limiter's counters add up once it is drained.
-#[track_caller]
-fn assert_drained(limiter: &Limiter) {
-    let m = limiter.metrics();
-    assert_eq!((m.queued, m.running), (0, 0), "{m:?}");
-    assert_eq!(m.submitted, m.completed + m.panicked + m.cancelled, "{m:?}");
-    assert!(limiter.busy_workers().is_empty(), "{m:?}");
 }
 
 // === properties ===

@@ -10,57 +10,16 @@
 #![cfg(feature = "shuttle")]
 
 mod monitor;
+mod shuttle_support;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures::StreamExt;
 use monitor::Monitor;
-use shuttle::scheduler::{PctScheduler, RandomScheduler};
-use shuttle::{Config, Runner};
+use shuttle_support::{assert_drained, block_on, explore};
 use shuttle_tokio::task::yield_now;
 use task_limiter::{Limiter, WorkerId};
-
-fn iterations() -> usize {
-    match std::env::var("TASK_LIMITER_SHUTTLE_ITERATIONS") {
-        Ok(n) => n
-            .parse()
-            .expect("TASK_LIMITER_SHUTTLE_ITERATIONS must be a number"),
-        Err(_) => 300,
-    }
-}
-
-fn config() -> Config {
-    let mut config = Config::new();
-    config.stack_size = 0x8_0000;
-    config
-        .ungraceful_shutdown_config
-        .immediately_return_on_panic = true;
-    config
-}
-
-fn explore<F>(property: F)
-where
-    F: Fn(usize) + Send + Sync + Copy + 'static,
-{
-    let n = iterations();
-    for limit in 1..=3 {
-        Runner::new(RandomScheduler::new(n), config()).run(move || property(limit));
-        Runner::new(PctScheduler::new(3, n), config()).run(move || property(limit));
-    }
-}
-
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    shuttle::future::block_on(future)
-}
-
-#[track_caller]
-fn assert_drained<S>(limiter: &Limiter<S>) {
-    let m = limiter.metrics();
-    assert_eq!((m.queued, m.running), (0, 0), "{m:?}");
-    assert_eq!(m.submitted, m.completed + m.panicked + m.cancelled, "{m:?}");
-    assert!(limiter.busy_workers().is_empty(), "{m:?}");
-}
 
 /// Blocking and async items, one blocking item aborted and the limiter shut down from other
 /// tasks at any point: IDs stay unique and below the limit (a blocking item keeps its ID until
