@@ -17,6 +17,7 @@
 #![cfg(not(feature = "shuttle"))]
 
 mod monitor;
+mod support;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::panic;
@@ -25,6 +26,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use monitor::Monitor;
+use support::rss;
 use task_limiter::{AbortHandle, JoinError, JoinHandle, Limiter};
 
 // === counting allocator ===
@@ -65,16 +67,6 @@ static ALLOCATOR: Counting = Counting;
 
 fn live_bytes() -> isize {
     LIVE_BYTES.load(Ordering::Relaxed)
-}
-
-/// The process's resident set size, in bytes.
-fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }
 
 // === the mix ===

@@ -21,7 +21,7 @@ use std::sync::{Arc, Once};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use support::{settle, DropFlag, Gate};
+use support::{rss, settle, DropFlag, Gate};
 use task_limiter::{JoinHandle, Limiter};
 
 // === helpers ===
@@ -60,15 +60,6 @@ static ALLOCATOR: PerThread = PerThread;
 
 fn allocated_here() -> usize {
     ALLOCATED.with(Cell::get)
-}
-
-fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }
 
 /// Panics when dropped, after raising its flag. Its payload is "planned drop".

@@ -96,3 +96,13 @@ pub async fn settle_alive(baseline: usize) -> usize {
     }
     alive_tasks()
 }
+
+/// The process's resident set size, in bytes (0 where /proc is missing).
+pub fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
