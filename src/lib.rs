@@ -66,6 +66,20 @@
 //! - **Priority**: [`QueueOrder::Priority`] with [`build_task`](Limiter::build_task)`().`
 //!   [`priority(..)`](TaskBuilder::priority) lets urgent items jump the queue.
 //!
+//! # Observability
+//!
+//! Every item runs inside a `task_limiter.item` span (level DEBUG, target `task_limiter`), a
+//! child of the span that was current when it was submitted, with `limiter` (the
+//! [`Builder::name`]) and `worker.id` fields. TRACE and DEBUG events report an item queued,
+//! started (`waited_us`), finished, panicked and cancelled (`ran_us`); nothing is logged at INFO
+//! or above, and without a subscriber none of this costs a span or a clock read.
+//!
+//! For tokio-console, enable the `console` feature and build with
+//! `RUSTFLAGS="--cfg tokio_unstable"`: the manager and the workers are then spawned with
+//! `tokio::task::Builder` and named `{name}.manager` and `{name}.worker-{id}`, so the console
+//! shows one manager and at most `limit` workers however much is queued. Without both, they are
+//! plain tasks. [`Limiter::metrics`] and [`Limiter::busy_workers`] give a dashboard its numbers.
+//!
 //! # Comparison with `JoinSet` + `Semaphore`
 //!
 //! The usual limiter on tokio spawns a task per item and acquires a [`Semaphore`] permit inside
