@@ -177,9 +177,7 @@ impl Job {
         let cell = Arc::new(Cell {
             aborted: AtomicBool::new(false),
             detached: AtomicBool::new(false),
-            state: Mutex::new(State {
-                stage: Stage::Queued(starter, None),
-            }),
+            stage: Mutex::new(Stage::Queued(starter, None)),
         });
         (Job(Some(cell.clone())), cell)
     }
@@ -256,11 +254,7 @@ pub(crate) struct Cell<S, T> {
     /// the lock; an atomic beside it rather than a field in it, because it fits in the padding
     /// beside `aborted` and keeps the cell (one allocation per queued item) a size class smaller.
     detached: AtomicBool,
-    state: Mutex<State<S, T>>,
-}
-
-struct State<S, T> {
-    stage: Stage<S, T>,
+    stage: Mutex<Stage<S, T>>,
 }
 
 /// The `JoinHandle`'s waker lives in the stages that need one (an item still queued or
@@ -278,10 +272,10 @@ enum Stage<S, T> {
     Consumed,
 }
 
-impl<S, T> State<S, T> {
+impl<S, T> Stage<S, T> {
     /// Where the handle's waker goes while the item is queued or running.
     fn join_slot(&mut self) -> Option<&mut Option<Waker>> {
-        match &mut self.stage {
+        match self {
             Stage::Queued(_, join) | Stage::Running { join, .. } => Some(join),
             Stage::Finished(_) | Stage::Consumed => None,
         }
@@ -306,15 +300,15 @@ impl<S, T> Cell<S, T> {
             Err(err) if err.is_panic() => Outcome::Panicked,
             Err(_) => Outcome::Cancelled,
         };
-        let mut state = lock(&self.state);
-        debug_assert!(matches!(state.stage, Stage::Running { .. }));
+        let mut state = lock(&self.stage);
+        debug_assert!(matches!(*state, Stage::Running { .. }));
         if self.detached.load(Ordering::Relaxed) {
-            state.stage = Stage::Consumed;
+            *state = Stage::Consumed;
             drop(state);
             drop_quietly(|| drop(result));
         } else {
             let waker = state.take_join_waker();
-            state.stage = Stage::Finished(result);
+            *state = Stage::Finished(result);
             drop(state);
             if let Some(waker) = waker {
                 waker.wake();
@@ -334,8 +328,8 @@ impl<S, T> Cell<S, T> {
     /// flag is visible after ours; if ours came first, it finds and wakes this waker. Either
     /// way no abort is missed.
     fn register_worker(&self, cx: &mut Context<'_>) -> bool {
-        let mut state = lock(&self.state);
-        match &mut state.stage {
+        let mut state = lock(&self.stage);
+        match &mut *state {
             Stage::Running { waker, .. } => {
                 if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                     *waker = Some(cx.waker().clone());
@@ -350,8 +344,8 @@ impl<S, T> Cell<S, T> {
 
 impl<S: Starter> Abort for Cell<S, S::Output> {
     fn abort(&self) {
-        let mut state = lock(&self.state);
-        match &mut state.stage {
+        let mut state = lock(&self.stage);
+        match &mut *state {
             Stage::Queued(..) => {
                 drop(state);
                 self.cancel_if_queued();
@@ -369,24 +363,21 @@ impl<S: Starter> Abort for Cell<S, S::Output> {
     }
 
     fn is_finished(&self) -> bool {
-        matches!(
-            lock(&self.state).stage,
-            Stage::Finished(_) | Stage::Consumed
-        )
+        matches!(*lock(&self.stage), Stage::Finished(_) | Stage::Consumed)
     }
 }
 
 impl<S: Starter> Join<S::Output> for Cell<S, S::Output> {
     fn poll_join(&self, cx: &mut Context<'_>) -> Poll<Result<S::Output, JoinError>> {
-        let mut state = lock(&self.state);
-        match mem::replace(&mut state.stage, Stage::Consumed) {
+        let mut state = lock(&self.stage);
+        match mem::replace(&mut *state, Stage::Consumed) {
             Stage::Finished(result) => Poll::Ready(result),
             Stage::Consumed => {
                 drop(state);
                 panic!("`JoinHandle` polled after completion");
             }
             pending => {
-                state.stage = pending;
+                *state = pending;
                 if let Some(join) = state.join_slot() {
                     if !join.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                         *join = Some(cx.waker().clone());
@@ -398,11 +389,11 @@ impl<S: Starter> Join<S::Output> for Cell<S, S::Output> {
     }
 
     fn detach(&self) {
-        let mut state = lock(&self.state);
+        let mut state = lock(&self.stage);
         self.detached.store(true, Ordering::Relaxed);
         let waker = state.take_join_waker();
-        let output = match state.stage {
-            Stage::Finished(_) => Some(mem::replace(&mut state.stage, Stage::Consumed)),
+        let output = match *state {
+            Stage::Finished(_) => Some(mem::replace(&mut *state, Stage::Consumed)),
             _ => None,
         };
         drop(state);
@@ -424,15 +415,14 @@ impl<S: Starter> RawTask for Cell<S, S::Output> {
         limiter: &str,
         worker_state: &'a mut WorkerState,
     ) -> Option<Run<'a>> {
-        let mut state = lock(&self.state);
-        if !matches!(state.stage, Stage::Queued(..)) {
+        let mut state = lock(&self.stage);
+        if !matches!(*state, Stage::Queued(..)) {
             return None;
         }
-        let Stage::Queued(mut starter, join) = mem::replace(&mut state.stage, Stage::Consumed)
-        else {
+        let Stage::Queued(mut starter, join) = mem::replace(&mut *state, Stage::Consumed) else {
             unreachable!()
         };
-        state.stage = Stage::Running { waker: None, join };
+        *state = Stage::Running { waker: None, join };
         drop(state);
         starter.leave_queue();
 
@@ -479,7 +469,7 @@ impl<S: Starter> RawTask for Cell<S, S::Output> {
     }
 
     fn priority(&self) -> i32 {
-        match &lock(&self.state).stage {
+        match &*lock(&self.stage) {
             Stage::Queued(starter, _) => starter.priority(),
             _ => 0,
         }
@@ -490,8 +480,8 @@ impl<S: Starter> Cell<S, S::Output> {
     /// Resolves a queued item as cancelled and drops its work now, not when the queue reaches
     /// its slot. Returns false if it had already started or ended.
     fn cancel_if_queued(&self) -> bool {
-        let mut state = lock(&self.state);
-        if !matches!(state.stage, Stage::Queued(..)) {
+        let mut state = lock(&self.stage);
+        if !matches!(*state, Stage::Queued(..)) {
             return false;
         }
         let resolved = match self.detached.load(Ordering::Relaxed) {
@@ -499,7 +489,7 @@ impl<S: Starter> Cell<S, S::Output> {
             false => Stage::Finished(Err(JoinError::cancelled(None))),
         };
         let waker = state.take_join_waker();
-        let queued = mem::replace(&mut state.stage, resolved);
+        let queued = mem::replace(&mut *state, resolved);
         drop(state);
         if let Stage::Queued(starter, _) = &queued {
             if let Some(trace) = starter.trace() {
@@ -519,11 +509,11 @@ impl<S: Starter> Cell<S, S::Output> {
     /// Takes back the work of an item that never reached the queue, for a refused `try_` call to
     /// give it back. Returns `None` if the item is no longer queued.
     pub(crate) fn take_unstarted(&self) -> Option<S> {
-        let mut state = lock(&self.state);
-        match mem::replace(&mut state.stage, Stage::Consumed) {
+        let mut state = lock(&self.stage);
+        match mem::replace(&mut *state, Stage::Consumed) {
             Stage::Queued(starter, _) => Some(starter),
             other => {
-                state.stage = other;
+                *state = other;
                 None
             }
         }
