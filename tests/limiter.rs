@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use support::{alive_tasks, settle, settle_alive, Concurrency, Gate};
+use support::{alive_tasks, settle, settle_alive, spawn_gated, Concurrency, Gate};
 use task_limiter::{Limiter, QueueOrder};
 
 #[tokio::test]
@@ -128,16 +128,7 @@ async fn set_limit_up_starts_queued_work_at_once() {
     let limiter = Limiter::new(1);
     let gate = Gate::new();
     let running = Concurrency::default();
-    let handles: Vec<_> = (0..5)
-        .map(|_| {
-            let gate = gate.clone();
-            let running = running.clone();
-            limiter.spawn(async move {
-                let _running = running.enter();
-                gate.wait().await;
-            })
-        })
-        .collect();
+    let handles = spawn_gated(&limiter, 5, &gate, &running);
     settle().await;
     assert_eq!(running.now(), 1);
     limiter.set_limit(4);
@@ -156,16 +147,7 @@ async fn set_limit_down_lets_running_items_finish_then_holds_the_new_limit() {
     let limiter = Limiter::new(4);
     let gate = Gate::new();
     let running = Concurrency::default();
-    let blockers: Vec<_> = (0..4)
-        .map(|_| {
-            let gate = gate.clone();
-            let running = running.clone();
-            limiter.spawn(async move {
-                let _running = running.enter();
-                gate.wait().await;
-            })
-        })
-        .collect();
+    let blockers = spawn_gated(&limiter, 4, &gate, &running);
     settle().await;
     assert_eq!(running.now(), 4);
 

@@ -106,3 +106,22 @@ pub fn rss() -> u64 {
         .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
 }
+
+/// Submits `n` items that each count themselves in `running` and wait at `gate`.
+pub fn spawn_gated(
+    limiter: &task_limiter::Limiter,
+    n: usize,
+    gate: &Gate,
+    running: &Concurrency,
+) -> Vec<task_limiter::JoinHandle<()>> {
+    (0..n)
+        .map(|_| {
+            let gate = gate.clone();
+            let running = running.clone();
+            limiter.spawn(async move {
+                let _running = running.enter();
+                gate.wait().await;
+            })
+        })
+        .collect()
+}
