@@ -1,34 +1,72 @@
 //! Blocking items: closures that run on tokio's blocking pool, under the same limit and worker
 //! IDs as async items.
 //!
-//! A worker that starts a blocking item moves its guard (its ID, its place in the running
-//! count and its worker state) into the closure it sends to the blocking pool, and gets it back
-//! when the closure returns. So the ID is held exactly as long as the closure really runs, even
-//! if the worker task is aborted meanwhile (by `shutdown`): the guard is then dropped on the
-//! blocking thread when the closure returns, and hands the ID back from there.
+//! Built on the core as work whose future waits for the closure on the blocking pool, with the
+//! item property `runs_to_end`: neither `abort` nor `shutdown` can stop a closure that runs, so
+//! its item is not cancelled either, and its worker (with its ID and its place among the running
+//! items) waits for the closure to return. The ID is therefore held exactly as long as the
+//! closure really runs.
 
-use crate::state::{BlockingWithState, WorkerState};
-use crate::task::Starter;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use crate::core::{Props, Work};
+use crate::state::States;
+use crate::sync::{rt, Arc};
 use crate::{JoinHandle, Limiter, WorkerId};
 
-/// `spawn_blocking`'s closure.
-pub(crate) struct Blocking<F>(pub(crate) F);
+/// The properties of a blocking item: once its closure runs it cannot be stopped, so its item
+/// runs to its end and holds its worker ID until the closure returns.
+pub(crate) const BLOCKING: Props = Props {
+    priority: 0,
+    runs_to_end: true,
+};
 
-impl<F, R> Starter for Blocking<F>
+/// A blocking closure as work: started, it goes to the blocking pool, and its worker waits for
+/// it there. The submitter's (or the item's) span goes with it.
+pub(crate) fn blocking<F, R>(f: F) -> impl Work<Output = R>
 where
     F: FnOnce(WorkerId) -> R + Send + 'static,
     R: Send + 'static,
 {
-    type Output = R;
-    type Future<'a> = std::future::Pending<R>;
-    const BLOCKING: bool = true;
-
-    fn start(self, _: WorkerId, _: &mut WorkerState) -> Self::Future<'_> {
-        unreachable!("a blocking item is never polled")
+    move |worker| {
+        let span = tracing::Span::current();
+        OnBlockingPool(rt::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            f(worker)
+        }))
     }
+}
 
-    fn run_blocking(self, worker: WorkerId, _: &mut WorkerState) -> R {
-        (self.0)(worker)
+/// A blocking closure with the worker state of the ID it runs under, lent for the closure's run.
+pub(crate) fn blocking_with_state<F, S, R>(home: Arc<States<S>>, f: F) -> impl Work<Output = R>
+where
+    F: FnOnce(&mut S, WorkerId) -> R + Send + 'static,
+    S: Send + 'static,
+    R: Send + 'static,
+{
+    blocking(move |worker| {
+        let mut lent = home.lend(worker);
+        f(lent.value(), worker)
+    })
+}
+
+/// A blocking item's future: its closure's end, on the blocking pool.
+struct OnBlockingPool<R>(rt::task::JoinHandle<R>);
+
+impl<R> Future for OnBlockingPool<R> {
+    type Output = R;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<R> {
+        match std::task::ready!(Pin::new(&mut self.0).poll(cx)) {
+            Ok(value) => Poll::Ready(value),
+            // The closure's own panic, re-raised with its payload as the item's panic.
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            // The blocking pool refused or dropped the closure: the runtime is shutting down
+            // and is about to drop this item's worker, which resolves it as cancelled.
+            Err(_) => Poll::Pending,
+        }
     }
 }
 
@@ -73,7 +111,7 @@ impl<S> Limiter<S> {
         F: FnOnce(WorkerId) -> R + Send + 'static,
         R: Send + 'static,
     {
-        self.submit(Blocking(f))
+        self.submit(blocking(f), BLOCKING)
     }
 }
 
@@ -83,7 +121,7 @@ impl<S: Send + 'static> Limiter<S> {
     /// under.
     ///
     /// The blocking counterpart of [`spawn_with_state`](Self::spawn_with_state): the value
-    /// travels with the worker to the blocking-pool thread and back, and is dropped and made
+    /// is lent to the closure on its blocking-pool thread, and is dropped and made
     /// anew if the closure panics. Otherwise the same as
     /// [`spawn_blocking`](Self::spawn_blocking).
     ///
@@ -118,9 +156,6 @@ impl<S: Send + 'static> Limiter<S> {
         F: FnOnce(&mut S, WorkerId) -> R + Send + 'static,
         R: Send + 'static,
     {
-        self.submit(BlockingWithState {
-            f,
-            home: self.states(),
-        })
+        self.submit(blocking_with_state(self.states(), f), BLOCKING)
     }
 }

@@ -1,57 +1,18 @@
 use std::fmt;
+use std::time::Duration;
 
-use crate::state::MakeState;
+use crate::core::{Config, Core, QueueOrder};
+use crate::limiter::Extras;
+use crate::state::{MakeState, States};
 use crate::sync::rt::runtime::Handle;
+use crate::sync::rt::sync::Semaphore;
 use crate::sync::Arc;
 use crate::{Limiter, WorkerId};
 
-/// The order in which queued items start.
-///
-/// # Examples
-///
-/// ```
-/// use task_limiter::{Limiter, QueueOrder};
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() {
-/// let limiter = Limiter::builder().limit(4).queue_order(QueueOrder::Lifo).build();
-/// # drop(limiter);
-/// # }
-/// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum QueueOrder {
-    /// First in, first out: items start in the order they were submitted. The default.
-    #[default]
-    Fifo,
-    /// Last in, first out: the most recently submitted item starts first, as in the Go
-    /// compiler's back end. Keeps recently made (cache-warm) work moving.
-    Lifo,
-    /// Highest priority first, and first in, first out among equal priorities. An item's
-    /// priority is set with [`TaskBuilder::priority`](crate::TaskBuilder::priority); items
-    /// submitted without one have priority 0. Under the other orders priorities are ignored.
-    ///
-    /// Priority decides which queued item starts next; it never stops a running item.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use task_limiter::{Limiter, QueueOrder};
-    ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let limiter = Limiter::builder()
-    ///     .limit(1)
-    ///     .queue_order(QueueOrder::Priority)
-    ///     .build();
-    /// let routine = limiter.spawn(async { "routine" });
-    /// let urgent = limiter.build_task().priority(10).spawn(async { "urgent" });
-    /// assert_eq!(urgent.await.unwrap(), "urgent");
-    /// assert_eq!(routine.await.unwrap(), "routine");
-    /// # }
-    /// ```
-    Priority,
-}
+/// How long a worker with no work stays parked by default: as long as tokio keeps an idle
+/// blocking-pool thread. A parked worker costs one idle task; a worker spawned again costs a
+/// task spawn and a manager round trip for the item that finds none parked.
+const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10);
 
 /// Configures and builds a [`Limiter`].
 ///
@@ -80,6 +41,7 @@ pub struct Builder<S = ()> {
     pub(crate) name: String,
     pub(crate) order: QueueOrder,
     pub(crate) max_queued: Option<usize>,
+    pub(crate) keep_alive: Duration,
     pub(crate) make: MakeState<S>,
 }
 
@@ -90,6 +52,7 @@ impl Builder {
             name: String::from("task-limiter"),
             order: QueueOrder::default(),
             max_queued: None,
+            keep_alive: DEFAULT_KEEP_ALIVE,
             make: Arc::new(|_| ()),
         }
     }
@@ -102,6 +65,7 @@ impl<S> Clone for Builder<S> {
             name: self.name.clone(),
             order: self.order,
             max_queued: self.max_queued,
+            keep_alive: self.keep_alive,
             make: self.make.clone(),
         }
     }
@@ -167,6 +131,42 @@ impl<S> Builder<S> {
     /// ```
     pub fn queue_order(mut self, order: QueueOrder) -> Builder<S> {
         self.order = order;
+        self
+    }
+
+    /// Sets how long a worker that finds no work stays parked, holding its worker ID, before
+    /// its task exits. Defaults to 10 seconds.
+    ///
+    /// A parked worker takes the next item at once, without a task spawn: a service whose
+    /// queue is mostly empty keeps its workers, and tokio-console shows them as stable tasks.
+    /// At most `limit` workers are ever parked. Close (once the queue is drained), shutdown and a
+    /// limit below a worker's ID end parked workers whatever their keep-alive.
+    /// `Duration::MAX` keeps them until then.
+    ///
+    /// The keep-alive runs on the runtime's timer, so paused time (`tokio::time::pause`) drives
+    /// it too. On a runtime built without its time driver (no `enable_time`), or in a program
+    /// built with `panic = "abort"`, there is no keep-alive: parked workers wait until close,
+    /// shutdown or a smaller limit.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use task_limiter::Limiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::builder()
+    ///     .limit(4)
+    ///     .keep_alive(Duration::from_secs(60))
+    ///     .build();
+    /// limiter.spawn(async {}).await.unwrap();
+    /// // The worker that ran the item is parked, ready for the next one.
+    /// assert_eq!(limiter.metrics().idle_workers, 1);
+    /// # }
+    /// ```
+    pub fn keep_alive(mut self, keep_alive: Duration) -> Builder<S> {
+        self.keep_alive = keep_alive;
         self
     }
 
@@ -258,6 +258,7 @@ impl<S> Builder<S> {
             name: self.name,
             order: self.order,
             max_queued: self.max_queued,
+            keep_alive: self.keep_alive,
             make: Arc::new(make),
         }
     }
@@ -311,7 +312,22 @@ impl<S> Builder<S> {
     where
         S: Send + 'static,
     {
-        Limiter::from_builder(self, handle)
+        let limit = self.limit.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        let config = Config {
+            name: self.name.into(),
+            limit,
+            order: self.order,
+            keep_alive: Some(self.keep_alive).filter(|&after| after != Duration::MAX),
+        };
+        let extras = Extras {
+            states: Box::new(Arc::new(States::new(self.make))),
+            room: self
+                .max_queued
+                .map(|max| Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS)))),
+        };
+        Limiter::from_parts(Core::start(config, handle), extras)
     }
 }
 
@@ -322,6 +338,7 @@ impl<S> fmt::Debug for Builder<S> {
             .field("name", &self.name)
             .field("queue_order", &self.order)
             .field("max_queued", &self.max_queued)
+            .field("keep_alive", &self.keep_alive)
             .finish()
     }
 }

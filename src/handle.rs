@@ -3,8 +3,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::panic::{RefUnwindSafe, UnwindSafe};
+
+use crate::core::cell::{Abort, Join};
 use crate::sync::Arc;
-use crate::task::{Abort, Join};
 use crate::JoinError;
 
 /// An owned permission to await an item's result, returned by
@@ -161,8 +163,14 @@ impl<T> Future for JoinHandle<T> {
             .raw
             .as_ref()
             .expect("`JoinHandle` polled after completion");
+        // Awaiting handles takes coop budget, as tokio's `JoinHandle` does: a task awaiting
+        // many finished handles in a row still lets the other tasks on its thread run.
+        #[cfg(not(feature = "shuttle"))]
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         let result = raw.poll_join(cx);
         if result.is_ready() {
+            #[cfg(not(feature = "shuttle"))]
+            coop.made_progress();
             self.raw = None;
         }
         result
@@ -184,6 +192,14 @@ impl<T> fmt::Debug for JoinHandle<T> {
             .finish()
     }
 }
+
+// The handles hold no user data that a caught panic could leave half-changed where they can
+// reach it: the cell's state moves only under its lock, by the limiter's own code. Like tokio's
+// handles, they are unwind safe whatever `T` is.
+impl<T> UnwindSafe for JoinHandle<T> {}
+impl<T> RefUnwindSafe for JoinHandle<T> {}
+impl UnwindSafe for AbortHandle {}
+impl RefUnwindSafe for AbortHandle {}
 
 // === impl AbortHandle ===
 

@@ -108,24 +108,24 @@
 mod batch;
 mod blocking;
 mod builder;
+mod core;
 mod error;
 mod handle;
 mod limiter;
-mod manager;
 mod metrics;
 mod permit;
-mod queue;
 mod state;
 mod sync;
-mod task;
 mod task_builder;
+mod trace;
 mod worker_id;
 
+pub use crate::core::QueueOrder;
 pub use batch::Batch;
-pub use builder::{Builder, QueueOrder};
+pub use builder::Builder;
 pub use error::{JoinError, ReserveError, TrySpawnError};
 pub use handle::{AbortHandle, JoinHandle};
-pub use limiter::Limiter;
+pub use limiter::{Limiter, Shutdown, Wait};
 pub use metrics::Metrics;
 pub use permit::Permit;
 pub use task_builder::TaskBuilder;
@@ -133,7 +133,7 @@ pub use worker_id::WorkerId;
 
 #[cfg(feature = "shuttle")]
 #[doc(hidden)]
-pub use manager::planted::__plant_early_id_release;
+pub use crate::core::__plant_early_id_release;
 
 /// README's examples run as doctests, so they cannot drift from the API.
 #[cfg(doctest)]
@@ -162,13 +162,19 @@ mod tests {
         assert_send_sync_unpin::<TaskBuilder<'static>>();
         assert_send_sync_unpin::<TrySpawnError<()>>();
         assert_send_sync_unpin::<ReserveError>();
+        assert_send_sync_unpin::<Wait<'static>>();
+        assert_send_sync_unpin::<Shutdown<'static>>();
+
+        fn assert_unwind_safe<T: std::panic::UnwindSafe + std::panic::RefUnwindSafe>() {}
+        assert_unwind_safe::<JoinHandle<std::cell::Cell<u8>>>();
+        assert_unwind_safe::<AbortHandle>();
     }
 }
 /// The per-item cell is the limiter's memory per queued item: keep it in its size class.
 #[cfg(all(test, target_pointer_width = "64"))]
 mod size {
-    fn cell_size<S: crate::task::Starter>(_: &S) -> usize {
-        std::mem::size_of::<crate::task::Cell<S, S::Output>>()
+    fn cell_size<W: crate::core::Work>(_: &W) -> usize {
+        std::mem::size_of::<crate::core::Cell<W>>()
     }
 
     #[test]

@@ -2,16 +2,14 @@ use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use crate::builder::Builder;
-use crate::manager::{self, DoneTx, ExitGuard, Slots};
-use crate::queue::Queue;
-use crate::state::States;
-use crate::sync::rt::runtime::Handle;
-use crate::sync::rt::sync::mpsc::{self, UnboundedSender};
-use crate::sync::rt::sync::{Notify, Semaphore};
-use crate::sync::{lock, Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering};
-use crate::task::{Job, Starter};
+use crate::core::{Cell, Core, Exited, Lifecycle, Props, Work};
+use crate::sync::rt::sync::Semaphore;
+use crate::sync::Arc;
+use crate::trace::Traced;
 use crate::{JoinHandle, Metrics, WorkerId};
 
 /// Runs futures on the tokio runtime with at most `limit` of them alive at once.
@@ -50,101 +48,28 @@ use crate::{JoinHandle, Metrics, WorkerId};
 /// # }
 /// ```
 pub struct Limiter<S = ()> {
-    pub(crate) shared: Arc<Shared>,
-    /// The work channel. The manager sees it close when every `Limiter` is dropped.
-    work_tx: UnboundedSender<Job>,
-    /// The state lives in `shared.states`; this only names its type.
+    pub(crate) core: Core,
+    /// What the features built on the core keep per limiter.
+    pub(crate) extras: Arc<Extras>,
+    /// The state lives in `extras.states`; this only names its type.
     _state: PhantomData<fn() -> S>,
 }
 
-impl<S> Clone for Limiter<S> {
-    fn clone(&self) -> Self {
-        Limiter {
-            shared: self.shared.clone(),
-            work_tx: self.work_tx.clone(),
-            _state: PhantomData,
-        }
-    }
-}
-
-/// State shared by the `Limiter` clones, the manager and the workers.
-pub(crate) struct Shared {
-    pub(crate) name: Box<str>,
-    limit: AtomicUsize,
-    pub(crate) queue: Mutex<Queue>,
-    pub(crate) slots: Mutex<Slots>,
-    /// Items admitted to run: never raised past the limit (see `try_admit`).
-    pub(crate) running: AtomicUsize,
-    pub(crate) closed: AtomicBool,
-    pub(crate) shutdown: AtomicBool,
-    /// Wakes the manager for close, shutdown and `set_limit`.
-    pub(crate) control: Notify,
-    pub(crate) done_tx: DoneTx,
-    pub(crate) exited: AtomicBool,
-    pub(crate) exit_notify: Notify,
-
-    pub(crate) submitted: Padded<AtomicU64>,
-    pub(crate) started: AtomicU64,
-    pub(crate) completed: AtomicU64,
-    pub(crate) panicked: AtomicU64,
-    pub(crate) cancelled_running: AtomicU64,
-    /// Items dropped before they started: aborted while queued, refused, or cancelled by shutdown.
-    pub(crate) dropped_unstarted: AtomicU64,
-    max_running: AtomicUsize,
-    pub(crate) workers_spawned: AtomicU64,
-
-    /// The `Arc<States<S>>` of a `Limiter<S>`: per-worker state, untouched by other items.
+/// Per-limiter data of the features built on the core, opaque to the core.
+pub(crate) struct Extras {
+    /// The `Arc<States<S>>` of a `Limiter<S>`: its per-worker state table.
     pub(crate) states: Box<dyn Any + Send + Sync>,
     /// Places in the queue for `try_spawn` and `reserve`, with `Builder::max_queued`.
     pub(crate) room: Option<Arc<Semaphore>>,
 }
 
-/// Keeps the submitter's counter off the cache line that the workers write.
-#[repr(align(128))]
-pub(crate) struct Padded<T>(pub(crate) T);
-
-impl std::ops::Deref for Padded<AtomicU64> {
-    type Target = AtomicU64;
-    fn deref(&self) -> &AtomicU64 {
-        &self.0
-    }
-}
-
-impl Shared {
-    pub(crate) fn limit(&self) -> usize {
-        self.limit.load(Ordering::Acquire)
-    }
-
-    /// Counts one more running item if that keeps `running <= limit`. This is the one place
-    /// `running` grows, so items running at once never exceed the limit in force when each
-    /// started.
-    pub(crate) fn try_admit(&self, limit: usize) -> bool {
-        let admitted = self
-            .running
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |running| {
-                (running < limit).then_some(running + 1)
-            });
-        match admitted {
-            Ok(before) => {
-                if before + 1 > self.max_running.load(Ordering::Relaxed) {
-                    self.max_running.fetch_max(before + 1, Ordering::Relaxed);
-                }
-                true
-            }
-            Err(_) => false,
+impl<S> Clone for Limiter<S> {
+    fn clone(&self) -> Self {
+        Limiter {
+            core: self.core.clone(),
+            extras: self.extras.clone(),
+            _state: PhantomData,
         }
-    }
-
-    /// Cancels items that never started and counts them.
-    pub(crate) fn cancel_unstarted(&self, jobs: impl IntoIterator<Item = Job>) {
-        // Counted whether or not this call cancelled it: an item aborted while queued is
-        // counted when the queue lets go of it, here or in a worker.
-        let mut count = 0;
-        for job in jobs {
-            job.cancel();
-            count += 1;
-        }
-        self.dropped_unstarted.fetch_add(count, Ordering::Relaxed);
     }
 }
 
@@ -192,47 +117,12 @@ impl Limiter {
     }
 }
 
-impl<S: Send + 'static> Limiter<S> {
-    // The manager's spawn location, as tokio-console shows it, is then the user's `build` call.
-    #[track_caller]
-    pub(crate) fn from_builder(builder: Builder<S>, handle: &Handle) -> Limiter<S> {
-        let limit = builder.limit.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-        });
-        let (work_tx, work_rx) = mpsc::unbounded_channel();
-        let (done_tx, done_rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared {
-            name: builder.name.into_boxed_str(),
-            limit: AtomicUsize::new(limit),
-            queue: Mutex::new(Queue::new(builder.order)),
-            slots: Mutex::new(Slots::default()),
-            running: AtomicUsize::new(0),
-            closed: AtomicBool::new(false),
-            shutdown: AtomicBool::new(false),
-            control: Notify::new(),
-            done_tx,
-            exited: AtomicBool::new(false),
-            exit_notify: Notify::new(),
-            submitted: Padded(AtomicU64::new(0)),
-            started: AtomicU64::new(0),
-            completed: AtomicU64::new(0),
-            panicked: AtomicU64::new(0),
-            cancelled_running: AtomicU64::new(0),
-            dropped_unstarted: AtomicU64::new(0),
-            max_running: AtomicUsize::new(0),
-            workers_spawned: AtomicU64::new(0),
-            states: Box::new(Arc::new(States::new(builder.make))),
-            room: builder
-                .max_queued
-                .map(|max| Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS)))),
-        });
-        let exit = ExitGuard {
-            shared: shared.clone(),
-        };
-        manager::spawn_manager(handle, &shared.name, manager::run(exit, work_rx, done_rx));
+impl<S> Limiter<S> {
+    /// Wraps a started core and the features' data in a `Limiter`.
+    pub(crate) fn from_parts(core: Core, extras: Extras) -> Limiter<S> {
         Limiter {
-            shared,
-            work_tx,
+            core,
+            extras: Arc::new(extras),
             _state: PhantomData,
         }
     }
@@ -295,52 +185,44 @@ impl<S> Limiter<S> {
         Fut: Future + Send + 'static,
         Fut::Output: Send + 'static,
     {
-        self.submit(make)
+        self.submit(make, Props::default())
     }
 
-    /// Queues an item of any shape: the one path of every `spawn` method.
+    /// Queues an item of any shape with its properties: the one path of every `spawn` method.
+    /// While a subscriber listens, the item carries its submitter's span into its work.
     #[inline]
-    pub(crate) fn submit<T: Starter>(&self, starter: T) -> JoinHandle<T::Output> {
-        let (job, cell) = Job::new(starter);
-        let shared = &*self.shared;
-        shared.submitted.fetch_add(1, Ordering::Relaxed);
-        if shared.closed.load(Ordering::Acquire) {
-            shared.cancel_unstarted([job]);
-        } else if let Err(refused) = self.work_tx.send(job) {
-            // The manager closed the channel (close or shutdown) or is gone with its runtime.
-            shared.cancel_unstarted([refused.0]);
+    pub(crate) fn submit<W: Work>(&self, work: W, props: Props) -> JoinHandle<W::Output> {
+        if tracing::enabled!(target: "task_limiter", tracing::Level::DEBUG) {
+            let traced = Traced::new(work, self.core.name());
+            JoinHandle::new(self.core.submit(traced, props))
         } else {
-            tracing::trace!(target: "task_limiter", limiter = %shared.name, "item queued");
+            JoinHandle::new(self.core.submit(work, props))
         }
-        JoinHandle::new(cell.into_join())
     }
 
     /// Queues an item unless the limiter is closed, in which case its work comes back.
-    pub(crate) fn try_submit<T: Starter>(&self, starter: T) -> Result<JoinHandle<T::Output>, T> {
-        let shared = &*self.shared;
-        if shared.closed.load(Ordering::Acquire) {
-            return Err(starter);
+    pub(crate) fn try_submit<W: Work>(
+        &self,
+        work: W,
+        props: Props,
+    ) -> Result<JoinHandle<W::Output>, W> {
+        fn handle<W: Work>(cell: Arc<Cell<W>>) -> JoinHandle<W::Output> {
+            JoinHandle::new(cell)
         }
-        let (job, cell) = Job::new(starter);
-        shared.submitted.fetch_add(1, Ordering::Relaxed);
-        match self.work_tx.send(job) {
-            Ok(()) => {
-                tracing::trace!(target: "task_limiter", limiter = %shared.name, "item queued");
-                Ok(JoinHandle::new(cell.into_join()))
-            }
-            // Closed since the check: the item never reached the manager, so take it back.
-            Err(refused) => {
-                shared.submitted.fetch_sub(1, Ordering::Relaxed);
-                let starter = cell.take_unstarted();
-                drop(refused);
-                Err(starter.expect("a refused item is still queued"))
-            }
+        if tracing::enabled!(target: "task_limiter", tracing::Level::DEBUG) {
+            let traced = Traced::new(work, self.core.name());
+            self.core
+                .try_submit(traced, props)
+                .map(handle)
+                .map_err(Traced::into_inner)
+        } else {
+            self.core.try_submit(work, props).map(handle)
         }
     }
 
     /// Wakes `reserve` waiters once the limiter closes.
     fn close_room(&self) {
-        if let Some(room) = &self.shared.room {
+        if let Some(room) = &self.extras.room {
             room.close();
         }
     }
@@ -366,10 +248,9 @@ impl<S> Limiter<S> {
     /// # }
     /// ```
     pub fn close(&self) -> bool {
-        let closed_now = !self.shared.closed.swap(true, Ordering::AcqRel);
+        let closed_now = self.core.close();
         if closed_now {
             self.close_room();
-            self.shared.control.notify_one();
         }
         closed_now
     }
@@ -391,7 +272,7 @@ impl<S> Limiter<S> {
     /// # }
     /// ```
     pub fn is_closed(&self) -> bool {
-        self.shared.closed.load(Ordering::Acquire)
+        self.core.lifecycle() >= Lifecycle::Closed
     }
 
     /// Waits until the limiter is closed and no item is queued or running, and its manager task
@@ -421,14 +302,9 @@ impl<S> Limiter<S> {
     /// assert_eq!(limiter.metrics().completed, 10);
     /// # }
     /// ```
-    pub async fn wait(&self) {
-        loop {
-            // Made before the check: `notify_waiters` reaches every `Notified` made before it.
-            let exited = self.shared.exit_notify.notified();
-            if self.shared.exited.load(Ordering::Acquire) {
-                return;
-            }
-            exited.await;
+    pub fn wait(&self) -> Wait<'_> {
+        Wait {
+            exited: self.core.exited(),
         }
     }
 
@@ -461,12 +337,12 @@ impl<S> Limiter<S> {
     /// assert!(limiter.spawn(async { 2 }).await.unwrap_err().is_cancelled());
     /// # }
     /// ```
-    pub async fn shutdown(&self) {
-        self.shared.shutdown.store(true, Ordering::Release);
-        self.shared.closed.store(true, Ordering::Release);
-        self.close_room();
-        self.shared.control.notify_one();
-        self.wait().await;
+    pub fn shutdown(&self) -> Shutdown<'_, S> {
+        Shutdown {
+            limiter: self,
+            exited: self.core.exited(),
+            begun: false,
+        }
     }
 
     /// Returns the most items that may run at once.
@@ -482,7 +358,7 @@ impl<S> Limiter<S> {
     /// # }
     /// ```
     pub fn limit(&self) -> usize {
-        self.shared.limit()
+        self.core.limit()
     }
 
     /// Changes the limit while the limiter runs.
@@ -510,8 +386,7 @@ impl<S> Limiter<S> {
     #[track_caller]
     pub fn set_limit(&self, limit: usize) {
         assert!(limit > 0, "task_limiter: the limit must be at least 1");
-        self.shared.limit.store(limit, Ordering::Release);
-        self.shared.control.notify_one();
+        self.core.set_limit(limit);
     }
 
     /// Returns the limiter's name (see [`Builder::name`]).
@@ -527,7 +402,7 @@ impl<S> Limiter<S> {
     /// # }
     /// ```
     pub fn name(&self) -> &str {
-        &self.shared.name
+        self.core.name()
     }
 
     /// Returns the number of items queued or running.
@@ -583,27 +458,7 @@ impl<S> Limiter<S> {
     /// # }
     /// ```
     pub fn metrics(&self) -> Metrics {
-        let s = &*self.shared;
-        // Read the later stages first, so that a racing item is never counted as both
-        // finished and queued.
-        let completed = s.completed.load(Ordering::Acquire);
-        let panicked = s.panicked.load(Ordering::Acquire);
-        let cancelled_running = s.cancelled_running.load(Ordering::Acquire);
-        let dropped = s.dropped_unstarted.load(Ordering::Acquire);
-        let running = s.running.load(Ordering::Acquire);
-        let started = s.started.load(Ordering::Acquire);
-        let submitted = s.submitted.load(Ordering::Acquire);
-        Metrics {
-            limit: s.limit(),
-            queued: submitted.saturating_sub(started + dropped) as usize,
-            running,
-            submitted,
-            completed,
-            panicked,
-            cancelled: cancelled_running + dropped,
-            max_running: s.max_running.load(Ordering::Relaxed),
-            workers_spawned: s.workers_spawned.load(Ordering::Relaxed),
-        }
+        self.core.metrics()
     }
 
     /// Returns the worker IDs held by live worker tasks, lowest first: a view for dashboards.
@@ -622,7 +477,7 @@ impl<S> Limiter<S> {
     /// # }
     /// ```
     pub fn busy_workers(&self) -> Vec<WorkerId> {
-        lock(&self.shared.slots).busy_ids()
+        self.core.busy_ids()
     }
 }
 
@@ -635,6 +490,86 @@ impl<S> fmt::Debug for Limiter<S> {
             .field("queued", &m.queued)
             .field("running", &m.running)
             .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// Future returned by [`Limiter::wait`]: resolves once the limiter is closed, nothing of it is
+/// queued or running, and its manager task has exited.
+///
+/// # Examples
+///
+/// ```
+/// use task_limiter::{Limiter, Wait};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let limiter = Limiter::new(2);
+/// limiter.close();
+/// let done: Wait<'_> = limiter.wait();
+/// done.await;
+/// # }
+/// ```
+#[must_use = "futures do nothing unless polled"]
+pub struct Wait<'a> {
+    exited: Exited<'a>,
+}
+
+impl Future for Wait<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.exited).poll(cx)
+    }
+}
+
+impl fmt::Debug for Wait<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Wait").finish_non_exhaustive()
+    }
+}
+
+/// Future returned by [`Limiter::shutdown`]: starts the shutdown when first polled, then
+/// resolves once the limiter's manager has exited and no item of it is left on the runtime.
+///
+/// # Examples
+///
+/// ```
+/// use task_limiter::{Limiter, Shutdown};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let limiter = Limiter::new(2);
+/// let shutdown: Shutdown<'_> = limiter.shutdown();
+/// shutdown.await;
+/// assert!(limiter.is_closed());
+/// # }
+/// ```
+#[must_use = "futures do nothing unless polled"]
+pub struct Shutdown<'a, S = ()> {
+    limiter: &'a Limiter<S>,
+    exited: Exited<'a>,
+    begun: bool,
+}
+
+impl<S> Future for Shutdown<'_, S> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.begun {
+            self.begun = true;
+            self.limiter.close_room();
+            self.limiter.core.begin_shutdown();
+        }
+        Pin::new(&mut self.exited).poll(cx)
+    }
+}
+
+impl<S> fmt::Debug for Shutdown<'_, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shutdown")
+            .field("limiter", &self.limiter.name())
+            .field("begun", &self.begun)
             .finish()
     }
 }

@@ -43,6 +43,14 @@ pub struct Metrics {
     pub cancelled: u64,
     /// The most items ever running at once.
     pub max_running: usize,
-    /// Worker tasks spawned so far. With worker reuse this grows far slower than `submitted`.
+    /// Worker tasks spawned so far. Workers run item after item and park between them, so in
+    /// steady use this stops growing: a new one is spawned only for a worker ID that no live
+    /// worker holds (the first items, or after a keep-alive ran out).
     pub workers_spawned: u64,
+    /// Worker tasks alive now, parked ones included: at most `limit` (plus, for a moment, one
+    /// whose ID is on its way back to the manager after a smaller limit).
+    pub workers: usize,
+    /// Workers parked now: alive, holding their ID, waiting for work (see
+    /// [`Builder::keep_alive`](crate::Builder::keep_alive)).
+    pub idle_workers: usize,
 }

@@ -9,11 +9,26 @@
 use std::fmt;
 use std::future::Future;
 
+use crate::core::{Props, Work};
 use crate::sync::rt::sync::OwnedSemaphorePermit;
-use crate::sync::Ordering;
-use crate::task::Starter;
-use crate::task_builder::{Configured, Ready};
+use crate::task_builder::Placed;
 use crate::{JoinHandle, Limiter, ReserveError, TaskBuilder, TrySpawnError, WorkerId};
+
+/// A future as work that can be given back whole when a `try_spawn` is refused.
+struct Ready<F>(F);
+
+impl<F> Work for Ready<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    type Output = F::Output;
+    type Future = F;
+
+    fn start(self, _: WorkerId) -> F {
+        self.0
+    }
+}
 
 /// A place in a limiter's queue, held until an item is submitted with it or it is dropped:
 /// returned by [`Limiter::reserve`] and [`Limiter::try_reserve`].
@@ -128,10 +143,10 @@ enum NoRoom {
 impl<S> Limiter<S> {
     /// Takes a place in the queue without waiting: `None` stands for "unbounded".
     fn try_take_room(&self) -> Result<Option<OwnedSemaphorePermit>, NoRoom> {
-        if self.shared.closed.load(Ordering::Acquire) {
+        if self.is_closed() {
             return Err(NoRoom::Closed);
         }
-        match &self.shared.room {
+        match &self.extras.room {
             None => Ok(None),
             Some(room) => match room.clone().try_acquire_owned() {
                 Ok(place) => Ok(Some(place)),
@@ -212,24 +227,22 @@ impl<S> Limiter<S> {
         self.try_spawn_with_room(make)
     }
 
-    fn try_spawn_with_room<T: Starter>(
+    fn try_spawn_with_room<W: Work>(
         &self,
-        work: T,
-    ) -> Result<JoinHandle<T::Output>, TrySpawnError<T>> {
+        work: W,
+    ) -> Result<JoinHandle<W::Output>, TrySpawnError<W>> {
         let room = match self.try_take_room() {
             Ok(room) => room,
             Err(NoRoom::Full) => return Err(TrySpawnError::Full(work)),
             Err(NoRoom::Closed) => return Err(TrySpawnError::Closed(work)),
         };
         match room {
-            None => self.try_submit(work).map_err(TrySpawnError::Closed),
-            Some(room) => self
-                .try_submit(Configured {
-                    inner: work,
-                    priority: 0,
-                    room: Some(room),
-                })
-                .map_err(|placed| TrySpawnError::Closed(placed.inner)),
+            None => self
+                .try_submit(work, Props::default())
+                .map_err(TrySpawnError::Closed),
+            Some(place) => self
+                .try_submit(Placed { work, place }, Props::default())
+                .map_err(|placed| TrySpawnError::Closed(placed.work)),
         }
     }
 
@@ -272,7 +285,7 @@ impl<S> Limiter<S> {
         if self.is_closed() {
             return Err(ReserveError::new());
         }
-        let room = match &self.shared.room {
+        let room = match &self.extras.room {
             None => None,
             Some(room) => Some(
                 room.clone()

@@ -1,20 +1,24 @@
 //! Per-worker state: one value of the user's type per worker ID, made on the first item that
-//! needs it and lent to every item that runs under that ID, without a lock.
+//! needs it and lent to every item that runs under that ID.
 //!
-//! The worker task owns the value while it lives (in its [`WorkerState`]) and lends `&mut` to
-//! each stateful item it runs; a blocking item takes the worker's whole guard, value included,
-//! to its blocking-pool thread and back. When the worker exits, the value is parked in the
-//! limiter's table under its ID, before the ID goes back to the manager, so the next worker to
-//! get that ID finds it there. An ID is held by one worker at a time, so the table is touched once
-//! per worker lifetime, never per item, and never by two holders of one ID.
+//! Built on the core as work: a stateful item takes its ID's value out of the limiter's table
+//! when it starts and puts it back when it ends, through a guard that lives inside the item's
+//! future (or its blocking closure). An ID is held by one running item at a time, so no other
+//! item touches the value meanwhile, and it needs no lock while the item uses it; the table's
+//! lock is taken twice per stateful item, never by items without state. The guard is dropped
+//! before the item ends, so the value is back in the table before its ID can run anything else.
+//!
+//! A panic drops the guard while the panic unwinds (the core drops a panicking item's future
+//! during the unwind, as tokio does): the value, which may be half-updated, is then dropped
+//! rather than put back, and the next item on the ID gets a new one from the factory. As for any
+//! destructor that runs during an unwind, a value whose `Drop` panics then aborts the process.
 
-use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 
+use crate::core::Props;
 use crate::sync::{lock, Arc, Mutex};
-use crate::task::Starter;
 use crate::{JoinHandle, Limiter, WorkerId};
 
 /// The factory `Builder::worker_state` stores.
@@ -23,171 +27,83 @@ pub(crate) type MakeState<S> = Arc<dyn Fn(WorkerId) -> S + Send + Sync>;
 /// The per-ID table of a limiter's worker state, and the factory that fills it.
 pub(crate) struct States<S> {
     make: MakeState<S>,
-    /// Values of the IDs that no worker holds now, indexed by ID.
-    parked: Mutex<Vec<Option<S>>>,
+    /// Indexed by worker ID; `None` where no value was made yet or a panic dropped it.
+    values: Mutex<Vec<Option<S>>>,
 }
 
 impl<S> States<S> {
     pub(crate) fn new(make: MakeState<S>) -> States<S> {
         States {
             make,
-            parked: Mutex::new(Vec::new()),
+            values: Mutex::new(Vec::new()),
         }
     }
 
-    fn unpark(&self, worker: WorkerId) -> Option<S> {
-        lock(&self.parked)
-            .get_mut(worker.index())
-            .and_then(Option::take)
+    /// Lends worker `id`'s value to the item starting on it: the stored one, else one made by
+    /// the factory (a panic there is the item's panic).
+    pub(crate) fn lend(self: &Arc<Self>, id: WorkerId) -> Lent<S> {
+        let stored = lock(&self.values)
+            .get_mut(id.index())
+            .and_then(Option::take);
+        let value = stored.unwrap_or_else(|| (self.make)(id));
+        Lent {
+            home: self.clone(),
+            id,
+            value: Some(value),
+        }
     }
 
-    fn park(&self, worker: WorkerId, value: S) {
-        let mut parked = lock(&self.parked);
-        if parked.len() <= worker.index() {
-            parked.resize_with(worker.index() + 1, || None);
+    fn put_back(&self, id: WorkerId, value: S) {
+        let mut values = lock(&self.values);
+        if values.len() <= id.index() {
+            values.resize_with(id.index() + 1, || None);
         }
-        let previous = parked[worker.index()].replace(value);
-        drop(parked);
-        debug_assert!(previous.is_none(), "two values for {worker}");
-        // A value of this ID without a worker cannot be: it would be one from a second
-        // holder of the ID. Dropped outside the lock in release builds all the same.
+        let previous = values[id.index()].replace(value);
+        drop(values);
+        debug_assert!(previous.is_none(), "two values for {id}");
+        // A second value for one ID could only come from a second holder of the ID. Dropped
+        // outside the lock in release builds all the same.
         drop(previous);
     }
 }
 
-/// What a worker task holds of the per-worker state: the value of its ID, once an item needed
-/// it. Lives in the worker's guard.
-#[derive(Default)]
-pub(crate) struct WorkerState {
-    value: Option<Box<dyn Lent>>,
-}
-
-/// A value and the table it goes back to, with its type erased so that the worker code stays
-/// the same for every limiter.
-trait Lent: Send {
-    fn as_any(&mut self) -> &mut dyn Any;
-    fn park(self: Box<Self>, worker: WorkerId);
-}
-
-struct Value<S> {
-    value: S,
+/// Worker `id`'s value, lent to the item running on it; goes back to the table when dropped.
+pub(crate) struct Lent<S> {
     home: Arc<States<S>>,
+    id: WorkerId,
+    value: Option<S>,
 }
 
-impl<S: Send + 'static> Lent for Value<S> {
-    fn as_any(&mut self) -> &mut dyn Any {
-        self
-    }
-
-    fn park(self: Box<Self>, worker: WorkerId) {
-        let Value { value, home } = *self;
-        home.park(worker, value);
+impl<S> Lent<S> {
+    pub(crate) fn value(&mut self) -> &mut S {
+        self.value.as_mut().expect("lent until dropped")
     }
 }
 
-impl WorkerState {
-    /// Lends this worker's value to the item starting on it: from the worker itself, else from
-    /// the table, else made by the factory (a panic there is the item's panic).
-    fn lend<S: Send + 'static>(&mut self, worker: WorkerId, home: &Arc<States<S>>) -> &mut S {
-        if self.value.is_none() {
-            let value = home.unpark(worker).unwrap_or_else(|| (home.make)(worker));
-            self.value = Some(Box::new(Value {
-                value,
-                home: home.clone(),
-            }));
-        }
-        let value = self.value.as_mut().expect("just filled").as_any();
-        &mut value
-            .downcast_mut::<Value<S>>()
-            .expect("every stateful item of a limiter has the limiter's state type")
-            .value
-    }
-
-    /// A stateful item panicked: the value may be half-updated, so it is dropped, and the next
-    /// item on this ID gets a new one.
-    pub(crate) fn poison(&mut self) {
+impl<S> Drop for Lent<S> {
+    fn drop(&mut self) {
         if let Some(value) = self.value.take() {
-            // A panicking destructor must not take the worker down with it.
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(value)));
-        }
-    }
-
-    /// The worker is exiting: parks the value under its ID. Must run before the ID goes back.
-    pub(crate) fn park(&mut self, worker: WorkerId) {
-        if let Some(value) = self.value.take() {
-            value.park(worker);
+            if std::thread::panicking() {
+                // The item panicked while it held the value: it may be half-updated.
+                drop(value);
+            } else {
+                // Completed, or aborted at an `.await`: kept as the item left it.
+                self.home.put_back(self.id, value);
+            }
         }
     }
 }
 
-impl fmt::Debug for WorkerState {
+impl<S> fmt::Debug for Lent<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WorkerState")
-            .field("holds_value", &self.value.is_some())
-            .finish()
-    }
-}
-
-// === Starters ===
-
-/// `spawn_with_state`'s closure, and the table to get the value from.
-pub(crate) struct WithState<F, S> {
-    pub(crate) f: F,
-    pub(crate) home: Arc<States<S>>,
-}
-
-impl<F, S, T> Starter for WithState<F, S>
-where
-    F: for<'a> FnOnce(&'a mut S, WorkerId) -> Pin<Box<dyn Future<Output = T> + Send + 'a>>
-        + Send
-        + 'static,
-    S: Send + 'static,
-    T: Send + 'static,
-{
-    type Output = T;
-    type Future<'a> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-    const USES_STATE: bool = true;
-
-    fn start(self, worker: WorkerId, state: &mut WorkerState) -> Self::Future<'_> {
-        let value = state.lend(worker, &self.home);
-        (self.f)(value, worker)
-    }
-
-    fn run_blocking(self, _: WorkerId, _: &mut WorkerState) -> T {
-        unreachable!("an async item never runs on the blocking pool")
-    }
-}
-
-/// `spawn_blocking_with_state`'s closure, and the table to get the value from.
-pub(crate) struct BlockingWithState<F, S> {
-    pub(crate) f: F,
-    pub(crate) home: Arc<States<S>>,
-}
-
-impl<F, S, R> Starter for BlockingWithState<F, S>
-where
-    F: FnOnce(&mut S, WorkerId) -> R + Send + 'static,
-    S: Send + 'static,
-    R: Send + 'static,
-{
-    type Output = R;
-    type Future<'a> = std::future::Pending<R>;
-    const BLOCKING: bool = true;
-    const USES_STATE: bool = true;
-
-    fn start(self, _: WorkerId, _: &mut WorkerState) -> Self::Future<'_> {
-        unreachable!("a blocking item is never polled")
-    }
-
-    fn run_blocking(self, worker: WorkerId, state: &mut WorkerState) -> R {
-        (self.f)(state.lend(worker, &self.home), worker)
+        f.debug_struct("Lent").field("worker", &self.id).finish()
     }
 }
 
 impl<S: Send + 'static> Limiter<S> {
     /// The table of this limiter's worker state.
     pub(crate) fn states(&self) -> Arc<States<S>> {
-        self.shared
+        self.extras
             .states
             .downcast_ref::<Arc<States<S>>>()
             .expect("a `Limiter<S>` is built with a table of `S`")
@@ -252,9 +168,26 @@ impl<S: Send + 'static> Limiter<S> {
             + 'static,
         T: Send + 'static,
     {
-        self.submit(WithState {
-            f,
-            home: self.states(),
+        self.submit(with_state(self.states(), f), Props::default())
+    }
+}
+
+/// A stateful item's work: its future holds the lent value for as long as it runs.
+pub(crate) fn with_state<F, S, T>(
+    home: Arc<States<S>>,
+    f: F,
+) -> impl FnOnce(WorkerId) -> Pin<Box<dyn Future<Output = T> + Send>> + Send + 'static
+where
+    F: for<'a> FnOnce(&'a mut S, WorkerId) -> Pin<Box<dyn Future<Output = T> + Send + 'a>>
+        + Send
+        + 'static,
+    S: Send + 'static,
+    T: Send + 'static,
+{
+    move |worker| {
+        Box::pin(async move {
+            let mut lent = home.lend(worker);
+            f(lent.value(), worker).await
         })
     }
 }

@@ -2,10 +2,10 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::blocking::Blocking;
-use crate::state::{BlockingWithState, WithState, WorkerState};
+use crate::blocking::{blocking, blocking_with_state, BLOCKING};
+use crate::core::{Props, Work};
+use crate::state::with_state;
 use crate::sync::rt::sync::OwnedSemaphorePermit;
-use crate::task::Starter;
 use crate::{JoinHandle, Limiter, WorkerId};
 
 /// Sets options for one item, then submits it: returned by
@@ -39,53 +39,21 @@ pub struct TaskBuilder<'a, S = ()> {
     room: Option<OwnedSemaphorePermit>,
 }
 
-/// A starter with the options of a `TaskBuilder`, or the place `try_spawn` took.
-pub(crate) struct Configured<T> {
-    pub(crate) inner: T,
-    pub(crate) priority: i32,
-    pub(crate) room: Option<OwnedSemaphorePermit>,
+/// Work that holds a place in a bounded queue (`Builder::max_queued`) until it starts. The
+/// place goes back when the item starts, or when its work is dropped unstarted (cancelled
+/// while queued), so a place is held exactly while its item waits.
+pub(crate) struct Placed<W> {
+    pub(crate) work: W,
+    pub(crate) place: OwnedSemaphorePermit,
 }
 
-impl<T: Starter> Starter for Configured<T> {
-    type Output = T::Output;
-    type Future<'a> = T::Future<'a>;
-    const BLOCKING: bool = T::BLOCKING;
-    const USES_STATE: bool = T::USES_STATE;
+impl<W: Work> Work for Placed<W> {
+    type Output = W::Output;
+    type Future = W::Future;
 
-    fn priority(&self) -> i32 {
-        self.priority
-    }
-
-    fn leave_queue(&mut self) {
-        self.room = None;
-    }
-
-    fn start(self, worker: WorkerId, state: &mut WorkerState) -> Self::Future<'_> {
-        self.inner.start(worker, state)
-    }
-
-    fn run_blocking(self, worker: WorkerId, state: &mut WorkerState) -> Self::Output {
-        self.inner.run_blocking(worker, state)
-    }
-}
-
-/// A future as a starter whose work can be given back: `try_spawn`'s.
-pub(crate) struct Ready<F>(pub(crate) F);
-
-impl<F> Starter for Ready<F>
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    type Output = F::Output;
-    type Future<'a> = F;
-
-    fn start(self, _: WorkerId, _: &mut WorkerState) -> F {
-        self.0
-    }
-
-    fn run_blocking(self, _: WorkerId, _: &mut WorkerState) -> F::Output {
-        unreachable!("an async item never runs on the blocking pool")
+    fn start(self, worker: WorkerId) -> W::Future {
+        drop(self.place);
+        self.work.start(worker)
     }
 }
 
@@ -98,12 +66,15 @@ impl<'a, S> TaskBuilder<'a, S> {
         }
     }
 
-    fn submit<T: Starter>(self, inner: T) -> JoinHandle<T::Output> {
-        self.limiter.submit(Configured {
-            inner,
+    fn submit<W: Work>(self, work: W, props: Props) -> JoinHandle<W::Output> {
+        let props = Props {
             priority: self.priority,
-            room: self.room,
-        })
+            ..props
+        };
+        match self.room {
+            None => self.limiter.submit(work, props),
+            Some(place) => self.limiter.submit(Placed { work, place }, props),
+        }
     }
 
     /// Sets the item's priority, for a limiter built with
@@ -168,7 +139,7 @@ impl<'a, S> TaskBuilder<'a, S> {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.submit(Ready(future))
+        self.submit(move |_: WorkerId| future, Props::default())
     }
 
     /// Submits a closure that makes the item's future from its [`WorkerId`], with these
@@ -193,7 +164,7 @@ impl<'a, S> TaskBuilder<'a, S> {
         Fut: Future + Send + 'static,
         Fut::Output: Send + 'static,
     {
-        self.submit(make)
+        self.submit(make, Props::default())
     }
 
     /// Submits a blocking closure with these options, as [`Limiter::spawn_blocking`] does.
@@ -216,7 +187,7 @@ impl<'a, S> TaskBuilder<'a, S> {
         F: FnOnce(WorkerId) -> R + Send + 'static,
         R: Send + 'static,
     {
-        self.submit(Blocking(f))
+        self.submit(blocking(f), BLOCKING)
     }
 }
 
@@ -250,7 +221,7 @@ impl<S: Send + 'static> TaskBuilder<'_, S> {
         T: Send + 'static,
     {
         let home = self.limiter.states();
-        self.submit(WithState { f, home })
+        self.submit(with_state(home, f), Props::default())
     }
 
     /// Submits a blocking closure that borrows its worker's state, with these options, as
@@ -281,7 +252,7 @@ impl<S: Send + 'static> TaskBuilder<'_, S> {
         R: Send + 'static,
     {
         let home = self.limiter.states();
-        self.submit(BlockingWithState { f, home })
+        self.submit(blocking_with_state(home, f), BLOCKING)
     }
 }
 

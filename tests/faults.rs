@@ -133,8 +133,8 @@ fn poll_once<F: Future + Unpin>(future: &mut F) -> Poll<F::Output> {
     Pin::new(future).poll(&mut Context::from_waker(&waker))
 }
 
-/// The limiter still works and every worker ID came back: a fresh item runs, on worker 0 when
-/// the limit is 1.
+/// The limiter still works and no worker ID is stuck with an item: a fresh item runs, on worker
+/// 0 when the limit is 1, and then every live worker is parked.
 async fn assert_alive_and_idle(limiter: &Limiter) {
     let id = limiter.spawn_with(|id| async move { id.index() }).await;
     let id = id.expect("a fresh item runs");
@@ -142,13 +142,15 @@ async fn assert_alive_and_idle(limiter: &Limiter) {
         assert_eq!(id, 0);
     }
     settle().await;
-    assert!(
-        limiter.busy_workers().is_empty(),
-        "{:?}",
-        limiter.busy_workers()
-    );
+    // Workers park between items, holding their IDs: no ID may be held by a running item.
     let m = limiter.metrics();
     assert_eq!((m.queued, m.running), (0, 0), "{m:?}");
+    assert_eq!(
+        m.workers, m.idle_workers,
+        "every live worker is parked: {m:?}"
+    );
+    let held = limiter.busy_workers();
+    assert!(held.len() <= limiter.limit(), "{held:?}");
 }
 
 const LIMIT_MESSAGE: &str = "task_limiter: the limit must be at least 1";

@@ -6,6 +6,7 @@ mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use support::{settle, Gate};
 use task_limiter::{Limiter, WorkerId};
@@ -111,12 +112,19 @@ async fn items_without_state_never_make_a_value() {
 #[tokio::test]
 async fn the_value_outlives_the_worker_task_that_made_it() {
     let factory = Factory::default();
+    // No keep-alive: the worker exits as soon as it finds no work.
     let limiter = Limiter::builder()
         .limit(1)
+        .keep_alive(Duration::ZERO)
         .worker_state(factory.make())
         .build();
     assert_eq!(serve(&limiter).await.unwrap().1, 1);
-    settle().await;
+    for _ in 0..1000 {
+        if limiter.metrics().workers == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     assert!(limiter.busy_workers().is_empty(), "the worker exited");
     assert_eq!(
         serve(&limiter).await.unwrap().1,

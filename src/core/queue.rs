@@ -1,8 +1,55 @@
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
 
-use crate::task::Job;
-use crate::QueueOrder;
+use super::cell::Job;
+
+/// The order in which queued items start.
+///
+/// # Examples
+///
+/// ```
+/// use task_limiter::{Limiter, QueueOrder};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let limiter = Limiter::builder().limit(4).queue_order(QueueOrder::Lifo).build();
+/// # drop(limiter);
+/// # }
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum QueueOrder {
+    /// First in, first out: items start in the order they were submitted. The default.
+    #[default]
+    Fifo,
+    /// Last in, first out: the most recently submitted item starts first, as in the Go
+    /// compiler's back end. Keeps recently made (cache-warm) work moving.
+    Lifo,
+    /// Highest priority first, and first in, first out among equal priorities. An item's
+    /// priority is set with [`TaskBuilder::priority`](crate::TaskBuilder::priority); items
+    /// submitted without one have priority 0. Under the other orders priorities are ignored.
+    ///
+    /// Priority decides which queued item starts next; it never stops a running item.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::{Limiter, QueueOrder};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::builder()
+    ///     .limit(1)
+    ///     .queue_order(QueueOrder::Priority)
+    ///     .build();
+    /// let routine = limiter.spawn(async { "routine" });
+    /// let urgent = limiter.build_task().priority(10).spawn(async { "urgent" });
+    /// assert_eq!(urgent.await.unwrap(), "urgent");
+    /// assert_eq!(routine.await.unwrap(), "routine");
+    /// # }
+    /// ```
+    Priority,
+}
 
 /// The items waiting for a worker, in the order the limiter was built with.
 ///
@@ -86,7 +133,7 @@ impl Queue {
             Queue::Lifo(stack) => stack.extend(jobs),
             Queue::Priority { heap, next_seq } => {
                 for job in jobs {
-                    // Read from the item's cell: the lock order is queue, then cell, everywhere.
+                    // Fixed at submission and read without the cell's lock.
                     let priority = job.priority();
                     heap.push(Ranked {
                         priority,
@@ -115,10 +162,10 @@ impl Queue {
         }
     }
 
-    /// True when a pop has just brought a FIFO queue down to its low-water mark: the popping
-    /// worker then wakes the manager, which may have stopped filling the queue.
+    /// True when a FIFO queue is down to its low-water mark: the worker whose pop brought it
+    /// there wakes the manager (once per top-up), which may have stopped filling the queue.
     pub(crate) fn at_low_water(&self, limit: usize) -> bool {
-        matches!(self, Queue::Fifo(queue) if queue.len() == low_water(limit))
+        matches!(self, Queue::Fifo(queue) if queue.len() <= low_water(limit))
     }
 
     pub(crate) fn is_empty(&self) -> bool {

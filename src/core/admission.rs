@@ -1,0 +1,523 @@
+//! The one admission point, and the one piece of locked state it rules over.
+//!
+//! Whether an item may start now, on which worker ID, is decided by [`State::admit`] alone,
+//! for the manager (starting a new worker, or handing work to a parked one) and for a worker
+//! (taking its next item, or waking from its park) alike, under one lock over the limit in
+//! force, the queue, the per-ID slots and the running count. So the invariants are enforced,
+//! and model-checked, in one place:
+//!
+//! - items running at once never exceed the limit in force when each started;
+//! - a worker ID is held by at most one worker, and an item starts only on an ID below the limit;
+//! - nothing starts once the limiter shuts down.
+
+use std::collections::BTreeSet;
+use std::mem;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use super::cell::{Job, Outcome, RawTask};
+use super::queue::Queue;
+use crate::sync::rt::sync::mpsc::UnboundedSender;
+use crate::sync::rt::sync::Notify;
+use crate::sync::{lock, Arc, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
+use crate::{Metrics, WorkerId};
+
+/// Where the limiter is in its life. One word that only moves forward (it is raised with
+/// `fetch_max`), so "shut down implies closed" is a fact of the encoding, not a convention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Lifecycle {
+    /// Takes new work.
+    Open = 0,
+    /// Refuses new work; what was submitted before still runs.
+    Closed = 1,
+    /// Refuses new work and cancels what is queued or running.
+    ShuttingDown = 2,
+    /// The manager is gone; nothing of the limiter is left on the runtime.
+    Exited = 3,
+}
+
+impl Lifecycle {
+    fn from_word(word: usize) -> Lifecycle {
+        match word {
+            0 => Lifecycle::Open,
+            1 => Lifecycle::Closed,
+            2 => Lifecycle::ShuttingDown,
+            _ => Lifecycle::Exited,
+        }
+    }
+}
+
+/// What one worker ID is doing.
+enum Slot {
+    /// No worker holds it.
+    Free,
+    /// Its worker runs this item (or is about to start it). Kept so that `shutdown` can cancel it.
+    Busy(Arc<dyn RawTask>),
+    /// The manager admitted this job for the parked worker, which has yet to wake and take it.
+    Handed(Job),
+    /// Its worker waits for work, holding the ID.
+    Parked(Option<Waker>),
+    /// Its worker is on its way out; the ID comes back to the manager on the done channel.
+    Exiting,
+}
+
+/// What a worker does after an item, or when it wakes from its park.
+pub(crate) enum Next {
+    Run(Job),
+    Park,
+    Exit,
+}
+
+/// The limiter's counters, kept under the same lock as the state they count, so a snapshot of
+/// them always adds up.
+#[derive(Default)]
+struct Counters {
+    /// Items admitted to run (whether or not they got as far as their first poll).
+    started: u64,
+    completed: u64,
+    panicked: u64,
+    cancelled_running: u64,
+    /// Items that left the limiter without starting: aborted while queued (counted when the
+    /// queue passes their entry), refused after close, or cancelled by shutdown.
+    dropped_unstarted: u64,
+    max_running: usize,
+    workers_spawned: u64,
+}
+
+/// Everything admission decides over, behind one lock.
+pub(crate) struct State {
+    limit: usize,
+    pub(crate) queue: Queue,
+    /// The work channel is closed and empty: nothing more will reach the queue.
+    drained: bool,
+    /// Indexed by worker ID; only as long as the most workers alive at once.
+    slots: Vec<Slot>,
+    /// An index over `slots`: the IDs in it that are `Free`.
+    free: BTreeSet<u32>,
+    /// An index over `slots`: the IDs in it that are `Parked`.
+    parked: BTreeSet<u32>,
+    /// Slots that are `Busy` or `Handed`: items running now.
+    busy: usize,
+    /// Slots that are not `Free`: worker tasks alive (or about to be, or just gone).
+    workers: usize,
+    /// A pop brought a FIFO queue down to its low-water mark since the manager last topped it
+    /// up: the manager has been (or is to be) woken for it, once.
+    refill_asked: bool,
+    /// The worker that took that pop is to wake the manager.
+    refill_due: bool,
+    counters: Counters,
+}
+
+/// State shared by the `Limiter` clones, the manager and the workers.
+pub(crate) struct Shared {
+    pub(crate) name: Arc<str>,
+    state: Mutex<State>,
+    /// A [`Lifecycle`], raised with `fetch_max`. Read without the lock by submitters; admission
+    /// reads it under the lock, where any value it sees is one the limiter has been in, and a
+    /// raise is always followed by a wake of the manager, which then acts on it under the lock.
+    lifecycle: AtomicUsize,
+    /// Wakes the manager: close, shutdown, `set_limit`, a FIFO queue at its low-water mark.
+    pub(crate) control: Notify,
+    /// Wakes `wait`ers once the manager has exited.
+    pub(crate) exit_notify: Notify,
+    /// Worker IDs coming back to the manager.
+    pub(crate) done_tx: UnboundedSender<WorkerId>,
+    /// How long a parked worker waits for work before it exits; `None` when it waits for as
+    /// long as the limiter is open (the runtime has no timer, or the user asked for that).
+    pub(crate) keep_alive: Option<Duration>,
+    /// Submissions, counted by the submitters without the lock, on a cache line of its own.
+    pub(crate) submitted: Padded<AtomicU64>,
+}
+
+/// Keeps the submitters' counter off the cache line that the workers write.
+#[repr(align(128))]
+pub(crate) struct Padded<T>(pub(crate) T);
+
+impl std::ops::Deref for Padded<AtomicU64> {
+    type Target = AtomicU64;
+    fn deref(&self) -> &AtomicU64 {
+        &self.0
+    }
+}
+
+// === impl Shared ===
+
+impl Shared {
+    pub(crate) fn new(
+        name: Arc<str>,
+        limit: usize,
+        queue: Queue,
+        keep_alive: Option<Duration>,
+        done_tx: UnboundedSender<WorkerId>,
+    ) -> Shared {
+        Shared {
+            name,
+            state: Mutex::new(State {
+                limit,
+                queue,
+                drained: false,
+                slots: Vec::new(),
+                free: BTreeSet::new(),
+                parked: BTreeSet::new(),
+                busy: 0,
+                workers: 0,
+                refill_asked: false,
+                refill_due: false,
+                counters: Counters::default(),
+            }),
+            lifecycle: AtomicUsize::new(Lifecycle::Open as usize),
+            control: Notify::new(),
+            exit_notify: Notify::new(),
+            done_tx,
+            keep_alive,
+            submitted: Padded(AtomicU64::new(0)),
+        }
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    pub(crate) fn lifecycle(&self) -> Lifecycle {
+        // Pairs with the `AcqRel` raise: whoever sees the new stage sees what came before it.
+        Lifecycle::from_word(self.lifecycle.load(Ordering::Acquire))
+    }
+
+    /// Moves the lifecycle forward to `to` (never back); returns the stage it was in.
+    pub(crate) fn advance(&self, to: Lifecycle) -> Lifecycle {
+        Lifecycle::from_word(self.lifecycle.fetch_max(to as usize, Ordering::AcqRel))
+    }
+
+    /// A worker's item ended (an item aborted between its admission and its start counts as
+    /// cancelled); decides, by the admission rule, what the worker does next.
+    pub(crate) fn next_for(&self, id: WorkerId, outcome: Outcome) -> Next {
+        let lifecycle = self.lifecycle();
+        let mut state = self.state();
+        state.end_item(id, outcome);
+        let next = state.next_for(id, lifecycle);
+        self.refill(state);
+        next
+    }
+
+    /// Polled by a parked worker: the job handed to it, `None` if it must exit, or pending.
+    pub(crate) fn poll_parked(&self, id: WorkerId, cx: &mut Context<'_>) -> Poll<Option<Job>> {
+        let lifecycle = self.lifecycle();
+        let mut state = self.state();
+        let poll = state.poll_parked(id, cx, lifecycle);
+        self.refill(state);
+        poll
+    }
+
+    /// Wakes the manager if this worker's pop brought a FIFO queue to its low-water mark.
+    fn refill(&self, mut state: MutexGuard<'_, State>) {
+        let due = std::mem::take(&mut state.refill_due);
+        drop(state);
+        if due {
+            self.control.notify_one();
+        }
+    }
+}
+
+// === impl State ===
+
+impl State {
+    /// **The admission point.** May an item start now on worker `id`, and which one?
+    ///
+    /// Only while the limiter is not shutting down, `id` is below the limit in force, and fewer
+    /// than `limit` items run. Items aborted while queued are skipped here, before anything is
+    /// spawned or woken for them. An admitted item counts as running from here on.
+    fn admit(&mut self, id: WorkerId, lifecycle: Lifecycle) -> Option<Job> {
+        if lifecycle >= Lifecycle::ShuttingDown
+            || id.index() >= self.limit
+            || self.busy >= self.limit
+        {
+            return None;
+        }
+        loop {
+            let job = self.queue.pop()?;
+            if !self.refill_asked && self.queue.at_low_water(self.limit) {
+                self.refill_asked = true;
+                self.refill_due = true;
+            }
+            if job.is_queued() {
+                self.busy += 1;
+                self.counters.started += 1;
+                self.counters.max_running = self.counters.max_running.max(self.busy);
+                return Some(job);
+            }
+            // Aborted while queued: its work is gone already, and dropping the entry does
+            // nothing more.
+            self.counters.dropped_unstarted += 1;
+        }
+    }
+
+    /// Whether a worker with no item should end rather than park.
+    fn should_exit(&self, id: WorkerId, lifecycle: Lifecycle) -> bool {
+        lifecycle >= Lifecycle::ShuttingDown
+            || id.index() >= self.limit
+            || (self.drained && self.queue.is_empty())
+    }
+
+    /// Counts how a worker's item ended and gives up its place among the running items.
+    fn end_item(&mut self, id: WorkerId, outcome: Outcome) {
+        debug_assert!(matches!(self.slots[id.index()], Slot::Busy(_)));
+        self.busy -= 1;
+        let counter = match outcome {
+            Outcome::Completed => &mut self.counters.completed,
+            Outcome::Panicked => &mut self.counters.panicked,
+            Outcome::Cancelled => &mut self.counters.cancelled_running,
+        };
+        *counter += 1;
+    }
+
+    /// What worker `id`, holding no item, does next: run the next admitted item, park, or exit.
+    fn next_for(&mut self, id: WorkerId, lifecycle: Lifecycle) -> Next {
+        if let Some(job) = self.admit(id, lifecycle) {
+            self.parked.remove(&id.0);
+            self.slots[id.index()] = Slot::Busy(job.task().expect("an admitted job is queued"));
+            Next::Run(job)
+        } else if self.should_exit(id, lifecycle) {
+            self.parked.remove(&id.0);
+            self.slots[id.index()] = Slot::Exiting;
+            Next::Exit
+        } else {
+            self.slots[id.index()] = Slot::Parked(None);
+            self.parked.insert(id.0);
+            Next::Park
+        }
+    }
+
+    fn poll_parked(
+        &mut self,
+        id: WorkerId,
+        cx: &mut Context<'_>,
+        lifecycle: Lifecycle,
+    ) -> Poll<Option<Job>> {
+        match &mut self.slots[id.index()] {
+            Slot::Handed(_) => {
+                let Slot::Handed(job) = mem::replace(&mut self.slots[id.index()], Slot::Exiting)
+                else {
+                    unreachable!()
+                };
+                self.slots[id.index()] = Slot::Busy(job.task().expect("a handed job is queued"));
+                Poll::Ready(Some(job))
+            }
+            Slot::Parked(_) => match self.next_for(id, lifecycle) {
+                Next::Run(job) => Poll::Ready(Some(job)),
+                Next::Exit => Poll::Ready(None),
+                Next::Park => {
+                    self.slots[id.index()] = Slot::Parked(Some(cx.waker().clone()));
+                    Poll::Pending
+                }
+            },
+            Slot::Free | Slot::Busy(_) | Slot::Exiting => {
+                unreachable!("only a parked worker polls its park")
+            }
+        }
+    }
+
+    /// A parked worker's keep-alive ran out: it exits, unless work was handed to it meanwhile.
+    pub(crate) fn expire(&mut self, id: WorkerId) -> bool {
+        if !matches!(self.slots[id.index()], Slot::Parked(_)) {
+            return false;
+        }
+        self.parked.remove(&id.0);
+        self.slots[id.index()] = Slot::Exiting;
+        true
+    }
+
+    /// Worker `id`'s task is gone (its guard dropped), whatever it was doing; a runtime that
+    /// shuts down drops workers mid-item. Returns a job handed to it but never taken, for the
+    /// caller to drop (and so cancel) outside the lock.
+    pub(crate) fn worker_gone(&mut self, id: WorkerId) -> Option<Job> {
+        let slot = mem::replace(&mut self.slots[id.index()], Slot::Exiting);
+        match slot {
+            Slot::Busy(_) => {
+                self.busy -= 1;
+                self.counters.cancelled_running += 1;
+                None
+            }
+            Slot::Handed(job) => {
+                self.busy -= 1;
+                self.counters.cancelled_running += 1;
+                Some(job)
+            }
+            Slot::Parked(_) => {
+                self.parked.remove(&id.0);
+                None
+            }
+            Slot::Exiting => None,
+            Slot::Free => {
+                debug_assert!(false, "{id} released while free");
+                None
+            }
+        }
+    }
+
+    // --- the manager's side ---
+
+    /// Starts what the limit allows: hands admitted items to parked workers first (lowest ID
+    /// first), then takes free IDs (lowest first) for new workers. Returns the wakers of the
+    /// parked workers given work, and the jobs to spawn workers for.
+    pub(crate) fn dispatch(
+        &mut self,
+        lifecycle: Lifecycle,
+        wake: &mut Vec<Waker>,
+        spawn: &mut Vec<(WorkerId, Job)>,
+    ) {
+        loop {
+            let parked = self
+                .parked
+                .first()
+                .copied()
+                .filter(|&id| (id as usize) < self.limit);
+            let (id, is_parked) = match parked {
+                Some(id) => (WorkerId(id), true),
+                None => match self.lowest_free() {
+                    Some(id) => (id, false),
+                    None => return,
+                },
+            };
+            let Some(job) = self.admit(id, lifecycle) else {
+                return;
+            };
+            if is_parked {
+                self.parked.remove(&id.0);
+                match mem::replace(&mut self.slots[id.index()], Slot::Handed(job)) {
+                    Slot::Parked(waker) => wake.extend(waker),
+                    _ => unreachable!("the parked index lists only parked slots"),
+                }
+            } else {
+                let slot = Slot::Busy(job.task().expect("an admitted job is queued"));
+                self.take_free(id, slot);
+                self.workers += 1;
+                self.counters.workers_spawned += 1;
+                spawn.push((id, job));
+            }
+        }
+    }
+
+    /// The lowest ID no worker holds, below the limit.
+    fn lowest_free(&self) -> Option<WorkerId> {
+        let next = self
+            .free
+            .first()
+            .copied()
+            .unwrap_or(self.slots.len() as u32);
+        ((next as usize) < self.limit && next < u32::MAX).then_some(WorkerId(next))
+    }
+
+    fn take_free(&mut self, id: WorkerId, slot: Slot) {
+        if id.index() == self.slots.len() {
+            self.slots.push(slot);
+        } else {
+            let was_free = self.free.remove(&id.0);
+            debug_assert!(was_free, "{id} handed out twice");
+            self.slots[id.index()] = slot;
+        }
+    }
+
+    /// An exited worker's ID came back on the done channel.
+    pub(crate) fn release(&mut self, id: WorkerId) {
+        #[cfg(feature = "shuttle")]
+        if super::worker::planted::early_id_release() {
+            // The planted bug hands IDs back early, while their workers still run: let it, so
+            // that the model checks (not this bookkeeping) are what catches it.
+            if !matches!(self.slots.get(id.index()), Some(Slot::Free) | None) {
+                self.slots[id.index()] = Slot::Free;
+                self.free.insert(id.0);
+                self.workers -= 1;
+            }
+            return;
+        }
+        debug_assert!(matches!(self.slots[id.index()], Slot::Exiting));
+        self.slots[id.index()] = Slot::Free;
+        self.free.insert(id.0);
+        self.workers -= 1;
+        // Keep `slots` as long as the highest ID held, so a burst at a huge limit leaves nothing
+        // behind.
+        while let Some(Slot::Free) = self.slots.last() {
+            self.slots.pop();
+            self.free.remove(&(self.slots.len() as u32));
+        }
+    }
+
+    /// The manager moved work from the channel into the queue.
+    pub(crate) fn topped_up(&mut self) {
+        self.refill_asked = false;
+        // The manager is awake: nobody needs to wake it.
+        self.refill_due = false;
+    }
+
+    /// The work channel is closed and drained: workers with nothing left to do may now exit.
+    pub(crate) fn set_drained(&mut self) {
+        self.drained = true;
+    }
+
+    /// Takes the wakers of all parked workers, for them to look again at whether they should
+    /// run, park or exit (after close, shutdown or a change of the limit).
+    pub(crate) fn wake_parked(&mut self, wake: &mut Vec<Waker>) {
+        for &id in &self.parked {
+            if let Slot::Parked(waker) = &mut self.slots[id as usize] {
+                wake.extend(waker.take());
+            }
+        }
+    }
+
+    /// The items running or handed to a parked worker, for `shutdown` to cancel.
+    pub(crate) fn running_tasks(&self) -> Vec<Arc<dyn RawTask>> {
+        self.slots
+            .iter()
+            .filter_map(|slot| match slot {
+                Slot::Busy(task) => Some(task.clone()),
+                Slot::Handed(job) => job.task(),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Counts items leaving the limiter unstarted (refused, cancelled by shutdown).
+    pub(crate) fn count_dropped(&mut self, n: usize) {
+        self.counters.dropped_unstarted += n as u64;
+    }
+
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+
+    pub(crate) fn set_limit(&mut self, limit: usize) {
+        self.limit = limit;
+    }
+
+    /// Worker tasks alive (or just spawned, or exiting with their ID not yet back).
+    pub(crate) fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// The IDs held by live workers, lowest first.
+    pub(crate) fn busy_ids(&self) -> Vec<WorkerId> {
+        (0..self.slots.len() as u32)
+            .filter(|id| !self.free.contains(id))
+            .map(WorkerId)
+            .collect()
+    }
+
+    /// A snapshot of the counters; `submitted` is read by the caller after it, so that a
+    /// racing item is never counted as both finished and queued.
+    pub(crate) fn metrics(&self, submitted: u64) -> Metrics {
+        let c = &self.counters;
+        let mut m = Metrics::default();
+        m.limit = self.limit;
+        m.queued = submitted.saturating_sub(c.started + c.dropped_unstarted) as usize;
+        m.running = self.busy;
+        m.submitted = submitted;
+        m.completed = c.completed;
+        m.panicked = c.panicked;
+        m.cancelled = c.cancelled_running + c.dropped_unstarted;
+        m.max_running = c.max_running;
+        m.workers_spawned = c.workers_spawned;
+        m.workers = self.workers;
+        m.idle_workers = self.parked.len();
+        m
+    }
+}

@@ -1,0 +1,475 @@
+//! The cell behind each item: one allocation holds the queued work, then the running state, then
+//! the result, plus the waker of its `JoinHandle`.
+//!
+//! The queue (as a [`Job`]) and the handle each hold a pointer to the cell. Cancelling a queued
+//! item takes its work out of the cell and drops it at once; the queue entry left behind is a
+//! pointer that admission skips.
+
+use std::future::Future;
+use std::mem;
+use std::panic::{self, AssertUnwindSafe};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use pin_project_lite::pin_project;
+
+use crate::sync::{lock, Arc, AtomicBool, Mutex, Ordering};
+use crate::{JoinError, WorkerId};
+
+/// What the core runs: made into a future on the worker ID the item starts under.
+///
+/// Every shape of work the limiter accepts is one of these: `spawn_with`'s closure is one as it
+/// is, and each feature (blocking items, worker state, queue places, tracing) wraps the user's
+/// work in a closure or a small type of its own. The core knows nothing else about the work.
+pub(crate) trait Work: Send + 'static {
+    type Output: Send + 'static;
+    type Future: Future<Output = Self::Output> + Send + 'static;
+
+    /// Makes the item's future. Called once, on the worker, when the item starts.
+    fn start(self, worker: WorkerId) -> Self::Future;
+}
+
+impl<C, Fut> Work for C
+where
+    C: FnOnce(WorkerId) -> Fut + Send + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
+    type Output = Fut::Output;
+    type Future = Fut;
+
+    fn start(self, worker: WorkerId) -> Fut {
+        self(worker)
+    }
+}
+
+/// The properties of an item that the core acts on, fixed at submission and kept in its cell,
+/// beside (not inside) the work: a wrapper around the work cannot lose them on the way through.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Props {
+    /// The item's rank in a [`QueueOrder::Priority`](crate::QueueOrder::Priority) queue.
+    pub(crate) priority: i32,
+    /// Once started, the item runs to its end: `abort` and `shutdown` no longer cancel it (a
+    /// closure on the blocking pool cannot be stopped, so its worker ID stays held until it
+    /// returns).
+    pub(crate) runs_to_end: bool,
+}
+
+/// How a started item ended, for the limiter's counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Completed,
+    Panicked,
+    Cancelled,
+}
+
+/// A started item, ready for its worker to poll.
+pub(crate) type Run = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+/// A submitted item as the work channel and the queue hold it.
+///
+/// Dropping a `Job` that never started cancels its item, so every path that loses a queued item
+/// (shutdown, the runtime dropping the manager, a closed channel) resolves its handle.
+pub(crate) struct Job(Option<Arc<dyn RawTask>>);
+
+impl Job {
+    /// Allocates the cell for one item; returns the queue's and the handle's pointers to it.
+    pub(crate) fn new<W: Work>(work: W, props: Props) -> (Job, Arc<Cell<W>>) {
+        let cell = Arc::new(Cell {
+            aborted: AtomicBool::new(false),
+            detached: AtomicBool::new(false),
+            runs_to_end: props.runs_to_end,
+            priority: props.priority,
+            stage: Mutex::new(Stage::Queued(work, None)),
+        });
+        (Job(Some(cell.clone())), cell)
+    }
+
+    /// Moves the item to running on `worker`, or returns `None` if it was cancelled while queued.
+    pub(crate) fn start(mut self, worker: WorkerId) -> Option<Run> {
+        self.0.take().and_then(|raw| raw.start(worker))
+    }
+
+    /// Whether the item, once started, runs to its end whatever happens to its worker.
+    pub(crate) fn runs_to_end(&self) -> bool {
+        self.0.as_ref().is_some_and(|raw| raw.props().runs_to_end)
+    }
+
+    /// The item's rank in a priority queue.
+    pub(crate) fn priority(&self) -> i32 {
+        self.0.as_ref().map_or(0, |raw| raw.props().priority)
+    }
+
+    /// Whether the item still waits to start (it was not cancelled while queued).
+    pub(crate) fn is_queued(&self) -> bool {
+        self.0.as_ref().is_some_and(|raw| raw.is_queued())
+    }
+
+    /// The item's cell, for `shutdown` to abort it once it runs.
+    pub(crate) fn task(&self) -> Option<Arc<dyn RawTask>> {
+        self.0.clone()
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if let Some(raw) = self.0.take() {
+            raw.cancel_queued();
+        }
+    }
+}
+
+/// The type-erased face of a cell that the queue and the workers see.
+pub(crate) trait RawTask: Send + Sync {
+    fn start(self: Arc<Self>, worker: WorkerId) -> Option<Run>;
+    fn cancel_queued(&self) -> bool;
+    fn is_queued(&self) -> bool;
+    fn props(&self) -> Props;
+    /// Cancels the item wherever it is (`shutdown`): queued, it is dropped now; running, its
+    /// worker drops it at its next poll, unless it runs to its end.
+    fn abort(&self);
+}
+
+/// The face of a cell that a [`JoinHandle`](crate::JoinHandle) sees.
+pub(crate) trait Join<T>: Abort {
+    fn poll_join(&self, cx: &mut Context<'_>) -> Poll<Result<T, JoinError>>;
+    /// The handle is gone: drop the waker, and the output when there is one.
+    fn detach(&self);
+    fn into_abort(self: Arc<Self>) -> Arc<dyn Abort>;
+}
+
+/// The face of a cell that an [`AbortHandle`](crate::AbortHandle) sees.
+pub(crate) trait Abort: Send + Sync {
+    fn abort(&self);
+    fn is_finished(&self) -> bool;
+}
+
+pub(crate) struct Cell<W: Work> {
+    /// Set by `abort` while the item runs. Read without the lock on every poll of the item, so
+    /// an item that finishes in one poll never takes the lock for it.
+    aborted: AtomicBool,
+    /// The `JoinHandle` was dropped: nobody will take the output. Only read and written under
+    /// the lock; an atomic beside it rather than a field in it, because it fits in the padding
+    /// beside `aborted` and keeps the cell (one allocation per queued item) a size class smaller.
+    detached: AtomicBool,
+    /// The item's [`Props`], stored field by field so that they share the flags' padding.
+    runs_to_end: bool,
+    priority: i32,
+    stage: Mutex<Stage<W, W::Output>>,
+}
+
+/// The `JoinHandle`'s waker lives in the stages that need one (an item still queued or
+/// running), not beside them: that keeps a returning item's cell a malloc size class smaller.
+enum Stage<W, T> {
+    /// The work, and the handle's waker.
+    Queued(W, Option<Waker>),
+    /// Running, or its unstarted work being dropped: not finished until that drop returns, as a
+    /// tokio task is not finished until its future's destructor has run.
+    Running {
+        /// The worker's waker, so that `abort` can wake the worker.
+        waker: Option<Waker>,
+        join: Option<Waker>,
+    },
+    Finished(Result<T, JoinError>),
+    /// The output was taken by the handle, or dropped because the handle was gone.
+    Consumed,
+}
+
+impl<W, T> Stage<W, T> {
+    /// Where the handle's waker goes while the item is queued or running.
+    fn join_slot(&mut self) -> Option<&mut Option<Waker>> {
+        match self {
+            Stage::Queued(_, join) | Stage::Running { join, .. } => Some(join),
+            Stage::Finished(_) | Stage::Consumed => None,
+        }
+    }
+
+    fn take_join_waker(&mut self) -> Option<Waker> {
+        self.join_slot().and_then(Option::take)
+    }
+}
+
+/// Runs `f` and swallows a panic from it: used for dropping user values (work, outputs, panic
+/// payloads) on the limiter's own tasks, which a user destructor must not bring down.
+pub(crate) fn drop_quietly(f: impl FnOnce()) {
+    let _ = panic::catch_unwind(AssertUnwindSafe(f));
+}
+
+impl<W: Work> Cell<W> {
+    /// Stores the item's result and wakes its handle.
+    fn finish(&self, result: Result<W::Output, JoinError>) {
+        let mut stage = lock(&self.stage);
+        debug_assert!(matches!(*stage, Stage::Running { .. }));
+        if self.detached.load(Ordering::Relaxed) {
+            *stage = Stage::Consumed;
+            drop(stage);
+            drop_quietly(|| drop(result));
+        } else {
+            let waker = stage.take_join_waker();
+            *stage = Stage::Finished(result);
+            drop(stage);
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }
+    }
+
+    fn is_aborted(&self) -> bool {
+        self.aborted.load(Ordering::Acquire)
+    }
+
+    /// Stores the worker's waker so that `abort` can reach the pending item; returns true if
+    /// the item was aborted meanwhile.
+    ///
+    /// `abort` sets the flag and takes the waker under the lock. If its lock came first, the
+    /// flag is visible after ours; if ours came first, it finds and wakes this waker. Either
+    /// way no abort is missed.
+    fn register_worker(&self, cx: &mut Context<'_>) -> bool {
+        let mut stage = lock(&self.stage);
+        if let Stage::Running { waker, .. } = &mut *stage {
+            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *waker = Some(cx.waker().clone());
+            }
+        } else {
+            unreachable!("a running item's cell is always in the running stage");
+        }
+        drop(stage);
+        self.is_aborted()
+    }
+
+    /// Resolves a queued item as cancelled. Its work is dropped before the handle resolves, and
+    /// now, not when the queue reaches its entry. Returns false if it had already started.
+    fn cancel_if_queued(&self) -> bool {
+        let mut stage = lock(&self.stage);
+        let Stage::Queued(_, join) = &mut *stage else {
+            return false;
+        };
+        let join = join.take();
+        let Stage::Queued(work, _) =
+            mem::replace(&mut *stage, Stage::Running { waker: None, join })
+        else {
+            unreachable!()
+        };
+        drop(stage);
+        drop_quietly(|| drop(work));
+        self.finish(Err(JoinError::cancelled(None)));
+        true
+    }
+
+    /// Takes back the work of an item that never reached the queue, for a refused `try_` call to
+    /// give it back. Returns `None` if the item is no longer queued.
+    pub(crate) fn take_unstarted(&self) -> Option<W> {
+        let mut stage = lock(&self.stage);
+        match mem::replace(&mut *stage, Stage::Consumed) {
+            Stage::Queued(work, _) => Some(work),
+            other => {
+                *stage = other;
+                None
+            }
+        }
+    }
+}
+
+impl<W: Work> Abort for Cell<W> {
+    fn abort(&self) {
+        let mut stage = lock(&self.stage);
+        match &mut *stage {
+            Stage::Queued(..) => {
+                drop(stage);
+                self.cancel_if_queued();
+            }
+            Stage::Running { waker, .. } if !self.runs_to_end => {
+                self.aborted.store(true, Ordering::Release);
+                let waker = waker.take();
+                drop(stage);
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+            }
+            Stage::Running { .. } | Stage::Finished(_) | Stage::Consumed => {}
+        }
+    }
+
+    fn is_finished(&self) -> bool {
+        matches!(*lock(&self.stage), Stage::Finished(_) | Stage::Consumed)
+    }
+}
+
+impl<W: Work> Join<W::Output> for Cell<W> {
+    fn poll_join(&self, cx: &mut Context<'_>) -> Poll<Result<W::Output, JoinError>> {
+        let mut stage = lock(&self.stage);
+        match mem::replace(&mut *stage, Stage::Consumed) {
+            Stage::Finished(result) => Poll::Ready(result),
+            Stage::Consumed => {
+                drop(stage);
+                panic!("`JoinHandle` polled after completion");
+            }
+            pending => {
+                *stage = pending;
+                if let Some(join) = stage.join_slot() {
+                    if !join.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        *join = Some(cx.waker().clone());
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn detach(&self) {
+        let mut stage = lock(&self.stage);
+        self.detached.store(true, Ordering::Relaxed);
+        let waker = stage.take_join_waker();
+        let output = match *stage {
+            Stage::Finished(_) => Some(mem::replace(&mut *stage, Stage::Consumed)),
+            _ => None,
+        };
+        drop(stage);
+        drop(waker);
+        if let Some(output) = output {
+            drop_quietly(|| drop(output));
+        }
+    }
+
+    fn into_abort(self: Arc<Self>) -> Arc<dyn Abort> {
+        self
+    }
+}
+
+impl<W: Work> RawTask for Cell<W> {
+    fn start(self: Arc<Self>, worker: WorkerId) -> Option<Run> {
+        let mut stage = lock(&self.stage);
+        let Stage::Queued(_, join) = &mut *stage else {
+            return None;
+        };
+        let join = join.take();
+        let Stage::Queued(work, _) =
+            mem::replace(&mut *stage, Stage::Running { waker: None, join })
+        else {
+            unreachable!()
+        };
+        drop(stage);
+        Some(Box::pin(RunItem {
+            cell: self,
+            worker,
+            work: Some(work),
+            future: None,
+            finished: false,
+        }))
+    }
+
+    fn cancel_queued(&self) -> bool {
+        self.cancel_if_queued()
+    }
+
+    fn is_queued(&self) -> bool {
+        matches!(*lock(&self.stage), Stage::Queued(..))
+    }
+
+    fn props(&self) -> Props {
+        Props {
+            priority: self.priority,
+            runs_to_end: self.runs_to_end,
+        }
+    }
+
+    fn abort(&self) {
+        Abort::abort(self);
+    }
+}
+
+pin_project! {
+    /// A started item, as its worker polls it: makes the future from the work on the first
+    /// poll, polls it with abort and panic protection, and stores the result in the cell. One
+    /// hand-written future rather than layers of adapters: each poll of a yielding item went
+    /// through all of them.
+    ///
+    /// Dropped before it finished (the runtime shutting down), it resolves the handle as
+    /// cancelled.
+    struct RunItem<W: Work> {
+        cell: Arc<Cell<W>>,
+        worker: WorkerId,
+        work: Option<W>,
+        #[pin]
+        future: Option<W::Future>,
+        finished: bool,
+    }
+
+    impl<W: Work> PinnedDrop for RunItem<W> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            if !*this.finished {
+                drop_quietly(|| {
+                    this.future.set(None);
+                    drop(this.work.take());
+                });
+                this.cell.finish(Err(JoinError::cancelled(Some(*this.worker))));
+            }
+        }
+    }
+}
+
+/// Drops the future it guards if a panic unwinds through its poll, so that the future's
+/// destructors run during the unwind (they see `std::thread::panicking()`), as tokio's do.
+struct DropOnUnwind<'a, F>(Pin<&'a mut Option<F>>);
+
+impl<F> Drop for DropOnUnwind<'_, F> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.set(None);
+        }
+    }
+}
+
+impl<W: Work> Future for RunItem<W> {
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let mut this = self.project();
+        let worker = *this.worker;
+        let runs_to_end = this.cell.runs_to_end;
+        // `None`: aborted.
+        let result = 'result: {
+            if !runs_to_end && this.cell.is_aborted() {
+                break 'result None;
+            }
+            if let Some(work) = this.work.take() {
+                match panic::catch_unwind(AssertUnwindSafe(|| work.start(worker))) {
+                    Ok(future) => this.future.set(Some(future)),
+                    Err(payload) => break 'result Some(Err(payload)),
+                }
+            }
+            let polled = panic::catch_unwind(AssertUnwindSafe(|| {
+                let mut guard = DropOnUnwind(this.future.as_mut());
+                guard
+                    .0
+                    .as_mut()
+                    .as_pin_mut()
+                    .expect("`RunItem` polled after it finished")
+                    .poll(cx)
+            }));
+            match polled {
+                Ok(Poll::Ready(value)) => Some(Ok(value)),
+                Err(payload) => Some(Err(payload)),
+                Ok(Poll::Pending) if runs_to_end => return Poll::Pending,
+                // `abort` sets its flag, then wakes the waker registered here; check the flag
+                // once more after registering so that an abort in between is not missed.
+                Ok(Poll::Pending) if !this.cell.register_worker(cx) => return Poll::Pending,
+                Ok(Poll::Pending) => None,
+            }
+        };
+        *this.finished = true;
+        // The future goes before the result is published. A destructor that panics makes a
+        // completed item a panicked one, as it would inside the item.
+        let dropped = panic::catch_unwind(AssertUnwindSafe(|| this.future.set(None)));
+        let (result, outcome) = match (result, dropped) {
+            (Some(Ok(_)), Err(payload)) | (Some(Err(payload)), _) => {
+                (Err(JoinError::panic(worker, payload)), Outcome::Panicked)
+            }
+            (Some(Ok(value)), Ok(())) => (Ok(value), Outcome::Completed),
+            (None, _) => (Err(JoinError::cancelled(Some(worker))), Outcome::Cancelled),
+        };
+        this.cell.finish(result);
+        Poll::Ready(outcome)
+    }
+}

@@ -1,0 +1,243 @@
+//! The manager task: the one owner of the free worker IDs and the one place that spawns workers.
+//!
+//! It `select!`s over the done channel (worker IDs coming back), control wake-ups (close,
+//! shutdown, `set_limit`, a FIFO queue at its low-water mark) and the work channel (drained in
+//! batches into the queue). After every wake-up it starts what admission allows: it hands work
+//! to parked workers first, and spawns a worker only for a free ID.
+
+use std::task::Waker;
+
+use futures_util::FutureExt;
+
+use super::admission::{Lifecycle, Shared};
+use super::cell::Job;
+use super::worker::{self, IdGuard};
+use crate::sync::rt::sync::mpsc::UnboundedReceiver;
+use crate::sync::{recv_batch, rt, Arc};
+use crate::WorkerId;
+
+/// Messages drained from a channel per wake-up: as good as any size tried (see DESIGN.md).
+const BATCH: usize = 256;
+
+/// The most messages moved from the work channel into the queue per wake-up.
+const DRAIN: usize = 64 * BATCH;
+
+/// Owned by the manager future. Whenever that future goes, by exiting or by being dropped with
+/// its runtime, this cancels what is still queued and tells `wait`ers the limiter is done. It is
+/// made before the manager is spawned, so it runs even if the manager never gets polled.
+pub(crate) struct ExitGuard {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        let shared = &self.shared;
+        shared.advance(Lifecycle::Closed);
+        let queued = shared.state().queue.take_all();
+        cancel_unstarted(shared, queued);
+        tracing::debug!(target: "task_limiter", limiter = %shared.name, "manager exited");
+        shared.advance(Lifecycle::Exited);
+        shared.exit_notify.notify_waiters();
+    }
+}
+
+/// Cancels items that never started, counting them; their work is dropped outside the lock.
+pub(crate) fn cancel_unstarted(shared: &Shared, jobs: impl IntoIterator<Item = Job>) {
+    let jobs: Vec<Job> = jobs.into_iter().collect();
+    if !jobs.is_empty() {
+        shared.state().count_dropped(jobs.len());
+        drop(jobs);
+    }
+}
+
+struct Manager {
+    exit: ExitGuard,
+    work_rx: UnboundedReceiver<Job>,
+    done_rx: UnboundedReceiver<WorkerId>,
+    work_open: bool,
+    /// Reused from wake-up to wake-up.
+    wake: Vec<Waker>,
+    spawn: Vec<(WorkerId, Job)>,
+}
+
+/// The manager's future. The `Manager` is made before the future is first polled, so its `Drop`
+/// runs even if the runtime drops the future unpolled.
+pub(crate) fn run(
+    exit: ExitGuard,
+    work_rx: UnboundedReceiver<Job>,
+    done_rx: UnboundedReceiver<WorkerId>,
+) -> impl std::future::Future<Output = ()> + Send {
+    let mut manager = Manager {
+        exit,
+        work_rx,
+        done_rx,
+        work_open: true,
+        wake: Vec::new(),
+        spawn: Vec::new(),
+    };
+    async move { manager.run().await }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        // Dropped with its runtime, items may still be in the work channel: cancel them here,
+        // where they are counted (dropped with the channel, their handles would resolve but
+        // `metrics()` would show them queued forever). Runs before `ExitGuard` marks the
+        // limiter exited, so `wait` sees final counters.
+        self.work_rx.close();
+        while let Ok(job) = self.work_rx.try_recv() {
+            cancel_unstarted(&self.exit.shared, [job]);
+        }
+    }
+}
+
+impl Manager {
+    async fn run(&mut self) {
+        let shared = self.exit.shared.clone();
+        let mut jobs = Vec::with_capacity(BATCH);
+        let mut ids = Vec::new();
+        loop {
+            // A full FIFO queue leaves the rest in the channel until workers bring the queue
+            // down to its low-water mark and wake the manager through `control`.
+            let take_work = self.work_open && {
+                let state = shared.state();
+                state.queue.wants_more(state.limit())
+            };
+            rt::select! {
+                // IDs first: they are what lets queued work start on new workers.
+                biased;
+                _ = recv_batch(&mut self.done_rx, &mut ids, BATCH) => {
+                    let mut state = shared.state();
+                    for id in ids.drain(..) {
+                        state.release(id);
+                    }
+                }
+                () = shared.control.notified() => self.on_control(&shared),
+                n = recv_batch(&mut self.work_rx, &mut jobs, BATCH), if take_work => {
+                    if n == 0 {
+                        // Every `Limiter` is gone (or `close` closed the channel) and the
+                        // channel is drained: idle workers may go.
+                        self.on_drained(&shared);
+                    } else {
+                        enqueue(&shared, &mut jobs);
+                        self.drain_ready(&shared, &mut jobs);
+                    }
+                }
+            }
+            self.dispatch(&shared);
+            if !self.work_open {
+                let state = shared.state();
+                if state.workers() == 0 && state.queue.is_empty() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Moves what else already waits in the work channel into the queue, up to `DRAIN` items.
+    /// On a current-thread runtime the submitter fills the channel before the manager runs;
+    /// one batch per wake-up would make the manager and the workers take turns per batch.
+    fn drain_ready(&mut self, shared: &Shared, jobs: &mut Vec<Job>) {
+        for _ in 0..DRAIN / BATCH {
+            {
+                let state = shared.state();
+                if !state.queue.wants_more(state.limit()) {
+                    return;
+                }
+            }
+            // Polled once: `None` when the channel is empty for now (or the coop budget ran
+            // out), `Some(0)` when it is closed, which the next `select!` sees too.
+            match recv_batch(&mut self.work_rx, jobs, BATCH).now_or_never() {
+                Some(n) if n > 0 => enqueue(shared, jobs),
+                _ => return,
+            }
+        }
+    }
+
+    fn on_drained(&mut self, shared: &Shared) {
+        self.work_open = false;
+        let mut state = shared.state();
+        state.set_drained();
+        state.wake_parked(&mut self.wake);
+        drop(state);
+        self.wake.drain(..).for_each(Waker::wake);
+    }
+
+    fn on_control(&mut self, shared: &Arc<Shared>) {
+        let lifecycle = shared.lifecycle();
+        if lifecycle >= Lifecycle::Closed {
+            // Items already in the channel still run; sends after this fail and their handles
+            // resolve cancelled at once.
+            self.work_rx.close();
+        }
+        let mut running = Vec::new();
+        if lifecycle >= Lifecycle::ShuttingDown {
+            while let Ok(job) = self.work_rx.try_recv() {
+                cancel_unstarted(shared, [job]);
+            }
+            let queued = shared.state().queue.take_all();
+            cancel_unstarted(shared, queued);
+            running = shared.state().running_tasks();
+            self.on_drained(shared);
+        }
+        // Whatever changed (close, shutdown, the limit), parked workers look again at whether
+        // they should exit.
+        shared.state().wake_parked(&mut self.wake);
+        self.wake.drain(..).for_each(Waker::wake);
+        // Running items drop their work at their next poll and resolve cancelled; their
+        // workers then exit. Items that run to their end keep their IDs until they return.
+        for task in running {
+            task.abort();
+        }
+    }
+
+    /// Hands work to parked workers and spawns workers for free IDs, as admission allows.
+    fn dispatch(&mut self, shared: &Arc<Shared>) {
+        let lifecycle = shared.lifecycle();
+        shared
+            .state()
+            .dispatch(lifecycle, &mut self.wake, &mut self.spawn);
+        self.wake.drain(..).for_each(Waker::wake);
+        for (id, job) in self.spawn.drain(..) {
+            // Made before the spawn, so that a runtime refusing the task still hands the ID back.
+            let guard = IdGuard::new(shared.clone(), id);
+            worker::spawn(&shared.name, id, worker::work(guard, job));
+            tracing::trace!(target: "task_limiter", limiter = %shared.name, worker.id = id.0, "worker spawned");
+        }
+    }
+}
+
+/// Moves a batch from the work channel into the queue.
+fn enqueue(shared: &Shared, jobs: &mut Vec<Job>) {
+    if shared.lifecycle() >= Lifecycle::ShuttingDown {
+        // A send that raced `shutdown` can land after `on_control` drained the channel (its
+        // `try_recv` saw the send still in flight). Queued now, it would never run and the
+        // manager would never exit: cancel it instead.
+        cancel_unstarted(shared, jobs.drain(..));
+    } else {
+        let mut state = shared.state();
+        state.queue.extend(jobs.drain(..));
+        state.topped_up();
+    }
+}
+
+/// Spawns the manager onto `handle`'s runtime, named `{name}.manager` for tokio-console.
+#[track_caller]
+pub(crate) fn spawn<F>(handle: &rt::runtime::Handle, name: &str, future: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    #[cfg(all(tokio_unstable, feature = "console", not(feature = "shuttle")))]
+    {
+        let name = format!("{name}.manager");
+        rt::task::Builder::new()
+            .name(&name)
+            .spawn_on(future, handle)
+            .expect("task_limiter: failed to spawn the manager task");
+    }
+    #[cfg(not(all(tokio_unstable, feature = "console", not(feature = "shuttle"))))]
+    {
+        let _ = name;
+        handle.spawn(future);
+    }
+}

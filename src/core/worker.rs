@@ -1,0 +1,263 @@
+//! The worker tasks: each holds one worker ID for its whole life and runs item after item on it.
+//!
+//! A worker runs the item it was spawned with, then asks admission for its next one. When there
+//! is none it parks, still holding its ID, until the manager hands it work, or until close (once
+//! drained), shutdown, a limit below its ID, or its keep-alive ends it. So a service whose queue
+//! is mostly empty keeps its workers, rather than paying a spawn, a done message and two manager
+//! wake-ups per item, and tokio-console shows them as the stable tasks they are.
+
+use std::future::poll_fn;
+use std::future::Future;
+#[cfg(not(feature = "shuttle"))]
+use std::pin::Pin;
+#[cfg(not(feature = "shuttle"))]
+use std::task::Context;
+use std::task::Poll;
+
+use super::admission::{Next, Shared};
+use super::cell::{Job, Outcome, Run};
+use crate::sync::{rt, Arc};
+use crate::WorkerId;
+
+/// Held by a worker task for its whole life: the worker's ID goes back to the manager when it
+/// drops, on every exit path (told to exit, its runtime shutting down, the runtime refusing to
+/// spawn it).
+pub(crate) struct IdGuard {
+    shared: Arc<Shared>,
+    id: WorkerId,
+}
+
+impl IdGuard {
+    pub(crate) fn new(shared: Arc<Shared>, id: WorkerId) -> IdGuard {
+        IdGuard { shared, id }
+    }
+}
+
+impl Drop for IdGuard {
+    fn drop(&mut self) {
+        let handed = self.shared.state().worker_gone(self.id);
+        // A job handed to a worker that never took it was admitted on this ID: it resolves
+        // cancelled on it, its work dropped unstarted.
+        drop(handed.and_then(|job| job.start(self.id)));
+        #[cfg(feature = "shuttle")]
+        if planted::early_id_release() {
+            return; // already handed back at the start of `work`
+        }
+        // Fails only when the manager is gone with its runtime: nobody needs the ID then.
+        let _ = self.shared.done_tx.send(self.id);
+    }
+}
+
+/// A worker task's future.
+pub(crate) async fn work(guard: IdGuard, mut job: Job) {
+    let shared = &*guard.shared;
+    let id = guard.id;
+    #[cfg(feature = "shuttle")]
+    if planted::early_id_release() {
+        let _ = shared.done_tx.send(id);
+    }
+    let mut keep_alive = KeepAlive::new(shared);
+    loop {
+        let runs_to_end = job.runs_to_end();
+        let outcome = match job.start(id) {
+            Some(run) => Running::new(run, runs_to_end).await,
+            // Aborted between its admission and its start: its work is already dropped.
+            None => Outcome::Cancelled,
+        };
+        // A worker that finds ready items in a row must still let other tasks on its thread run.
+        rt::task::consume_budget().await;
+        job = match shared.next_for(id, outcome) {
+            Next::Run(next) => next,
+            Next::Exit => return,
+            Next::Park => match keep_alive.park(shared, id).await {
+                Some(next) => next,
+                None => return,
+            },
+        };
+    }
+}
+
+/// A started item as its worker polls it.
+///
+/// A worker is dropped mid-item only when its runtime shuts down. An item that runs to its end
+/// (a closure on the blocking pool, which the runtime waits for as it shuts down) is then
+/// finished on a thread of its own, so that its handle still gets the value, as the handle of a
+/// tokio blocking task does. Any other item is dropped, and resolves cancelled.
+struct Running {
+    run: Option<Run>,
+    runs_to_end: bool,
+}
+
+impl Running {
+    fn new(run: Run, runs_to_end: bool) -> Running {
+        Running {
+            run: Some(run),
+            runs_to_end,
+        }
+    }
+}
+
+impl std::future::Future for Running {
+    type Output = Outcome;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Outcome> {
+        let run = self
+            .run
+            .as_mut()
+            .expect("`Running` polled after it finished");
+        let outcome = std::task::ready!(run.as_mut().poll(cx));
+        self.run = None;
+        Poll::Ready(outcome)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(run) = self.run.take() {
+            if self.runs_to_end {
+                finish_elsewhere(run);
+            }
+        }
+    }
+}
+
+/// Polls `run` to its end on a new thread; if no thread can be had, drops it (it then resolves
+/// cancelled).
+#[cfg(not(feature = "shuttle"))]
+fn finish_elsewhere(run: Run) {
+    use std::sync::Arc as StdArc;
+    use std::task::Wake;
+
+    struct Unpark(std::thread::Thread);
+
+    impl Wake for Unpark {
+        fn wake(self: StdArc<Self>) {
+            self.0.unpark();
+        }
+    }
+
+    let _ = std::thread::Builder::new()
+        .name("task-limiter-finish".into())
+        .spawn(move || {
+            let mut run = run;
+            let waker = std::task::Waker::from(StdArc::new(Unpark(std::thread::current())));
+            let mut cx = std::task::Context::from_waker(&waker);
+            while run.as_mut().poll(&mut cx).is_pending() {
+                std::thread::park();
+            }
+        });
+}
+
+/// The model checks have no runtime that drops its workers mid-item.
+#[cfg(feature = "shuttle")]
+fn finish_elsewhere(run: Run) {
+    drop(run);
+}
+
+/// A parked worker's keep-alive: one timer per worker, armed only while it has no item.
+///
+/// Rather than reset the timer on every park (a trip to the runtime's timer wheel per item in a
+/// service whose queue is mostly empty), the timer keeps its deadline while the worker works and
+/// is moved on only when it fires early: it is reset at most once per keep-alive period.
+struct KeepAlive {
+    after: Option<std::time::Duration>,
+    #[cfg(not(feature = "shuttle"))]
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl KeepAlive {
+    fn new(shared: &Shared) -> KeepAlive {
+        KeepAlive {
+            after: shared.keep_alive,
+            #[cfg(not(feature = "shuttle"))]
+            timer: None,
+        }
+    }
+
+    /// Waits, parked, for a job; `None` when the worker must exit.
+    async fn park(&mut self, shared: &Shared, id: WorkerId) -> Option<Job> {
+        #[cfg(not(feature = "shuttle"))]
+        let expires = self
+            .after
+            .and_then(|after| tokio::time::Instant::now().checked_add(after));
+        #[cfg(feature = "shuttle")]
+        let _ = self.after;
+        poll_fn(|cx| {
+            if let Poll::Ready(job) = shared.poll_parked(id, cx) {
+                return Poll::Ready(job);
+            }
+            #[cfg(not(feature = "shuttle"))]
+            if let Some(expires) = expires {
+                if self.poll_expired(expires, cx).is_ready() && shared.state().expire(id) {
+                    tracing::trace!(target: "task_limiter", limiter = %shared.name, worker.id = id.0, "worker kept alive long enough");
+                    return Poll::Ready(None);
+                }
+                // Work was handed over while the timer fired: take it.
+                if let Poll::Ready(job) = shared.poll_parked(id, cx) {
+                    return Poll::Ready(job);
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Ready once `expires` has passed.
+    #[cfg(not(feature = "shuttle"))]
+    fn poll_expired(&mut self, expires: tokio::time::Instant, cx: &mut Context<'_>) -> Poll<()> {
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(expires)));
+        loop {
+            std::task::ready!(timer.as_mut().poll(cx));
+            if tokio::time::Instant::now() >= expires {
+                return Poll::Ready(());
+            }
+            // Fired at an earlier park's deadline: move it on to this one's.
+            timer.as_mut().reset(expires);
+        }
+    }
+}
+
+/// Spawns a worker on the manager's runtime, named `{name}.worker-{id}` for tokio-console.
+pub(crate) fn spawn<F>(name: &str, id: WorkerId, future: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    #[cfg(all(tokio_unstable, feature = "console", not(feature = "shuttle")))]
+    {
+        let name = format!("{name}.worker-{}", id.0);
+        rt::task::Builder::new()
+            .name(&name)
+            .spawn(future)
+            .expect("task_limiter: failed to spawn a worker task");
+    }
+    #[cfg(not(all(tokio_unstable, feature = "console", not(feature = "shuttle"))))]
+    {
+        let _ = (name, id);
+        rt::spawn(future);
+    }
+}
+
+/// A planted bug, compiled only for the model checks: with it on, a worker hands its ID back as
+/// it starts, before its items end, so the manager may give the ID to a second worker while the
+/// first still runs. tests/shuttle.rs turns it on to show that its checks catch that.
+#[cfg(feature = "shuttle")]
+pub(crate) mod planted {
+    use std::cell::Cell;
+
+    std::thread_local! {
+        // Per OS thread: shuttle runs all of a test's schedules on the test's own thread.
+        static EARLY_ID_RELEASE: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Turns the planted bug on or off for this thread.
+    #[doc(hidden)]
+    pub fn __plant_early_id_release(on: bool) {
+        EARLY_ID_RELEASE.with(|flag| flag.set(on));
+    }
+
+    pub(crate) fn early_id_release() -> bool {
+        EARLY_ID_RELEASE.with(Cell::get)
+    }
+}
