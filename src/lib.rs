@@ -43,10 +43,17 @@
 //!
 //! Building a [`Limiter`] spawns one manager task. Submissions travel on an unbounded channel,
 //! so [`spawn`](Limiter::spawn) never blocks or awaits and work may submit more work. The
-//! manager owns the worker IDs `0..N` and spawns a worker task only while an ID is free; a
-//! worker that finishes an item takes the next queued item itself and exits only when there is
-//! none, handing its ID back. The runtime therefore holds at most `N` worker tasks plus the
-//! manager, whatever the queue length.
+//! manager owns the worker IDs `0..N` and spawns a worker task only while an ID is free. A
+//! worker runs item after item on its ID; when the queue is empty it parks, still holding its
+//! ID, and the manager hands the next item to a parked worker before it spawns a new one. So a
+//! service that submits one item at a time keeps its workers instead of spawning one per item,
+//! and the runtime holds at most `N` worker tasks plus the manager, whatever the queue length.
+//! Parked workers end on close, shutdown, a smaller limit, or after
+//! [`Builder::keep_alive`].
+//!
+//! Whether an item may start, and on which ID, is decided in one place, under one lock: the
+//! limit in force, the queue, the worker IDs and the running count are checked together, for
+//! the manager and the workers alike.
 //!
 //! Every handle resolves exactly once: the value, a panic (with its original payload), or
 //! cancelled. Worker IDs come back on every exit path: completion, panic, abort, shutdown and
@@ -133,7 +140,7 @@ pub use worker_id::WorkerId;
 
 #[cfg(feature = "shuttle")]
 #[doc(hidden)]
-pub use crate::core::__plant_early_id_release;
+pub use crate::core::__plant_id_mixup;
 
 /// README's examples run as doctests, so they cannot drift from the API.
 #[cfg(doctest)]

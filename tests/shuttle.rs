@@ -468,25 +468,25 @@ fn an_id_held_by_a_long_item_is_not_handed_out_again() {
 
 // === the checker bites ===
 
-/// With the planted bug on, a worker hands its ID back to the manager as it starts, before its
-/// items end, so in `held_id_scenario` the manager gives item 0's ID to a new worker while
-/// item 0 still runs. The monitor must see two running items share an ID.
+/// With the planted bug on, every worker starts its items under ID 0 whatever ID admission gave
+/// it, as if item 0's ID were handed to a second worker while item 0 still runs. The monitor
+/// must see two running items share an ID.
 #[test]
 #[should_panic(expected = "share a worker ID")]
-fn planted_early_id_release_is_caught() {
+fn planted_id_mixup_is_caught() {
     thread_local! {
         static CAUGHT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
     }
     struct Off;
     impl Drop for Off {
         fn drop(&mut self) {
-            task_limiter::__plant_early_id_release(false);
+            task_limiter::__plant_id_mixup(false);
         }
     }
     init();
     // The flag is per thread, and shuttle runs this test's schedules on this thread: the other
     // tests, on their own threads, never see it.
-    task_limiter::__plant_early_id_release(true);
+    task_limiter::__plant_id_mixup(true);
     let _off = Off;
     let n = iterations();
     let tried = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -507,6 +507,135 @@ fn planted_early_id_release_is_caught() {
         ),
         None => panic!("no schedule out of {n} caught the planted bug"),
     }
+}
+
+// === parked workers ===
+
+/// Clients in the service shape: each submits one item, awaits it, and submits the next, so
+/// workers park between items and the manager hands the next item to a parked worker (or,
+/// racing the park, a worker takes it itself). IDs stay unique and below the limit, at most
+/// `limit` items run, every handle resolves to its value, at most `limit` workers are ever alive,
+/// and once closed every parked worker exits and the manager with them.
+fn parked_workers_take_handed_work(limit: usize) {
+    block_on(async move {
+        let limiter = Limiter::new(limit);
+        let monitor = Arc::new(Monitor::new(limit));
+        let clients: Vec<_> = (0..2u64)
+            .map(|c| {
+                let (limiter, monitor) = (limiter.clone(), monitor.clone());
+                shuttle_tokio::spawn(async move {
+                    for k in 0..3 {
+                        let i = 10 * c + k;
+                        assert_eq!(
+                            item(&limiter, &monitor, i, (k % 2) as usize).await.unwrap(),
+                            i
+                        );
+                        let m = limiter.metrics();
+                        assert!(m.workers <= limit, "{m:?}");
+                    }
+                })
+            })
+            .collect();
+        for client in clients {
+            client.await.unwrap();
+        }
+        let m = limiter.metrics();
+        assert!(m.workers_spawned <= 6, "{m:?}");
+        assert!(m.idle_workers <= m.workers && m.workers <= limit, "{m:?}");
+        limiter.close();
+        limiter.wait().await;
+        monitor.assert_ok();
+        assert_drained(&limiter);
+        assert_eq!(limiter.metrics().workers, 0);
+        assert_eq!(monitor.started(), 6);
+    });
+}
+
+#[test]
+fn parked_workers_take_handed_work_and_exit_on_close() {
+    explore(parked_workers_take_handed_work);
+}
+
+/// The limit shrinks and grows while workers park, are handed work and finish: a parked worker
+/// whose ID is no longer below the limit exits, no item starts on an ID at or above the limit in
+/// force, and at most the limit in force run. Queued items still all run.
+fn set_limit_races_parking(limit: usize) {
+    block_on(async move {
+        let limiter = Limiter::new(limit);
+        let monitor = Arc::new(Monitor::new(limit));
+        let first: Vec<_> = (0..3).map(|i| item(&limiter, &monitor, i, 0)).collect();
+        let setter = shuttle_tokio::spawn({
+            let (limiter, monitor) = (limiter.clone(), monitor.clone());
+            async move {
+                for new in [1, limit + 1, 1] {
+                    yield_now().await;
+                    monitor.set_limit(&limiter, new);
+                }
+            }
+        });
+        for (i, handle) in (0..).zip(first) {
+            assert_eq!(handle.await.unwrap(), i);
+        }
+        // Submitted once the first ones are done: their workers are parked or exiting.
+        let later: Vec<_> = (3..5).map(|i| item(&limiter, &monitor, i, 1)).collect();
+        setter.await.unwrap();
+        for (i, handle) in (3..).zip(later) {
+            assert_eq!(handle.await.unwrap(), i);
+        }
+        limiter.close();
+        limiter.wait().await;
+        monitor.assert_ok();
+        assert_drained(&limiter);
+        assert_eq!(limiter.metrics().completed, 5);
+    });
+}
+
+#[test]
+fn set_limit_racing_parked_workers_keeps_ids_below_the_limit_in_force() {
+    explore(set_limit_races_parking);
+}
+
+/// `shutdown` races a client whose items are being handed to parked workers: every handle
+/// resolves (its value, or cancelled), `shutdown` returns with every worker gone, and nothing is
+/// left queued or running.
+fn shutdown_races_hand_off(limit: usize) {
+    block_on(async move {
+        let limiter = Limiter::new(limit);
+        let monitor = Arc::new(Monitor::new(limit));
+        // Park the workers first.
+        for i in 0..limit as u64 {
+            assert_eq!(item(&limiter, &monitor, i, 0).await.unwrap(), i);
+        }
+        let client = shuttle_tokio::spawn({
+            let (limiter, monitor) = (limiter.clone(), monitor.clone());
+            async move {
+                let mut ran = 0;
+                for i in 10..13 {
+                    match item(&limiter, &monitor, i, 1).await {
+                        Ok(value) => {
+                            assert_eq!(value, i);
+                            ran += 1;
+                        }
+                        Err(err) => assert!(err.is_cancelled()),
+                    }
+                }
+                ran
+            }
+        });
+        yield_now().await;
+        limiter.shutdown().await;
+        let ran = client.await.unwrap();
+        monitor.assert_ok();
+        assert_drained(&limiter);
+        let m = limiter.metrics();
+        assert_eq!(m.workers, 0, "{m:?}");
+        assert_eq!(m.completed, limit as u64 + ran, "{m:?}");
+    });
+}
+
+#[test]
+fn shutdown_racing_hand_off_to_parked_workers_resolves_everything() {
+    explore(shutdown_races_hand_off);
 }
 
 // === helpers ===

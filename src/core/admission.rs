@@ -317,6 +317,7 @@ impl State {
     }
 
     /// A parked worker's keep-alive ran out: it exits, unless work was handed to it meanwhile.
+    #[cfg(not(feature = "shuttle"))]
     pub(crate) fn expire(&mut self, id: WorkerId) -> bool {
         if !matches!(self.slots[id.index()], Slot::Parked(_)) {
             return false;
@@ -419,17 +420,6 @@ impl State {
 
     /// An exited worker's ID came back on the done channel.
     pub(crate) fn release(&mut self, id: WorkerId) {
-        #[cfg(feature = "shuttle")]
-        if super::worker::planted::early_id_release() {
-            // The planted bug hands IDs back early, while their workers still run: let it, so
-            // that the model checks (not this bookkeeping) are what catches it.
-            if !matches!(self.slots.get(id.index()), Some(Slot::Free) | None) {
-                self.slots[id.index()] = Slot::Free;
-                self.free.insert(id.0);
-                self.workers -= 1;
-            }
-            return;
-        }
         debug_assert!(matches!(self.slots[id.index()], Slot::Exiting));
         self.slots[id.index()] = Slot::Free;
         self.free.insert(id.0);
@@ -506,18 +496,18 @@ impl State {
     /// racing item is never counted as both finished and queued.
     pub(crate) fn metrics(&self, submitted: u64) -> Metrics {
         let c = &self.counters;
-        let mut m = Metrics::default();
-        m.limit = self.limit;
-        m.queued = submitted.saturating_sub(c.started + c.dropped_unstarted) as usize;
-        m.running = self.busy;
-        m.submitted = submitted;
-        m.completed = c.completed;
-        m.panicked = c.panicked;
-        m.cancelled = c.cancelled_running + c.dropped_unstarted;
-        m.max_running = c.max_running;
-        m.workers_spawned = c.workers_spawned;
-        m.workers = self.workers;
-        m.idle_workers = self.parked.len();
-        m
+        Metrics {
+            limit: self.limit,
+            queued: submitted.saturating_sub(c.started + c.dropped_unstarted) as usize,
+            running: self.busy,
+            submitted,
+            completed: c.completed,
+            panicked: c.panicked,
+            cancelled: c.cancelled_running + c.dropped_unstarted,
+            max_running: c.max_running,
+            workers_spawned: c.workers_spawned,
+            workers: self.workers,
+            idle_workers: self.parked.len(),
+        }
     }
 }

@@ -28,7 +28,7 @@ pub(crate) use cell::{Cell, Props, Work};
 pub use queue::QueueOrder;
 
 #[cfg(feature = "shuttle")]
-pub use worker::planted::__plant_early_id_release;
+pub use worker::planted::__plant_id_mixup;
 
 use admission::Shared;
 use cell::Job;

@@ -39,10 +39,6 @@ impl Drop for IdGuard {
         // A job handed to a worker that never took it was admitted on this ID: it resolves
         // cancelled on it, its work dropped unstarted.
         drop(handed.and_then(|job| job.start(self.id)));
-        #[cfg(feature = "shuttle")]
-        if planted::early_id_release() {
-            return; // already handed back at the start of `work`
-        }
         // Fails only when the manager is gone with its runtime: nobody needs the ID then.
         let _ = self.shared.done_tx.send(self.id);
     }
@@ -52,14 +48,10 @@ impl Drop for IdGuard {
 pub(crate) async fn work(guard: IdGuard, mut job: Job) {
     let shared = &*guard.shared;
     let id = guard.id;
-    #[cfg(feature = "shuttle")]
-    if planted::early_id_release() {
-        let _ = shared.done_tx.send(id);
-    }
     let mut keep_alive = KeepAlive::new(shared);
     loop {
         let runs_to_end = job.runs_to_end();
-        let outcome = match job.start(id) {
+        let outcome = match job.start(planted::item_id(id)) {
             Some(run) => Running::new(run, runs_to_end).await,
             // Aborted between its admission and its start: its work is already dropped.
             None => Outcome::Cancelled,
@@ -97,7 +89,7 @@ impl Running {
     }
 }
 
-impl std::future::Future for Running {
+impl Future for Running {
     type Output = Outcome;
 
     fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Outcome> {
@@ -239,25 +231,41 @@ where
     }
 }
 
-/// A planted bug, compiled only for the model checks: with it on, a worker hands its ID back as
-/// it starts, before its items end, so the manager may give the ID to a second worker while the
-/// first still runs. tests/shuttle.rs turns it on to show that its checks catch that.
+/// A planted bug, compiled only for the model checks: with it on, every worker starts its items
+/// under ID 0, whatever ID admission gave it, as if an ID held by a running item were handed to
+/// a second worker. tests/shuttle.rs turns it on to show that its checks catch that.
 #[cfg(feature = "shuttle")]
 pub(crate) mod planted {
     use std::cell::Cell;
 
+    use crate::WorkerId;
+
     std::thread_local! {
         // Per OS thread: shuttle runs all of a test's schedules on the test's own thread.
-        static EARLY_ID_RELEASE: Cell<bool> = const { Cell::new(false) };
+        static ID_MIXUP: Cell<bool> = const { Cell::new(false) };
     }
 
     /// Turns the planted bug on or off for this thread.
     #[doc(hidden)]
-    pub fn __plant_early_id_release(on: bool) {
-        EARLY_ID_RELEASE.with(|flag| flag.set(on));
+    pub fn __plant_id_mixup(on: bool) {
+        ID_MIXUP.with(|flag| flag.set(on));
     }
 
-    pub(crate) fn early_id_release() -> bool {
-        EARLY_ID_RELEASE.with(Cell::get)
+    /// The ID an item of worker `id` starts under.
+    pub(super) fn item_id(id: WorkerId) -> WorkerId {
+        match ID_MIXUP.with(Cell::get) {
+            true => WorkerId(0),
+            false => id,
+        }
+    }
+}
+
+#[cfg(not(feature = "shuttle"))]
+mod planted {
+    use crate::WorkerId;
+
+    #[inline(always)]
+    pub(super) fn item_id(id: WorkerId) -> WorkerId {
+        id
     }
 }
