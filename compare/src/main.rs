@@ -1,7 +1,9 @@
 //! Compares task-limiter with the usual ways to limit concurrency on tokio, side by side.
 //!
-//! Run it with `cargo run --release --example compare -- [--quick] [--items M] [--runs R]
-//! [--limits 2,8,64,1024] [--jobs ret,yield] [--runtimes mt,ct] [--patterns ...] [--no-sample]`.
+//! Run it from the workspace root with `cargo run --release -p task-limiter-compare -- [--quick]
+//! [--items M] [--runs R] [--limits 2,8,64,1024] [--jobs ret,yield] [--runtimes mt,ct]
+//! [--patterns ...] [--no-sample]`. It is a workspace member of its own, so the root package's
+//! `cargo test` does not build it.
 //!
 //! Every measurement runs in a fresh child process (this binary re-executed with a hidden
 //! `--child pattern,N,job,runtime,mode` argument), so peak RSS (`VmHWM` minus the RSS read when
@@ -376,7 +378,7 @@ fn usage(msg: &str) -> ! {
         eprintln!("error: {msg}\n");
     }
     eprintln!(
-        "usage: cargo run --release --example compare -- [--quick] [--items M] [--runs R]\n\
+        "usage: cargo run --release -p task-limiter-compare -- [--quick] [--items M] [--runs R]\n\
          \x20      [--limits 2,8,64,1024] [--jobs ret,yield] [--runtimes mt,ct]\n\
          \x20      [--patterns {DEFAULT_PATTERNS}] [--no-sample] [--timeout SECS]\n\
          patterns: {}; append @task to submit from a spawned task",
@@ -519,8 +521,9 @@ fn lock_version(lock: &str, name: &str) -> String {
 
 fn header(args: &[String], config: &Config) -> String {
     let mut h = String::new();
-    let manifest = env!("CARGO_MANIFEST_DIR");
-    let lock = std::fs::read_to_string(format!("{manifest}/Cargo.lock")).unwrap_or_default();
+    // The workspace root: it holds Cargo.lock and the crate's src/, one level above this package.
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let lock = std::fs::read_to_string(format!("{root}/Cargo.lock")).unwrap_or_default();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -538,17 +541,17 @@ fn header(args: &[String], config: &Config) -> String {
         })
         .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let git = cmd_output("git", &["-C", manifest, "rev-parse", "--short", "HEAD"])
+    let git = cmd_output("git", &["-C", root, "rev-parse", "--short", "HEAD"])
         .unwrap_or_else(|| "?".to_owned());
     // What of the crate itself differs from that commit: the figures are for this tree.
     let src_diff = cmd_output(
         "git",
-        &["-C", manifest, "diff", "--shortstat", "HEAD", "--", "src"],
+        &["-C", root, "diff", "--shortstat", "HEAD", "--", "src"],
     );
     let _ = writeln!(h, "# task-limiter comparison\n");
     let _ = writeln!(
         h,
-        "- command: `cargo run --release --example compare --{}`",
+        "- command: `cargo run --release -p task-limiter-compare --{}`",
         args.iter().map(|a| format!(" {a}")).collect::<String>()
     );
     let _ = writeln!(
