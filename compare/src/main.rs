@@ -218,6 +218,24 @@ async fn submitter<W: Work>(pattern: String, m: u64, n: usize, in_task: bool) ->
     }
 }
 
+/// Reads the runtime's live-task count from a thread of its own (not a task, so it neither counts
+/// itself nor takes a worker's turn) until `stop`; returns the most seen and the number of samples.
+fn sample_alive_tasks(
+    handle: tokio::runtime::Handle,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(usize, u64)> {
+    std::thread::spawn(move || {
+        let mut max = 0;
+        let mut samples = 0u64;
+        while !stop.load(Ordering::Acquire) {
+            max = max.max(handle.metrics().num_alive_tasks());
+            samples += 1;
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        (max, samples)
+    })
+}
+
 /// Reads a `kB` field of `/proc/self/status`.
 fn status_kb(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -252,23 +270,9 @@ fn child(spec: &str, m: u64) {
     }
     .expect("runtime");
 
-    // The sampler reads the runtime's live-task count from its own thread, only in `sample`
-    // runs, so that it never skews a timed run.
+    // Only in `sample` runs, so that the sampler never skews a timed run.
     let stop = Arc::new(AtomicBool::new(false));
-    let sampler = (mode == "sample").then(|| {
-        let handle = rt.handle().clone();
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut max = 0;
-            let mut samples = 0u64;
-            while !stop.load(Ordering::Acquire) {
-                max = max.max(handle.metrics().num_alive_tasks());
-                samples += 1;
-                std::thread::sleep(Duration::from_micros(50));
-            }
-            (max, samples)
-        })
-    });
+    let sampler = (mode == "sample").then(|| sample_alive_tasks(rt.handle().clone(), stop.clone()));
 
     let start = Instant::now();
     let (sum, extra) = match job {
@@ -406,25 +410,42 @@ struct Key {
 }
 
 fn run_child(config: &Config, key: &Key, mode: &str) -> Result<Sample, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let spec = format!(
         "{},{},{},{},{mode}",
         key.pattern, key.n, key.job, key.runtime
     );
+    let line = run_child_process(
+        &["--child", &spec, "--items", &config.items.to_string()],
+        config.timeout,
+    )?;
+    let field = |name: &str| result_field(&line, name);
+    let m = config.items as f64;
+    Ok(Sample {
+        items_per_sec: m / field("secs"),
+        rss_per_item: (field("hwm_kb") - field("base_kb")).max(0.0) * 1024.0 / m,
+        max_alive: field("max_alive") as usize,
+        max_running: field("max_running") as usize,
+        workers_spawned: field("workers_spawned") as u64,
+    })
+}
+
+/// Runs this binary again with `args` and returns its `RESULT` line, without the prefix.
+fn run_child_process(args: &[&str], timeout: Duration) -> Result<String, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = Command::new(exe)
-        .args(["--child", &spec, "--items", &config.items.to_string()])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + config.timeout;
+    let deadline = Instant::now() + timeout;
     let status = loop {
         match child.try_wait().map_err(|e| e.to_string())? {
             Some(status) => break status,
             None if Instant::now() > deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("timed out after {:?}", config.timeout));
+                return Err(format!("timed out after {timeout:?}"));
             }
             None => std::thread::sleep(Duration::from_millis(5)),
         }
@@ -435,24 +456,18 @@ fn run_child(config: &Config, key: &Key, mode: &str) -> Result<Sample, String> {
     if !status.success() {
         return Err(format!("child failed: {status}"));
     }
-    let line = out
-        .lines()
+    out.lines()
         .find_map(|l| l.strip_prefix("RESULT "))
-        .ok_or("no RESULT line")?;
-    let field = |name: &str| -> f64 {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(f64::NAN)
-    };
-    let m = config.items as f64;
-    Ok(Sample {
-        items_per_sec: m / field("secs"),
-        rss_per_item: (field("hwm_kb") - field("base_kb")).max(0.0) * 1024.0 / m,
-        max_alive: field("max_alive") as usize,
-        max_running: field("max_running") as usize,
-        workers_spawned: field("workers_spawned") as u64,
-    })
+        .map(str::to_owned)
+        .ok_or_else(|| "no RESULT line".to_owned())
+}
+
+/// The value of `name=value` in a `RESULT` line; NaN when it is missing.
+fn result_field(line: &str, name: &str) -> f64 {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 fn median(values: &mut [f64]) -> f64 {
