@@ -71,16 +71,20 @@ pub(crate) fn workload(config: &crate::Config, spin_iters: u64) -> String {
     let s = &config.service;
     format!(
         "- service workload: C = {:?} client tasks in a closed loop, limits N = {:?}, items {:?} \
-         (`spin` = {spin_iters} loop iterations ≈ {} µs, {}), {} ms warm-up then {}, {} \
-         interleaved timed runs per cell{}; multi_thread runtime with 2 workers",
+         (`spin` = {spin_iters} loop iterations, {}), {} ms warm-up then {}, {} interleaved timed \
+         runs per cell{}; multi_thread runtime with 2 workers",
         s.clients,
         s.limits,
         s.jobs,
-        SPIN.as_micros(),
         if s.spin_iters.is_some() {
-            "from --spin-iters"
+            // Given to repeat an earlier run's work exactly; say what this machine makes of it.
+            format!(
+                "from --spin-iters; {} µs calibrates to {} here",
+                SPIN.as_micros(),
+                calibrate_spin()
+            )
         } else {
-            "calibrated at start"
+            format!("≈ {} µs, calibrated at start", SPIN.as_micros())
         },
         s.warmup.as_millis(),
         match s.requests {
@@ -560,6 +564,7 @@ fn report(
     for job in &s.jobs {
         let job_name = match job.as_str() {
             "yield" => "items that `yield_now()` once".to_owned(),
+            _ if s.spin_iters.is_some() => format!("items that spin {spin_iters} iterations"),
             _ => format!(
                 "items that spin ≈ {} µs ({spin_iters} iterations)",
                 SPIN.as_micros()
