@@ -262,11 +262,12 @@ async fn drive(pattern: &str, n: usize, c: usize, job: Job, run: &RunSpec) -> Ou
         shared.phase.store(STOP, Ordering::Release);
     }
     // Requests in flight at STOP were submitted while measuring: they finish and count.
-    let mut latencies = Vec::new();
+    let mut per_client = Vec::with_capacity(c);
     for handle in clients {
-        latencies.append(&mut handle.await.expect("client failed"));
+        per_client.push(handle.await.expect("client failed"));
     }
     let secs = start.elapsed().as_secs_f64();
+    let latencies = per_client.concat();
     let spawns = target.workers_spawned() - spawned_before;
     if let Target::Limiter(limiter) = &target {
         limiter.close();
