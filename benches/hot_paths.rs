@@ -4,7 +4,7 @@
 //!
 //! Run them with `cargo bench --bench hot_paths` (add `-- --save-baseline before` and
 //! `-- --baseline before` to compare two versions of the internals). For the full side-by-side
-//! comparison at a million items, see `examples/compare.rs`.
+//! comparison at a million items, see the `compare` workspace member (`compare/src/main.rs`).
 
 use std::future::Future;
 use std::hint::black_box;

@@ -1,15 +1,22 @@
-//! Compares task-limiter with the usual ways to limit concurrency on tokio, side by side.
+//! Compares task-limiter with the usual ways to limit concurrency on tokio, side by side, under
+//! the two shapes of load it must be fast at: a **burst** (a large batch submitted at once, the
+//! queue always full) and a **service** (C clients that each submit one item and await it).
 //!
-//! Run it with `cargo run --release --example compare -- [--quick] [--items M] [--runs R]
-//! [--limits 2,8,64,1024] [--jobs ret,yield] [--runtimes mt,ct] [--patterns ...] [--no-sample]`.
+//! Run it from the workspace root with `cargo run --release -p task-limiter-compare -- [flags]`;
+//! `-- --quick` for a smoke run, `-- --shapes service` (or `burst`) for one shape, `-- --help` for
+//! every flag. It is a workspace member of its own, so the root package's `cargo test` does not
+//! build it.
 //!
 //! Every measurement runs in a fresh child process (this binary re-executed with a hidden
-//! `--child pattern,N,job,runtime,mode` argument), so peak RSS (`VmHWM` minus the RSS read when
-//! the child starts) belongs to that one measurement. Runs are interleaved A B C … A B C so that
-//! a slow phase of the machine hits every pattern alike; the tables report medians.
+//! `--child pattern,N,job,runtime,mode` or `--service-child ...` argument), so peak RSS (`VmHWM`
+//! minus the RSS read when the child starts) and the runtime's state belong to that one
+//! measurement. Runs are interleaved A B C … A B C so that a slow phase of the machine hits every
+//! pattern alike; the tables report medians, and speed as ratios between patterns of the same run.
+//! Live tasks are sampled in one more run per cell, apart from the timed ones.
 //!
-//! Patterns (`--patterns`, comma-separated; append `@task` to any of them to submit from inside a
-//! spawned task instead of `Runtime::block_on`):
+//! Burst (`--items M` per measurement, `--limits`, `--jobs`, `--runtimes`): patterns
+//! (`--patterns`, comma-separated; append `@task` to any of them to submit from inside a spawned
+//! task instead of `Runtime::block_on`):
 //! - `limiter`: task-limiter, `spawn` per item, every `JoinHandle` kept in a `Vec` and awaited;
 //! - `semaphore`: `tokio::spawn` per item, an `Arc<Semaphore>` permit acquired inside the task;
 //! - `acquire`: `acquire_owned` in the submitter, then `tokio::spawn` with the permit;
@@ -19,6 +26,11 @@
 //!
 //! Job kinds: `ret` returns its index; `yield` calls `tokio::task::yield_now().await` once, then
 //! returns its index. Runtimes: `mt` (multi-thread, 2 workers) and `ct` (current-thread).
+//!
+//! Service (`--clients`, `--service-limits`, `--service-jobs yield,spin`, `--service-patterns
+//! limiter,semaphore,inline`, `--warmup-ms`, `--duration-ms` or `--requests`): see
+//! `service.rs`. It reports requests/s, p50 and p99 latency, task-limiter's worker spawns per
+//! item after the warm-up, and live tasks beyond the clients.
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -31,6 +43,10 @@ use futures::StreamExt;
 use task_limiter::Limiter;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+
+mod service;
+
+const ALL_SHAPES: &[&str] = &["burst", "service"];
 
 const ALL_PATTERNS: &[&str] = &[
     "limiter",
@@ -56,6 +72,10 @@ fn main() {
             .map(|v| v.parse().expect("--items"))
             .expect("--child needs --items");
         child(spec, items);
+        return;
+    }
+    if let Some(pos) = args.iter().position(|a| a == "--service-child") {
+        service::child(args.get(pos + 1).expect("--service-child needs a spec"));
         return;
     }
     parent(&args);
@@ -216,6 +236,24 @@ async fn submitter<W: Work>(pattern: String, m: u64, n: usize, in_task: bool) ->
     }
 }
 
+/// Reads the runtime's live-task count from a thread of its own (not a task, so it neither counts
+/// itself nor takes a worker's turn) until `stop`; returns the most seen and the number of samples.
+fn sample_alive_tasks(
+    handle: tokio::runtime::Handle,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(usize, u64)> {
+    std::thread::spawn(move || {
+        let mut max = 0;
+        let mut samples = 0u64;
+        while !stop.load(Ordering::Acquire) {
+            max = max.max(handle.metrics().num_alive_tasks());
+            samples += 1;
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        (max, samples)
+    })
+}
+
 /// Reads a `kB` field of `/proc/self/status`.
 fn status_kb(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -250,23 +288,9 @@ fn child(spec: &str, m: u64) {
     }
     .expect("runtime");
 
-    // The sampler reads the runtime's live-task count from its own thread, only in `sample`
-    // runs, so that it never skews a timed run.
+    // Only in `sample` runs, so that the sampler never skews a timed run.
     let stop = Arc::new(AtomicBool::new(false));
-    let sampler = (mode == "sample").then(|| {
-        let handle = rt.handle().clone();
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut max = 0;
-            let mut samples = 0u64;
-            while !stop.load(Ordering::Acquire) {
-                max = max.max(handle.metrics().num_alive_tasks());
-                samples += 1;
-                std::thread::sleep(Duration::from_micros(50));
-            }
-            (max, samples)
-        })
-    });
+    let sampler = (mode == "sample").then(|| sample_alive_tasks(rt.handle().clone(), stop.clone()));
 
     let start = Instant::now();
     let (sum, extra) = match job {
@@ -291,6 +315,8 @@ fn child(spec: &str, m: u64) {
 // === the parent: schedules children and reports ===
 
 struct Config {
+    /// `burst` and/or `service`, run in that order.
+    shapes: Vec<String>,
     items: u64,
     runs: usize,
     limits: Vec<usize>,
@@ -299,6 +325,7 @@ struct Config {
     patterns: Vec<String>,
     sample: bool,
     timeout: Duration,
+    service: service::Config,
 }
 
 fn list(value: &str) -> Vec<String> {
@@ -312,6 +339,7 @@ fn list(value: &str) -> Vec<String> {
 fn parse_config(args: &[String]) -> Config {
     let quick = args.iter().any(|a| a == "--quick");
     let mut config = Config {
+        shapes: list("burst,service"),
         items: if quick { 100_000 } else { 1_000_000 },
         runs: 5,
         limits: vec![2, 8, 64, 1024],
@@ -320,6 +348,7 @@ fn parse_config(args: &[String]) -> Config {
         patterns: list(DEFAULT_PATTERNS),
         sample: true,
         timeout: Duration::from_secs(300),
+        service: service::Config::new(quick),
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -345,6 +374,21 @@ fn parse_config(args: &[String]) -> Config {
                 let secs = value().parse().unwrap_or_else(|_| usage("--timeout"));
                 config.timeout = Duration::from_secs(secs);
             }
+            "--shapes" => config.shapes = list(value()),
+            "--clients" => config.service.clients = numbers(value(), "--clients"),
+            "--service-limits" => config.service.limits = numbers(value(), "--service-limits"),
+            "--service-jobs" => config.service.jobs = list(value()),
+            "--service-patterns" => config.service.patterns = list(value()),
+            "--warmup-ms" => config.service.warmup = millis(value(), "--warmup-ms"),
+            "--duration-ms" => config.service.duration = millis(value(), "--duration-ms"),
+            "--requests" => {
+                let r = value().parse().unwrap_or_else(|_| usage("--requests"));
+                config.service.requests = Some(r);
+            }
+            "--spin-iters" => {
+                let k = value().parse().unwrap_or_else(|_| usage("--spin-iters"));
+                config.service.spin_iters = Some(k);
+            }
             "-h" | "--help" => usage(""),
             other => usage(&format!("unknown argument {other:?}")),
         }
@@ -368,7 +412,42 @@ fn parse_config(args: &[String]) -> Config {
     if config.runs == 0 || config.items == 0 || config.limits.contains(&0) {
         usage("--runs, --items and every limit must be at least 1");
     }
+    for shape in &config.shapes {
+        if !ALL_SHAPES.contains(&shape.as_str()) {
+            usage(&format!("unknown shape {shape:?}"));
+        }
+    }
+    let s = &config.service;
+    for p in &s.patterns {
+        if !service::ALL_PATTERNS.contains(&p.as_str()) {
+            usage(&format!("unknown service pattern {p:?}"));
+        }
+    }
+    for j in &s.jobs {
+        if !service::ALL_JOBS.contains(&j.as_str()) {
+            usage(&format!("unknown service job kind {j:?}"));
+        }
+    }
+    if s.limits.contains(&0)
+        || s.clients.contains(&0)
+        || s.requests == Some(0)
+        || s.spin_iters == Some(0)
+        || (s.requests.is_none() && s.duration.is_zero())
+    {
+        usage("every service limit and client count, --requests, --spin-iters and --duration-ms must be at least 1");
+    }
     config
+}
+
+fn numbers(value: &str, flag: &str) -> Vec<usize> {
+    list(value)
+        .iter()
+        .map(|n| n.parse().unwrap_or_else(|_| usage(flag)))
+        .collect()
+}
+
+fn millis(value: &str, flag: &str) -> Duration {
+    Duration::from_millis(value.parse().unwrap_or_else(|_| usage(flag)))
 }
 
 fn usage(msg: &str) -> ! {
@@ -376,11 +455,17 @@ fn usage(msg: &str) -> ! {
         eprintln!("error: {msg}\n");
     }
     eprintln!(
-        "usage: cargo run --release --example compare -- [--quick] [--items M] [--runs R]\n\
-         \x20      [--limits 2,8,64,1024] [--jobs ret,yield] [--runtimes mt,ct]\n\
-         \x20      [--patterns {DEFAULT_PATTERNS}] [--no-sample] [--timeout SECS]\n\
-         patterns: {}; append @task to submit from a spawned task",
-        ALL_PATTERNS.join(",")
+        "usage: cargo run --release -p task-limiter-compare -- [--quick] [--shapes burst,service]\n\
+         \x20      [--runs R] [--no-sample] [--timeout SECS]\n\
+         burst: [--items M] [--limits 2,8,64,1024] [--jobs ret,yield] [--runtimes mt,ct]\n\
+         \x20      [--patterns {DEFAULT_PATTERNS}]\n\
+         \x20      patterns: {}; append @task to submit from a spawned task\n\
+         service: [--clients 4,16,256] [--service-limits 8,64] [--service-jobs yield,spin]\n\
+         \x20      [--service-patterns {}] [--warmup-ms 200]\n\
+         \x20      [--duration-ms 1000 | --requests R] [--spin-iters K]\n\
+         --quick: 100000 burst items; service 20 ms warm-up + 50 ms measured per child",
+        ALL_PATTERNS.join(","),
+        service::ALL_PATTERNS.join(","),
     );
     std::process::exit(if msg.is_empty() { 0 } else { 2 });
 }
@@ -404,25 +489,42 @@ struct Key {
 }
 
 fn run_child(config: &Config, key: &Key, mode: &str) -> Result<Sample, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let spec = format!(
         "{},{},{},{},{mode}",
         key.pattern, key.n, key.job, key.runtime
     );
+    let line = run_child_process(
+        &["--child", &spec, "--items", &config.items.to_string()],
+        config.timeout,
+    )?;
+    let field = |name: &str| result_field(&line, name);
+    let m = config.items as f64;
+    Ok(Sample {
+        items_per_sec: m / field("secs"),
+        rss_per_item: (field("hwm_kb") - field("base_kb")).max(0.0) * 1024.0 / m,
+        max_alive: field("max_alive") as usize,
+        max_running: field("max_running") as usize,
+        workers_spawned: field("workers_spawned") as u64,
+    })
+}
+
+/// Runs this binary again with `args` and returns its `RESULT` line, without the prefix.
+fn run_child_process(args: &[&str], timeout: Duration) -> Result<String, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = Command::new(exe)
-        .args(["--child", &spec, "--items", &config.items.to_string()])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + config.timeout;
+    let deadline = Instant::now() + timeout;
     let status = loop {
         match child.try_wait().map_err(|e| e.to_string())? {
             Some(status) => break status,
             None if Instant::now() > deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("timed out after {:?}", config.timeout));
+                return Err(format!("timed out after {timeout:?}"));
             }
             None => std::thread::sleep(Duration::from_millis(5)),
         }
@@ -433,24 +535,18 @@ fn run_child(config: &Config, key: &Key, mode: &str) -> Result<Sample, String> {
     if !status.success() {
         return Err(format!("child failed: {status}"));
     }
-    let line = out
-        .lines()
+    out.lines()
         .find_map(|l| l.strip_prefix("RESULT "))
-        .ok_or("no RESULT line")?;
-    let field = |name: &str| -> f64 {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(f64::NAN)
-    };
-    let m = config.items as f64;
-    Ok(Sample {
-        items_per_sec: m / field("secs"),
-        rss_per_item: (field("hwm_kb") - field("base_kb")).max(0.0) * 1024.0 / m,
-        max_alive: field("max_alive") as usize,
-        max_running: field("max_running") as usize,
-        workers_spawned: field("workers_spawned") as u64,
-    })
+        .map(str::to_owned)
+        .ok_or_else(|| "no RESULT line".to_owned())
+}
+
+/// The value of `name=value` in a `RESULT` line; NaN when it is missing.
+fn result_field(line: &str, name: &str) -> f64 {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -517,10 +613,11 @@ fn lock_version(lock: &str, name: &str) -> String {
         .unwrap_or_else(|| "?".to_owned())
 }
 
-fn header(args: &[String], config: &Config) -> String {
+fn header(args: &[String], config: &Config, spin_iters: Option<u64>) -> String {
     let mut h = String::new();
-    let manifest = env!("CARGO_MANIFEST_DIR");
-    let lock = std::fs::read_to_string(format!("{manifest}/Cargo.lock")).unwrap_or_default();
+    // The workspace root: it holds Cargo.lock and the crate's src/, one level above this package.
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let lock = std::fs::read_to_string(format!("{root}/Cargo.lock")).unwrap_or_default();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -538,17 +635,17 @@ fn header(args: &[String], config: &Config) -> String {
         })
         .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let git = cmd_output("git", &["-C", manifest, "rev-parse", "--short", "HEAD"])
+    let git = cmd_output("git", &["-C", root, "rev-parse", "--short", "HEAD"])
         .unwrap_or_else(|| "?".to_owned());
     // What of the crate itself differs from that commit: the figures are for this tree.
     let src_diff = cmd_output(
         "git",
-        &["-C", manifest, "diff", "--shortstat", "HEAD", "--", "src"],
+        &["-C", root, "diff", "--shortstat", "HEAD", "--", "src"],
     );
     let _ = writeln!(h, "# task-limiter comparison\n");
     let _ = writeln!(
         h,
-        "- command: `cargo run --release --example compare --{}`",
+        "- command: `cargo run --release -p task-limiter-compare --{}`",
         args.iter().map(|a| format!(" {a}")).collect::<String>()
     );
     let _ = writeln!(
@@ -590,22 +687,27 @@ fn header(args: &[String], config: &Config) -> String {
         "- task-limiter at git {git} (HEAD when the run started){}",
         src_diff.map_or(String::new(), |d| format!(", src/ modified: {d}"))
     );
-    let _ = writeln!(
-        h,
-        "- workload: M = {} items, {} interleaved timed runs per cell{}, limits {:?}, jobs {:?}, \
-         runtimes {:?} (mt = multi_thread with 2 workers, ct = current_thread), submitter in \
-         `block_on` unless the pattern ends in `@task`",
-        config.items,
-        config.runs,
-        if config.sample {
-            " + 1 separate sampling run (live tasks)"
-        } else {
-            ""
-        },
-        config.limits,
-        config.jobs,
-        config.runtimes,
-    );
+    if config.shapes.iter().any(|s| s == "burst") {
+        let _ = writeln!(
+            h,
+            "- burst workload: M = {} items, {} interleaved timed runs per cell{}, limits {:?}, \
+             jobs {:?}, runtimes {:?} (mt = multi_thread with 2 workers, ct = current_thread), \
+             submitter in `block_on` unless the pattern ends in `@task`",
+            config.items,
+            config.runs,
+            if config.sample {
+                " + 1 separate sampling run (live tasks)"
+            } else {
+                ""
+            },
+            config.limits,
+            config.jobs,
+            config.runtimes,
+        );
+    }
+    if let Some(spin_iters) = spin_iters {
+        let _ = writeln!(h, "{}", service::workload(config, spin_iters));
+    }
     h
 }
 
@@ -648,9 +750,31 @@ fn pattern_title(p: &str) -> String {
 fn parent(args: &[String]) {
     let config = parse_config(args);
     let started = Instant::now();
-    let head = header(args, &config);
+    let has_shape = |shape: &str| config.shapes.iter().any(|s| s == shape);
+    // Calibrated here, once, so that every service child spins the same number of iterations.
+    let spin_iters = has_shape("service").then(|| {
+        config
+            .service
+            .spin_iters
+            .unwrap_or_else(service::calibrate_spin)
+    });
+    let head = header(args, &config, spin_iters);
     println!("{head}");
 
+    if has_shape("burst") {
+        run_burst(&config, started);
+    }
+    if let Some(spin_iters) = spin_iters {
+        service::run(&config, spin_iters, started);
+    }
+    println!(
+        "_total wall time {:.0} s; load average at the end: {}_",
+        started.elapsed().as_secs_f64(),
+        loadavg()
+    );
+}
+
+fn run_burst(config: &Config, started: Instant) {
     let mut keys = Vec::new();
     for runtime in &config.runtimes {
         for job in &config.jobs {
@@ -680,7 +804,7 @@ fn parent(args: &[String]) {
     for (run, mode) in &passes {
         for key in &keys {
             done += 1;
-            let result = run_child(&config, key, mode);
+            let result = run_child(config, key, mode);
             let cell = cells.entry(key.clone()).or_default();
             match result {
                 Ok(s) => {
@@ -734,12 +858,7 @@ fn parent(args: &[String]) {
     }
     println!("```\n");
 
-    println!("{}", report(&config, &cells));
-    println!(
-        "_total wall time {:.0} s; load average at the end: {}_",
-        started.elapsed().as_secs_f64(),
-        loadavg()
-    );
+    println!("{}", report(config, &cells));
 }
 
 fn report(config: &Config, cells: &std::collections::BTreeMap<Key, Cell>) -> String {
