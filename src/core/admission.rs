@@ -61,13 +61,6 @@ enum Slot {
     Exiting,
 }
 
-/// What a worker does after an item, or when it wakes from its park.
-pub(crate) enum Next {
-    Run(Job),
-    Park,
-    Exit,
-}
-
 /// The limiter's counters, kept under the same lock as the state they count, so a snapshot of
 /// them always adds up.
 #[derive(Default)]
@@ -94,14 +87,18 @@ pub(crate) struct State {
     slots: Vec<Slot>,
     /// An index over `slots`: the IDs in it that are `Free`.
     free: BTreeSet<u32>,
-    /// An index over `slots`: the IDs in it that are `Parked`.
-    parked: BTreeSet<u32>,
+    /// An index over `slots`: the IDs in it that are `Parked`, the most recently parked last.
+    /// Work goes to the most recently parked worker: its stack and caches are warm, and the
+    /// others can run into their keep-alive when there is less work than workers.
+    parked: Vec<u32>,
+    /// `parked.len()`, readable without the lock: submitters look at it to decide whether to
+    /// try handing their item to a parked worker themselves.
+    parked_hint: Arc<AtomicUsize>,
     /// Slots that are `Busy` or `Handed`: items running now.
     busy: usize,
     /// Slots that are not `Free`: worker tasks alive (or about to be, or just gone).
     workers: usize,
-    /// A pop brought a FIFO queue down to its low-water mark since the manager last topped it
-    /// up: the manager has been (or is to be) woken for it, once.
+    /// The manager takes work from the channel, or has been asked to (see `take_work`).
     refill_asked: bool,
     /// The worker that took that pop is to wake the manager.
     refill_due: bool,
@@ -127,6 +124,11 @@ pub(crate) struct Shared {
     pub(crate) keep_alive: Option<Duration>,
     /// Submissions, counted by the submitters without the lock, on a cache line of its own.
     pub(crate) submitted: Padded<AtomicU64>,
+    /// Items sent on the work channel and not yet moved into the queue by the manager: a
+    /// submitter may put its item in the queue itself only while nothing waits ahead of it there.
+    pub(crate) in_channel: AtomicUsize,
+    /// Shared with `State::parked_hint`.
+    parked_hint: Arc<AtomicUsize>,
 }
 
 /// Keeps the submitters' counter off the cache line that the workers write.
@@ -150,15 +152,19 @@ impl Shared {
         keep_alive: Option<Duration>,
         done_tx: UnboundedSender<WorkerId>,
     ) -> Shared {
+        let parked_hint = Arc::new(AtomicUsize::new(0));
         Shared {
             name,
+            parked_hint: parked_hint.clone(),
+            in_channel: AtomicUsize::new(0),
             state: Mutex::new(State {
                 limit,
                 queue,
                 drained: false,
                 slots: Vec::new(),
                 free: BTreeSet::new(),
-                parked: BTreeSet::new(),
+                parked: Vec::new(),
+                parked_hint,
                 busy: 0,
                 workers: 0,
                 refill_asked: false,
@@ -188,33 +194,60 @@ impl Shared {
         Lifecycle::from_word(self.lifecycle.fetch_max(to as usize, Ordering::AcqRel))
     }
 
-    /// A worker's item ended (an item aborted between its admission and its start counts as
-    /// cancelled); decides, by the admission rule, what the worker does next.
-    pub(crate) fn next_for(&self, id: WorkerId, outcome: Outcome) -> Next {
+    /// A worker's one call between items and while it waits: counts the item it just ended
+    /// (`ended`; an item aborted between its admission and its start counts as cancelled),
+    /// then, by the admission rule, gives it its next job, tells it to exit (`None`), or parks
+    /// it with `cx`'s waker until there is work or a reason to exit.
+    pub(crate) fn poll_next(
+        &self,
+        id: WorkerId,
+        ended: Option<Outcome>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Job>> {
         let lifecycle = self.lifecycle();
         let mut state = self.state();
-        state.end_item(id, outcome);
-        let next = state.next_for(id, lifecycle);
-        self.refill(state);
-        next
-    }
-
-    /// Polled by a parked worker: the job handed to it, `None` if it must exit, or pending.
-    pub(crate) fn poll_parked(&self, id: WorkerId, cx: &mut Context<'_>) -> Poll<Option<Job>> {
-        let lifecycle = self.lifecycle();
-        let mut state = self.state();
-        let poll = state.poll_parked(id, cx, lifecycle);
-        self.refill(state);
+        let poll = state.poll_next(id, ended, cx, lifecycle);
+        let due = mem::take(&mut state.refill_due);
+        drop(state);
+        if due {
+            // This worker's pop brought a FIFO queue to its low-water mark.
+            self.control.notify_one();
+        }
         poll
     }
 
-    /// Wakes the manager if this worker's pop brought a FIFO queue to its low-water mark.
-    fn refill(&self, mut state: MutexGuard<'_, State>) {
-        let due = std::mem::take(&mut state.refill_due);
-        drop(state);
-        if due {
-            self.control.notify_one();
+    /// The submitter's shortcut past the manager: while a worker is parked and nothing waits in
+    /// the work channel, queues `job` itself and lets admission hand it to the lowest parked
+    /// worker, which it wakes. A service that submits one item at a time so reaches a worker
+    /// without the manager's round trip. Returns the job if it must take the channel instead.
+    pub(crate) fn hand_off(&self, job: Job) -> Result<(), Job> {
+        // Relaxed: a stale count only costs a lock taken for nothing, or a trip through the
+        // manager, which hands the item to the same worker.
+        if self.parked_hint.load(Ordering::Relaxed) == 0 {
+            return Err(job);
         }
+        let mut state = self.state();
+        let lifecycle = self.lifecycle();
+        // Under the lock, `in_channel` counts every send that happened before this submission
+        // and whose job the manager has not yet moved into the queue (it subtracts under the
+        // lock, after moving them): at 0, queueing here keeps the queue's order.
+        if lifecycle != Lifecycle::Open
+            || self.in_channel.load(Ordering::Acquire) != 0
+            || !state.has_parked_below_limit()
+        {
+            return Err(job);
+        }
+        state.queue.extend(std::iter::once(job));
+        // Should admission refuse (every running place taken), the item waits in the queue,
+        // where the next worker to finish an item takes it.
+        let waker = state.hand_to_parked(lifecycle).flatten();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
+    }
+
     }
 }
 
@@ -270,49 +303,57 @@ impl State {
         *counter += 1;
     }
 
-    /// What worker `id`, holding no item, does next: run the next admitted item, park, or exit.
-    fn next_for(&mut self, id: WorkerId, lifecycle: Lifecycle) -> Next {
-        if let Some(job) = self.admit(id, lifecycle) {
-            self.parked.remove(&id.0);
-            self.slots[id.index()] = Slot::Busy(job.task().expect("an admitted job is queued"));
-            Next::Run(job)
-        } else if self.should_exit(id, lifecycle) {
-            self.parked.remove(&id.0);
-            self.slots[id.index()] = Slot::Exiting;
-            Next::Exit
-        } else {
-            self.slots[id.index()] = Slot::Parked(None);
-            self.parked.insert(id.0);
-            Next::Park
-        }
-    }
-
-    fn poll_parked(
+    fn poll_next(
         &mut self,
         id: WorkerId,
+        ended: Option<Outcome>,
         cx: &mut Context<'_>,
         lifecycle: Lifecycle,
     ) -> Poll<Option<Job>> {
-        match &mut self.slots[id.index()] {
+        if let Some(outcome) = ended {
+            self.end_item(id, outcome);
+        }
+        let was_parked = match &self.slots[id.index()] {
+            // Handed over by the manager, a submitter, or (for a new worker) at its spawn.
             Slot::Handed(_) => {
-                let Slot::Handed(job) = mem::replace(&mut self.slots[id.index()], Slot::Exiting)
+                let task = match &self.slots[id.index()] {
+                    Slot::Handed(job) => job.task().expect("a handed job is queued"),
+                    _ => unreachable!(),
+                };
+                let Slot::Handed(job) = mem::replace(&mut self.slots[id.index()], Slot::Busy(task))
                 else {
                     unreachable!()
                 };
-                self.slots[id.index()] = Slot::Busy(job.task().expect("a handed job is queued"));
-                Poll::Ready(Some(job))
+                return Poll::Ready(Some(job));
             }
-            Slot::Parked(_) => match self.next_for(id, lifecycle) {
-                Next::Run(job) => Poll::Ready(Some(job)),
-                Next::Exit => Poll::Ready(None),
-                Next::Park => {
-                    self.slots[id.index()] = Slot::Parked(Some(cx.waker().clone()));
-                    Poll::Pending
-                }
-            },
-            Slot::Free | Slot::Busy(_) | Slot::Exiting => {
-                unreachable!("only a parked worker polls its park")
+            Slot::Busy(_) => {
+                debug_assert!(ended.is_some(), "a busy worker asks for work only after an item");
+                false
             }
+            Slot::Parked(_) => true,
+            Slot::Free | Slot::Exiting => unreachable!("{id} asks for work without holding its ID"),
+        };
+        if let Some(job) = self.admit(id, lifecycle) {
+            if was_parked {
+                self.unpark(id);
+            }
+            self.slots[id.index()] = Slot::Busy(job.task().expect("an admitted job is queued"));
+            Poll::Ready(Some(job))
+        } else if self.should_exit(id, lifecycle) {
+            if was_parked {
+                self.unpark(id);
+            }
+            self.slots[id.index()] = Slot::Exiting;
+            Poll::Ready(None)
+        } else {
+            if !was_parked {
+                self.park(id);
+            }
+            match &mut self.slots[id.index()] {
+                Slot::Parked(Some(waker)) if waker.will_wake(cx.waker()) => {}
+                slot => *slot = Slot::Parked(Some(cx.waker().clone())),
+            }
+            Poll::Pending
         }
     }
 
@@ -322,7 +363,7 @@ impl State {
         if !matches!(self.slots[id.index()], Slot::Parked(_)) {
             return false;
         }
-        self.parked.remove(&id.0);
+        self.unpark(id);
         self.slots[id.index()] = Slot::Exiting;
         true
     }
@@ -344,7 +385,7 @@ impl State {
                 Some(job)
             }
             Slot::Parked(_) => {
-                self.parked.remove(&id.0);
+                self.unpark(id);
                 None
             }
             Slot::Exiting => None,
@@ -357,45 +398,83 @@ impl State {
 
     // --- the manager's side ---
 
-    /// Starts what the limit allows: hands admitted items to parked workers first (lowest ID
-    /// first), then takes free IDs (lowest first) for new workers. Returns the wakers of the
-    /// parked workers given work, and the jobs to spawn workers for.
+    /// Starts what the limit allows: hands admitted items to parked workers first (the most
+    /// recently parked first), then takes free IDs (lowest first) for new workers, each handed
+    /// its first job. Returns the wakers of the parked workers given work, and the IDs to spawn
+    /// workers for.
     pub(crate) fn dispatch(
         &mut self,
         lifecycle: Lifecycle,
         wake: &mut Vec<Waker>,
-        spawn: &mut Vec<(WorkerId, Job)>,
+        spawn: &mut Vec<WorkerId>,
     ) {
         loop {
-            let parked = self
-                .parked
-                .first()
-                .copied()
-                .filter(|&id| (id as usize) < self.limit);
-            let (id, is_parked) = match parked {
-                Some(id) => (WorkerId(id), true),
-                None => match self.lowest_free() {
-                    Some(id) => (id, false),
+            if self.has_parked_below_limit() {
+                match self.hand_to_parked(lifecycle) {
+                    // A worker that has yet to register its waker looks at its slot before it
+                    // waits: it needs no wake.
+                    Some(waker) => wake.extend(waker),
                     None => return,
-                },
+                }
+                continue;
+            }
+            let Some(id) = self.lowest_free() else {
+                return;
             };
             let Some(job) = self.admit(id, lifecycle) else {
                 return;
             };
-            if is_parked {
-                self.parked.remove(&id.0);
-                match mem::replace(&mut self.slots[id.index()], Slot::Handed(job)) {
-                    Slot::Parked(waker) => wake.extend(waker),
-                    _ => unreachable!("the parked index lists only parked slots"),
-                }
-            } else {
-                let slot = Slot::Busy(job.task().expect("an admitted job is queued"));
-                self.take_free(id, slot);
-                self.workers += 1;
-                self.counters.workers_spawned += 1;
-                spawn.push((id, job));
-            }
+            // The new worker takes its first job from its slot, as a woken parked worker does:
+            // a worker dropped before its first poll then resolves the job on its ID.
+            self.take_free(id, Slot::Handed(job));
+            self.workers += 1;
+            self.counters.workers_spawned += 1;
+            spawn.push(id);
         }
+    }
+
+    /// Whether a parked worker may be handed work (its ID is below the limit).
+    fn has_parked_below_limit(&self) -> bool {
+        self.parked_below_limit().is_some()
+    }
+
+    /// The most recently parked worker whose ID is below the limit (the others are on their way
+    /// out, woken by the change of limit).
+    fn parked_below_limit(&self) -> Option<WorkerId> {
+        let limit = self.limit;
+        self.parked
+            .iter()
+            .rev()
+            .find(|&&id| (id as usize) < limit)
+            .map(|&id| WorkerId(id))
+    }
+
+    /// Admits the next queued item for the lowest parked worker and hands it over. `None` if
+    /// admission refused; otherwise the worker's waker, if it registered one, for the caller to
+    /// wake outside the lock.
+    fn hand_to_parked(&mut self, lifecycle: Lifecycle) -> Option<Option<Waker>> {
+        let id = self.parked_below_limit()?;
+        let job = self.admit(id, lifecycle)?;
+        self.unpark(id);
+        match mem::replace(&mut self.slots[id.index()], Slot::Handed(job)) {
+            Slot::Parked(waker) => Some(waker),
+            _ => unreachable!("the parked index lists only parked slots"),
+        }
+    }
+
+    fn park(&mut self, id: WorkerId) {
+        debug_assert!(!self.parked.contains(&id.0), "{id} parked twice");
+        self.parked.push(id.0);
+        self.parked_hint.store(self.parked.len(), Ordering::Relaxed);
+    }
+
+    fn unpark(&mut self, id: WorkerId) {
+        let at = self.parked.iter().rposition(|&parked| parked == id.0);
+        debug_assert!(at.is_some(), "{id} is not parked");
+        if let Some(at) = at {
+            self.parked.remove(at);
+        }
+        self.parked_hint.store(self.parked.len(), Ordering::Relaxed);
     }
 
     /// The lowest ID no worker holds, below the limit.
@@ -432,11 +511,13 @@ impl State {
         }
     }
 
-    /// The manager moved work from the channel into the queue.
-    pub(crate) fn topped_up(&mut self) {
-        self.refill_asked = false;
-        // The manager is awake: nobody needs to wake it.
-        self.refill_due = false;
+    /// Whether the manager should move work from the channel into the queue now. When it
+    /// should not (a full FIFO queue), the next pop that brings the queue to its low-water mark
+    /// asks it to, once; while it does, nobody needs to.
+    pub(crate) fn take_work(&mut self) -> bool {
+        let wants = self.queue.wants_more(self.limit);
+        self.refill_asked = wants;
+        wants
     }
 
     /// The work channel is closed and drained: workers with nothing left to do may now exit.

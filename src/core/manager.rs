@@ -13,7 +13,7 @@ use super::admission::{Lifecycle, Shared};
 use super::cell::Job;
 use super::worker::{self, IdGuard};
 use crate::sync::rt::sync::mpsc::UnboundedReceiver;
-use crate::sync::{recv_batch, rt, Arc};
+use crate::sync::{recv_batch, rt, Arc, Ordering};
 use crate::WorkerId;
 
 /// Messages drained from a channel per wake-up: as good as any size tried (see DESIGN.md).
@@ -57,7 +57,7 @@ struct Manager {
     work_open: bool,
     /// Reused from wake-up to wake-up.
     wake: Vec<Waker>,
-    spawn: Vec<(WorkerId, Job)>,
+    spawn: Vec<WorkerId>,
 }
 
 /// The manager's future. The `Manager` is made before the future is first polled, so its `Drop`
@@ -86,6 +86,7 @@ impl Drop for Manager {
         // limiter exited, so `wait` sees final counters.
         self.work_rx.close();
         while let Ok(job) = self.work_rx.try_recv() {
+            took_one(&self.exit.shared);
             cancel_unstarted(&self.exit.shared, [job]);
         }
     }
@@ -99,10 +100,7 @@ impl Manager {
         loop {
             // A full FIFO queue leaves the rest in the channel until workers bring the queue
             // down to its low-water mark and wake the manager through `control`.
-            let take_work = self.work_open && {
-                let state = shared.state();
-                state.queue.wants_more(state.limit())
-            };
+            let take_work = self.work_open && shared.state().take_work();
             rt::select! {
                 // IDs first: they are what lets queued work start on new workers.
                 biased;
@@ -139,11 +137,8 @@ impl Manager {
     /// one batch per wake-up would make the manager and the workers take turns per batch.
     fn drain_ready(&mut self, shared: &Shared, jobs: &mut Vec<Job>) {
         for _ in 0..DRAIN / BATCH {
-            {
-                let state = shared.state();
-                if !state.queue.wants_more(state.limit()) {
-                    return;
-                }
+            if !shared.state().take_work() {
+                return;
             }
             // Polled once: `None` when the channel is empty for now (or the coop budget ran
             // out), `Some(0)` when it is closed, which the next `select!` sees too.
@@ -173,6 +168,7 @@ impl Manager {
         let mut running = Vec::new();
         if lifecycle >= Lifecycle::ShuttingDown {
             while let Ok(job) = self.work_rx.try_recv() {
+                took_one(shared);
                 cancel_unstarted(shared, [job]);
             }
             let queued = shared.state().queue.take_all();
@@ -198,10 +194,11 @@ impl Manager {
             .state()
             .dispatch(lifecycle, &mut self.wake, &mut self.spawn);
         self.wake.drain(..).for_each(Waker::wake);
-        for (id, job) in self.spawn.drain(..) {
-            // Made before the spawn, so that a runtime refusing the task still hands the ID back.
+        for id in self.spawn.drain(..) {
+            // Made before the spawn, so that a runtime refusing the task still hands the ID back
+            // (and cancels the job handed to it).
             let guard = IdGuard::new(shared.clone(), id);
-            worker::spawn(&shared.name, id, worker::work(guard, job));
+            worker::spawn(&shared.name, id, worker::work(guard));
             tracing::trace!(target: "task_limiter", limiter = %shared.name, worker.id = id.0, "worker spawned");
         }
     }
@@ -209,16 +206,25 @@ impl Manager {
 
 /// Moves a batch from the work channel into the queue.
 fn enqueue(shared: &Shared, jobs: &mut Vec<Job>) {
+    let n = jobs.len();
     if shared.lifecycle() >= Lifecycle::ShuttingDown {
         // A send that raced `shutdown` can land after `on_control` drained the channel (its
         // `try_recv` saw the send still in flight). Queued now, it would never run and the
         // manager would never exit: cancel it instead.
+        shared.in_channel.fetch_sub(n, Ordering::AcqRel);
         cancel_unstarted(shared, jobs.drain(..));
     } else {
         let mut state = shared.state();
         state.queue.extend(jobs.drain(..));
-        state.topped_up();
+        // Under the lock and after the jobs are in the queue: a submitter that finds nothing in
+        // the channel may queue its own item, and must find these ahead of it.
+        shared.in_channel.fetch_sub(n, Ordering::AcqRel);
     }
+}
+
+/// A job taken off the channel to be cancelled rather than queued.
+fn took_one(shared: &Shared) {
+    shared.in_channel.fetch_sub(1, Ordering::AcqRel);
 }
 
 /// Spawns the manager onto `handle`'s runtime, named `{name}.manager` for tokio-console.

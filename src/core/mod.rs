@@ -96,12 +96,16 @@ impl Core {
         shared.submitted.fetch_add(1, Ordering::Relaxed);
         if shared.lifecycle() >= Lifecycle::Closed {
             cancel_unstarted(shared, [job]);
-        } else if let Err(refused) = self.work_tx.send(job) {
-            // The manager closed the channel (close or shutdown) or is gone with its runtime.
-            cancel_unstarted(shared, [refused.0]);
-        } else {
-            tracing::trace!(target: "task_limiter", limiter = %shared.name, "item queued");
+            return cell;
         }
+        let job = match shared.hand_off(job) {
+            Ok(()) => {
+                tracing::trace!(target: "task_limiter", limiter = %shared.name, "item handed to a parked worker");
+                return cell;
+            }
+            Err(job) => job,
+        };
+        self.send(job);
         cell
     }
 
@@ -113,6 +117,11 @@ impl Core {
         }
         let (job, cell) = Job::new(work, props);
         shared.submitted.fetch_add(1, Ordering::Relaxed);
+        let job = match shared.hand_off(job) {
+            Ok(()) => return Ok(cell),
+            Err(job) => job,
+        };
+        shared.in_channel.fetch_add(1, Ordering::AcqRel);
         match self.work_tx.send(job) {
             Ok(()) => {
                 tracing::trace!(target: "task_limiter", limiter = %shared.name, "item queued");
@@ -120,10 +129,26 @@ impl Core {
             }
             // Closed since the check: the item never reached the manager, so take it back.
             Err(refused) => {
+                shared.in_channel.fetch_sub(1, Ordering::AcqRel);
                 shared.submitted.fetch_sub(1, Ordering::Relaxed);
                 let work = cell.take_unstarted();
                 drop(refused);
                 Err(work.expect("a refused item is still queued"))
+            }
+        }
+    }
+
+    /// Sends a job to the manager, or cancels it if the manager no longer takes work.
+    fn send(&self, job: Job) {
+        let shared = &*self.shared;
+        // Counted before the send, so that a submitter that comes after sees it.
+        shared.in_channel.fetch_add(1, Ordering::AcqRel);
+        match self.work_tx.send(job) {
+            Ok(()) => tracing::trace!(target: "task_limiter", limiter = %shared.name, "item queued"),
+            Err(refused) => {
+                // The manager closed the channel (close or shutdown) or is gone with its runtime.
+                shared.in_channel.fetch_sub(1, Ordering::AcqRel);
+                cancel_unstarted(shared, [refused.0]);
             }
         }
     }

@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::task::Context;
 use std::task::Poll;
 
-use super::admission::{Next, Shared};
+use super::admission::Shared;
 use super::cell::{Job, Outcome, Run};
 use crate::sync::{rt, Arc};
 use crate::WorkerId;
@@ -44,28 +44,22 @@ impl Drop for IdGuard {
     }
 }
 
-/// A worker task's future.
-pub(crate) async fn work(guard: IdGuard, mut job: Job) {
+/// A worker task's future. Its first job waits in its slot, handed to it at its spawn.
+pub(crate) async fn work(guard: IdGuard) {
     let shared = &*guard.shared;
     let id = guard.id;
     let mut keep_alive = KeepAlive::new(shared);
-    loop {
+    let mut ended = None;
+    while let Some(job) = keep_alive.next(shared, id, ended.take()).await {
         let runs_to_end = job.runs_to_end();
         let outcome = match job.start(planted::item_id(id)) {
             Some(run) => Running::new(run, runs_to_end).await,
             // Aborted between its admission and its start: its work is already dropped.
             None => Outcome::Cancelled,
         };
+        ended = Some(outcome);
         // A worker that finds ready items in a row must still let other tasks on its thread run.
         rt::task::consume_budget().await;
-        job = match shared.next_for(id, outcome) {
-            Next::Run(next) => next,
-            Next::Exit => return,
-            Next::Park => match keep_alive.park(shared, id).await {
-                Some(next) => next,
-                None => return,
-            },
-        };
     }
 }
 
@@ -166,27 +160,34 @@ impl KeepAlive {
         }
     }
 
-    /// Waits, parked, for a job; `None` when the worker must exit.
-    async fn park(&mut self, shared: &Shared, id: WorkerId) -> Option<Job> {
+    /// Counts the item that just `ended`, then waits (parked, if there is no work) for the next
+    /// job; `None` when the worker must exit.
+    async fn next(
+        &mut self,
+        shared: &Shared,
+        id: WorkerId,
+        mut ended: Option<Outcome>,
+    ) -> Option<Job> {
+        // Set when the worker first finds no work: it has been idle since.
         #[cfg(not(feature = "shuttle"))]
-        let expires = self
-            .after
-            .and_then(|after| tokio::time::Instant::now().checked_add(after));
-        #[cfg(feature = "shuttle")]
-        let _ = self.after;
+        let mut expires = None;
         poll_fn(|cx| {
-            if let Poll::Ready(job) = shared.poll_parked(id, cx) {
+            if let Poll::Ready(job) = shared.poll_next(id, ended.take(), cx) {
                 return Poll::Ready(job);
             }
             #[cfg(not(feature = "shuttle"))]
-            if let Some(expires) = expires {
-                if self.poll_expired(expires, cx).is_ready() && shared.state().expire(id) {
-                    tracing::trace!(target: "task_limiter", limiter = %shared.name, worker.id = id.0, "worker kept alive long enough");
-                    return Poll::Ready(None);
-                }
-                // Work was handed over while the timer fired: take it.
-                if let Poll::Ready(job) = shared.poll_parked(id, cx) {
-                    return Poll::Ready(job);
+            if let Some(after) = self.after {
+                let now = tokio::time::Instant::now();
+                let Some(at) = *expires.get_or_insert_with(|| now.checked_add(after)) else {
+                    return Poll::Pending; // a keep-alive too long to end
+                };
+                if self.poll_expired(at, cx).is_ready() {
+                    if shared.state().expire(id) {
+                        tracing::trace!(target: "task_limiter", limiter = %shared.name, worker.id = id.0, "worker kept alive long enough");
+                        return Poll::Ready(None);
+                    }
+                    // Work was handed over as the timer fired: take it.
+                    return shared.poll_next(id, None, cx);
                 }
             }
             Poll::Pending
