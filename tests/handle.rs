@@ -38,14 +38,44 @@ async fn handle_is_pending_until_the_item_finishes_and_then_woken() {
     assert_eq!(assert_ready!(handle.poll()).unwrap(), 7);
 }
 
+/// Polls a resolved handle again: returns the message it panicked with.
+fn poll_again<T>(handle: &mut tokio_test::task::Spawn<JoinHandle<T>>) -> String {
+    let payload = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = handle.poll();
+    }))
+    .expect_err("polling a resolved handle again panics");
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
+/// Polling a handle again after it resolved panics with the documented message, as tokio's
+/// does, whatever it resolved to; the result was delivered once, and the limiter carries on.
+#[cfg(panic = "unwind")]
 #[tokio::test]
-#[should_panic(expected = "`JoinHandle` polled after completion")]
-async fn polling_a_handle_after_completion_panics() {
+async fn polling_a_resolved_handle_again_panics_whatever_it_resolved_to() {
+    const MESSAGE: &str = "`JoinHandle` polled after completion";
     let limiter = Limiter::new(1);
-    let mut handle = tokio_test::task::spawn(limiter.spawn(async { 1 }));
+    let mut value = tokio_test::task::spawn(limiter.spawn(async { 1 }));
+    let mut cancelled = tokio_test::task::spawn(limiter.spawn(std::future::pending::<i32>()));
+    cancelled.abort();
+    let mut panicked = tokio_test::task::spawn(limiter.spawn(async { panic!("planned") }));
     settle().await;
-    assert_eq!(assert_ready!(handle.poll()).unwrap(), 1);
-    let _ = handle.poll();
+
+    assert_eq!(assert_ready!(value.poll()).unwrap(), 1);
+    assert_eq!(poll_again(&mut value), MESSAGE);
+    assert!(assert_ready!(cancelled.poll()).unwrap_err().is_cancelled());
+    assert_eq!(poll_again(&mut cancelled), MESSAGE);
+    assert!(assert_ready!(panicked.poll()).unwrap_err().is_panic());
+    assert_eq!(poll_again(&mut panicked), MESSAGE);
+    assert!(value.is_finished() && cancelled.is_finished() && panicked.is_finished());
+
+    drop((value, cancelled, panicked));
+    assert_eq!(limiter.spawn(async { 2 }).await.unwrap(), 2);
+    let m = limiter.metrics();
+    assert_eq!((m.completed, m.cancelled, m.panicked), (2, 1, 1), "{m:?}");
 }
 
 #[tokio::test]
