@@ -7,8 +7,8 @@
 //! Checked: every kept handle resolves once, to the outcome its kind calls for; no item runs
 //! twice; invariants 1 and 2 (DESIGN.md) through `monitor::Monitor`; `metrics()` adds up and
 //! matches what the handles saw; the runtime's live tasks come back to their baseline after
-//! `wait`/`shutdown`; and a second identical run leaves no memory behind (counted by this test's
-//! allocator, with the process RSS as a lenient second opinion).
+//! `wait`/`shutdown`; and a second identical run leaves no memory behind (counted by
+//! `support::alloc`, with the process RSS as a lenient second opinion).
 //!
 //! The seed is printed; `TASK_LIMITER_CHAOS_SEED=<seed>` replays the mix (not the thread
 //! interleaving). `TASK_LIMITER_CHAOS_ITEMS` sets the items per limit (default 25,000). The larger
@@ -19,55 +19,19 @@
 mod monitor;
 mod support;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::panic;
-use std::sync::atomic::{AtomicIsize, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use monitor::Monitor;
-use support::rss;
+use support::alloc::live_bytes;
+use support::{alive_tasks, rss, settle_alive};
 use task_limiter::{AbortHandle, JoinError, JoinHandle, Limiter};
 
-// === counting allocator ===
-
-/// Counts the bytes allocated and not yet freed, so that a leak shows up exactly, whatever the
-/// allocator keeps cached.
-struct Counting;
-
-static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        System.alloc(layout)
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        System.alloc_zeroed(layout)
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        System.dealloc(ptr, layout)
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE_BYTES.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        System.realloc(ptr, layout, new_size)
-    }
-}
-
+/// Counts the live heap, so that a leak shows up exactly.
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-fn live_bytes() -> isize {
-    LIVE_BYTES.load(Ordering::Relaxed)
-}
+static ALLOCATOR: support::alloc::Counting = support::alloc::Counting;
 
 // === the mix ===
 
@@ -402,22 +366,6 @@ async fn run(limit: usize, items: usize, seed: u64, cut: bool) -> Tally {
         "an item's closure or future was kept"
     );
     tally
-}
-
-fn alive_tasks() -> usize {
-    tokio::runtime::Handle::current()
-        .metrics()
-        .num_alive_tasks()
-}
-
-/// Waits until the runtime's live tasks fall back to `baseline` (a worker that handed its ID
-/// back may still be returning); gives up after a while and returns the count.
-async fn settle_alive(baseline: usize) -> usize {
-    let start = Instant::now();
-    while alive_tasks() > baseline && start.elapsed() < Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    alive_tasks()
 }
 
 /// Each limit once drained with `close` + `wait`, once cut short by `shutdown`.

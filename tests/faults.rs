@@ -11,53 +11,21 @@
 
 mod support;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
+use support::alloc::allocated_here;
 use support::{rss, settle, DropFlag, Gate};
 use task_limiter::{JoinHandle, Limiter};
 
-// === helpers ===
-
-/// Counts the bytes each thread allocates, so a test can see what one call costs.
-struct PerThread;
-
-thread_local! {
-    static ALLOCATED: Cell<usize> = const { Cell::new(0) };
-}
-
-unsafe impl GlobalAlloc for PerThread {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCATED.try_with(|n| n.set(n.get() + layout.size()));
-        System.alloc(layout)
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCATED.try_with(|n| n.set(n.get() + layout.size()));
-        System.alloc_zeroed(layout)
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let grown = new_size.saturating_sub(layout.size());
-        let _ = ALLOCATED.try_with(|n| n.set(n.get() + grown));
-        System.realloc(ptr, layout, new_size)
-    }
-}
-
+/// Counts what each thread allocates, for `enormous_limits_allocate_nothing_up_front`.
 #[global_allocator]
-static ALLOCATOR: PerThread = PerThread;
+static ALLOCATOR: support::alloc::Counting = support::alloc::Counting;
 
-fn allocated_here() -> usize {
-    ALLOCATED.with(Cell::get)
-}
+// === helpers ===
 
 /// Panics when dropped, after raising its flag. Its payload is "planned drop".
 struct Bomb(Arc<AtomicUsize>);

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod alloc;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -86,12 +88,12 @@ pub fn alive_tasks() -> usize {
         .num_alive_tasks()
 }
 
-/// Waits (yielding) until the runtime's live tasks fall back to `baseline`; returns the count.
+/// Waits until the runtime's live tasks fall back to `baseline` (a worker that handed its ID back
+/// may still be returning); gives up after ten seconds and returns the count. It yields rather
+/// than sleeps, so it needs no time driver and works with paused time.
 pub async fn settle_alive(baseline: usize) -> usize {
-    for _ in 0..10_000 {
-        if alive_tasks() <= baseline {
-            break;
-        }
+    let start = std::time::Instant::now();
+    while alive_tasks() > baseline && start.elapsed() < std::time::Duration::from_secs(10) {
         tokio::task::yield_now().await;
     }
     alive_tasks()
