@@ -2,12 +2,14 @@
 // Real tokio: under the `shuttle` feature the crate runs on shuttle-tokio (tests/shuttle.rs).
 #![cfg(not(feature = "shuttle"))]
 
+mod monitor;
 mod support;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use monitor::Monitor;
 use support::{alive_tasks, settle, settle_alive, spawn_gated, Concurrency, Gate};
 use task_limiter::{Limiter, QueueOrder};
 
@@ -179,20 +181,25 @@ async fn set_limit_down_lets_running_items_finish_then_holds_the_new_limit() {
     assert_eq!(*ids.lock().unwrap(), HashSet::from([0]));
 }
 
+/// `set_limit` up and down while items run and queue: each item is held, as its body starts, to
+/// the limit in force then, not to the largest limit ever set. Only around a change may an item
+/// have been admitted under the limit before it (a worker that takes an item may first poll it
+/// on its next turn), so the monitor allows both until a few turns after each change.
 #[tokio::test]
 async fn set_limit_under_load_keeps_every_item_within_the_limit_in_force() {
     let limiter = Limiter::new(2);
-    let running = Concurrency::default();
+    let monitor = Arc::new(Monitor::new(2));
     let limits = [5, 1, 8, 3, 1, 6];
     let mut handles = Vec::new();
     for (round, limit) in limits.into_iter().enumerate() {
         for i in 0..200 {
-            let running = running.clone();
-            let current = limiter.clone();
-            handles.push(limiter.spawn(async move {
-                let _running = running.enter();
-                // The limit may only have grown since this item started.
-                assert!(running.now() <= current.limit().max(8));
+            let monitor = monitor.clone();
+            let item = (round * 200 + i) as u64;
+            // Submitted here, after the latest change: admitted under the limit in force now.
+            let submitted = monitor.mark_exact();
+            handles.push(limiter.spawn_with(move |worker| async move {
+                let in_force = monitor.mark().max(submitted);
+                let _running = monitor.enter(item, worker, in_force);
                 if i % 2 == 0 {
                     tokio::task::yield_now().await;
                 }
@@ -200,13 +207,22 @@ async fn set_limit_under_load_keeps_every_item_within_the_limit_in_force() {
             }));
         }
         tokio::task::yield_now().await;
-        limiter.set_limit(limit);
+        // Under load: items of this round and earlier ones run and queue.
+        monitor.set_limit(&limiter, limit);
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        monitor.settled();
     }
     for handle in handles {
         handle.await.unwrap();
     }
-    assert!(limiter.metrics().max_running <= 8);
-    assert_eq!(limiter.metrics().completed, 1200);
+    monitor.assert_ok();
+    assert_eq!(monitor.started(), 1200);
+    // The largest limit was reached while it was in force: the items did load the limiter.
+    assert_eq!(monitor.max_running(), 8);
+    let m = limiter.metrics();
+    assert_eq!((m.completed, m.max_running), (1200, 8), "{m:?}");
 }
 
 #[tokio::test]
