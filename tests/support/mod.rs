@@ -34,6 +34,48 @@ impl Gate {
     }
 }
 
+/// A latch a blocking closure waits on, opened from async code.
+#[derive(Clone, Debug)]
+pub struct Latch(Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
+
+impl Latch {
+    pub fn new() -> Latch {
+        Latch(Arc::new((
+            std::sync::Mutex::new(false),
+            std::sync::Condvar::new(),
+        )))
+    }
+
+    /// Blocks until the latch opens, or for ten seconds at most: a test that fails before it
+    /// opens the latch must not leave a blocking-pool thread (and the runtime's drop) hanging.
+    pub fn wait(&self) {
+        let (open, cvar) = &*self.0;
+        let open = open.lock().unwrap();
+        let timeout = std::time::Duration::from_secs(10);
+        let _ = cvar
+            .wait_timeout_while(open, timeout, |open| !*open)
+            .unwrap();
+    }
+
+    pub fn open(&self) {
+        let (open, cvar) = &*self.0;
+        *open.lock().unwrap() = true;
+        cvar.notify_all();
+    }
+}
+
+/// Waits (sleeping a millisecond at a time, up to ten seconds) until `cond` holds; panics if it
+/// never does. For conditions that other threads make true; needs the time driver.
+pub async fn until(mut cond: impl FnMut() -> bool) {
+    for _ in 0..10_000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    panic!("condition never held");
+}
+
 /// Counts items running at once and remembers the most seen.
 #[derive(Clone, Debug, Default)]
 pub struct Concurrency {
