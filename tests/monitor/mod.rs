@@ -81,7 +81,7 @@ impl Monitor {
 
     /// Records `limit`, then sets it. Call it from one task at a time, so that the record's order
     /// is the order of the stores.
-    pub fn set_limit(&self, limiter: &Limiter, limit: usize) {
+    pub fn set_limit<S>(&self, limiter: &Limiter<S>, limit: usize) {
         self.lock().limits.push(limit);
         limiter.set_limit(limit);
     }
