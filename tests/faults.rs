@@ -18,7 +18,7 @@ use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use support::alloc::allocated_here;
-use support::{rss, settle, DropFlag, Gate};
+use support::{hold_a_worker, rss, settle, DropFlag, Gate};
 use task_limiter::{JoinHandle, Limiter};
 
 /// Counts what each thread allocates, for `enormous_limits_allocate_nothing_up_front`.
@@ -499,12 +499,7 @@ async fn work_that_panics_on_drop_as_it_completes_resolves_as_a_panic() {
 async fn queued_work_that_panics_on_drop_when_aborted() {
     quiet_hook();
     let limiter = Limiter::new(1);
-    let gate = Gate::new();
-    let blocker = limiter.spawn({
-        let gate = gate.clone();
-        async move { gate.wait().await }
-    });
-    settle().await;
+    let (gate, blocker) = hold_a_worker(&limiter).await;
     let (bomb, went_off) = Bomb::new();
     let queued = limiter.spawn_with(move |_| {
         let _bomb = bomb;

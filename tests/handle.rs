@@ -13,7 +13,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use support::{settle, DropFlag, Gate};
+use support::{hold_a_worker, settle, DropFlag, Gate};
 use task_limiter::{AbortHandle, JoinHandle, Limiter};
 use tokio_test::{assert_pending, assert_ready};
 
@@ -81,12 +81,7 @@ async fn polling_a_resolved_handle_again_panics_whatever_it_resolved_to() {
 #[tokio::test]
 async fn abort_of_a_queued_item_drops_its_closure_at_once_and_it_never_runs() {
     let limiter = Limiter::new(1);
-    let gate = Gate::new();
-    let blocker = limiter.spawn({
-        let gate = gate.clone();
-        async move { gate.wait().await }
-    });
-    settle().await;
+    let (gate, blocker) = hold_a_worker(&limiter).await;
 
     let ran = Arc::new(AtomicBool::new(false));
     let (flag, dropped) = DropFlag::new();
@@ -117,7 +112,7 @@ async fn abort_of_a_queued_item_drops_its_closure_at_once_and_it_never_runs() {
 }
 
 #[tokio::test]
-async fn abort_of_a_running_item_frees_its_slot() {
+async fn abort_of_a_running_item_frees_its_worker_id() {
     let limiter = Limiter::new(1);
     let (flag, dropped) = DropFlag::new();
     let running = limiter.spawn(async move {
@@ -128,7 +123,7 @@ async fn abort_of_a_running_item_frees_its_slot() {
     settle().await;
     assert!(!next.is_finished());
     running.abort();
-    assert_eq!(next.await.unwrap(), 0, "the freed slot ran the next item");
+    assert_eq!(next.await.unwrap(), 0, "the freed ID ran the next item");
     assert!(
         dropped.load(Ordering::SeqCst),
         "the aborted future was dropped"
@@ -349,12 +344,7 @@ fn tokio_reference_a_handle_is_unfinished_while_its_aborted_future_drops() {
 #[tokio::test]
 async fn a_queued_item_aborted_elsewhere_is_unfinished_until_its_work_is_dropped() {
     let limiter = Limiter::new(1);
-    let gate = Gate::new();
-    let blocker = limiter.spawn({
-        let gate = gate.clone();
-        async move { gate.wait().await }
-    });
-    settle().await;
+    let (gate, blocker) = hold_a_worker(&limiter).await;
     let (work, control) = slow_drop();
     let victim = limiter.spawn(async move {
         let _work = work;

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use monitor::Monitor;
-use support::{alive_tasks, settle, settle_alive, spawn_gated, Concurrency, Gate};
+use support::{alive_tasks, hold_a_worker, settle, settle_alive, spawn_gated, Concurrency, Gate};
 use task_limiter::{Limiter, QueueOrder};
 
 #[tokio::test]
@@ -28,13 +28,7 @@ async fn runs_every_item_and_returns_its_value() {
 
 async fn start_order(order: QueueOrder) -> Vec<usize> {
     let limiter = Limiter::builder().limit(1).queue_order(order).build();
-    let gate = Gate::new();
-    let blocker = limiter.spawn({
-        let gate = gate.clone();
-        async move { gate.wait().await }
-    });
-    settle().await;
-    assert_eq!(limiter.metrics().running, 1);
+    let (gate, blocker) = hold_a_worker(&limiter).await;
 
     let log = Arc::new(Mutex::new(Vec::new()));
     let handles: Vec<_> = (0..6)
@@ -46,7 +40,7 @@ async fn start_order(order: QueueOrder) -> Vec<usize> {
     settle().await;
     assert!(
         log.lock().unwrap().is_empty(),
-        "nothing starts while the only slot is held"
+        "nothing starts while the only worker ID is held"
     );
     gate.open(1);
     blocker.await.unwrap();
@@ -91,7 +85,7 @@ async fn worker_ids_are_unique_among_running_items_and_below_the_limit() {
     for handle in handles {
         seen.insert(handle.await.unwrap());
     }
-    assert_eq!(seen.len(), LIMIT, "every slot was used");
+    assert_eq!(seen.len(), LIMIT, "every worker ID was used");
     assert_eq!(running.max(), LIMIT);
     assert_eq!(limiter.metrics().max_running, LIMIT);
 }
@@ -239,7 +233,7 @@ async fn work_can_submit_more_work_to_its_own_limiter() {
             total.fetch_add(1, Ordering::SeqCst);
             if depth > 0 {
                 for _ in 0..3 {
-                    // Submitting never blocks, even from an item holding one of the two slots.
+                    // Submitting never blocks, even from an item holding one of the two IDs.
                     tree(
                         child_limiter.clone(),
                         depth - 1,

@@ -34,6 +34,27 @@ impl Gate {
     }
 }
 
+/// Holds one of `limiter`'s worker IDs with an item that waits at the returned gate (with limit
+/// 1, whatever is submitted next stays queued); returns once that item runs. Release it with
+/// `gate.open(1)` and await the handle.
+pub async fn hold_a_worker<S>(
+    limiter: &task_limiter::Limiter<S>,
+) -> (Gate, task_limiter::JoinHandle<()>) {
+    let running = limiter.metrics().running;
+    let gate = Gate::new();
+    let blocker = limiter.spawn({
+        let gate = gate.clone();
+        async move { gate.wait().await }
+    });
+    settle().await;
+    assert_eq!(
+        limiter.metrics().running,
+        running + 1,
+        "the holding item runs"
+    );
+    (gate, blocker)
+}
+
 /// A latch a blocking closure waits on, opened from async code.
 #[derive(Clone, Debug)]
 pub struct Latch(Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
