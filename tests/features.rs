@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use monitor::Monitor;
+use support::state::{Conn, Factory};
 use support::{alive_tasks, settle, settle_alive, until, Gate, Latch};
 use task_limiter::{JoinHandle, Limiter, WorkerId};
 use tracing::span::{Attributes, Id};
@@ -22,47 +23,6 @@ use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 
 // === per-worker state ===
-
-/// A per-worker value: which factory call made it, for which ID, and how many items it served.
-#[derive(Debug)]
-struct Conn {
-    made: usize,
-    id: WorkerId,
-    served: u32,
-    live: Arc<AtomicUsize>,
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        self.live.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Makes [`Conn`]s and counts them: made ever, live now.
-#[derive(Clone, Default)]
-struct Factory {
-    made: Arc<AtomicUsize>,
-    live: Arc<AtomicUsize>,
-}
-
-impl Factory {
-    fn make(&self) -> impl Fn(WorkerId) -> Conn + Send + Sync + 'static {
-        let this = self.clone();
-        move |id| {
-            this.live.fetch_add(1, Ordering::SeqCst);
-            Conn {
-                made: this.made.fetch_add(1, Ordering::SeqCst) + 1,
-                id,
-                served: 0,
-                live: this.live.clone(),
-            }
-        }
-    }
-
-    fn live(&self) -> usize {
-        self.live.load(Ordering::SeqCst)
-    }
-}
 
 type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -239,10 +199,7 @@ fn gated_stateful(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_limit_shrinks_and_grows_while_blocking_and_stateful_items_run() {
     let factory = Factory::default();
-    let limiter = Limiter::builder()
-        .limit(4)
-        .worker_state(factory.make())
-        .build();
+    let limiter = factory.limiter(4);
     let monitor = Arc::new(Monitor::new(4));
 
     // Four blocking items hold every ID; shrink to 2 under them.
@@ -306,10 +263,7 @@ async fn blocking_and_stateful_items_under_set_limit_churn() {
     println!("seed {seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
     let factory = Factory::default();
-    let limiter = Limiter::builder()
-        .limit(3)
-        .worker_state(factory.make())
-        .build();
+    let limiter = factory.limiter(3);
     let monitor = Arc::new(Monitor::new(3));
     let mut handles = Vec::new();
     for item in 0..600u64 {
@@ -376,10 +330,7 @@ async fn blocking_and_stateful_items_under_set_limit_churn() {
 async fn shutdown_with_blocking_and_stateful_items_running_and_queued() {
     let baseline = alive_tasks();
     let factory = Factory::default();
-    let limiter = Limiter::builder()
-        .limit(3)
-        .worker_state(factory.make())
-        .build();
+    let limiter = factory.limiter(3);
     let latch = Latch::new();
     let started = Arc::new(AtomicUsize::new(0));
     let blocking_state = limiter.spawn_blocking_with_state({
