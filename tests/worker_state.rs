@@ -60,23 +60,21 @@ async fn items_without_state_never_make_a_value() {
     assert_eq!(factory.made(), 0);
 }
 
-#[tokio::test]
+/// A parked worker holds its ID, and its value, until its keep-alive runs out; the worker that
+/// next takes the ID gets the same value.
+#[tokio::test(start_paused = true)]
 async fn the_value_outlives_the_worker_task_that_made_it() {
     let factory = Factory::default();
-    // No keep-alive: the worker exits as soon as it finds no work.
     let limiter = Limiter::builder()
         .limit(1)
-        .keep_alive(Duration::ZERO)
+        .keep_alive(Duration::from_secs(1))
         .worker_state(factory.make())
         .build();
     assert_eq!(serve(&limiter).await.unwrap().1, 1);
-    for _ in 0..1000 {
-        if limiter.metrics().workers == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    assert!(limiter.busy_workers().is_empty(), "the worker exited");
+    tokio::time::advance(Duration::from_secs(2)).await;
+    settle().await;
+    assert_eq!(limiter.metrics().workers, 0, "the worker exited");
+    assert!(limiter.busy_workers().is_empty(), "its ID came back");
     assert_eq!(
         serve(&limiter).await.unwrap().1,
         2,
@@ -252,7 +250,7 @@ async fn never_two_values_for_one_id_under_load() {
             })
         }));
         if i % 500 == 0 {
-            // Let the queue run dry now and then, so that workers exit and IDs change hands.
+            // Let the queue run dry now and then, so that workers park and take work again.
             tokio::task::yield_now().await;
         }
     }
