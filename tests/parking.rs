@@ -28,6 +28,11 @@ fn workers(m: &Metrics) -> (usize, usize) {
     (m.workers, m.idle_workers)
 }
 
+/// The worker IDs that live workers hold, parked ones included, lowest first.
+fn held(limiter: &Limiter) -> Vec<usize> {
+    limiter.busy_workers().iter().map(|id| id.index()).collect()
+}
+
 /// Submits `n` items that wait at `gate` and return their worker ID's index.
 fn gated(limiter: &Limiter, n: usize, gate: &Gate) -> Vec<JoinHandle<usize>> {
     (0..n)
@@ -57,10 +62,7 @@ async fn park_workers(limiter: &Limiter, n: usize) -> Vec<usize> {
     ids.sort_unstable();
     let m = limiter.metrics();
     assert_eq!(workers(&m), (n, n), "every worker parked: {m:?}");
-    assert!(
-        limiter.busy_workers().is_empty(),
-        "a parked worker is not busy"
-    );
+    assert_eq!(held(limiter), ids, "parked workers hold their IDs");
     ids
 }
 
@@ -173,6 +175,30 @@ async fn a_parked_worker_exits_after_the_keep_alive() {
     assert_eq!(limiter.metrics().workers_spawned, 2);
 }
 
+/// `Duration::ZERO`: no parking, a worker that finds no work exits at once.
+#[tokio::test]
+async fn a_zero_keep_alive_ends_a_worker_as_soon_as_it_finds_no_work() {
+    let limiter = Limiter::builder()
+        .limit(2)
+        .keep_alive(Duration::ZERO)
+        .build();
+    settle().await;
+    let baseline = alive_tasks();
+    for i in 1..=5 {
+        assert_eq!(
+            limiter
+                .spawn_with(|id| async move { id.index() })
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(settle_alive(baseline).await, baseline, "item {i}");
+        let m = limiter.metrics();
+        assert_eq!((m.workers, m.workers_spawned), (0, i), "{m:?}");
+        assert!(limiter.busy_workers().is_empty());
+    }
+}
+
 #[tokio::test]
 async fn close_ends_parked_workers_once_the_queue_is_drained() {
     let baseline = alive_tasks();
@@ -184,10 +210,13 @@ async fn close_ends_parked_workers_once_the_queue_is_drained() {
     settle().await;
     assert_eq!(workers(&limiter.metrics()), (4, 3));
 
+    let busy = held(&limiter);
     assert!(limiter.close());
     settle().await;
     let m = limiter.metrics();
     assert_eq!(workers(&m), (1, 0), "the parked workers ended: {m:?}");
+    assert_eq!(held(&limiter).len(), 1);
+    assert!(busy.contains(&held(&limiter)[0]));
     gate.open(1);
     for handle in last {
         handle.await.unwrap();
@@ -238,13 +267,14 @@ async fn set_limit_below_their_ids_ends_parked_workers() {
     );
     let m = limiter.metrics();
     assert_eq!(workers(&m), (2, 2), "{m:?}");
-    // The two left are IDs 0 and 1, and they take the next items without a spawn.
+    assert_eq!(held(&limiter), [0, 1]);
+    // The two left take the next items without a spawn.
     let gate = Gate::new();
     let handles = gated(&limiter, 4, &gate);
     settle().await;
-    let busy: Vec<_> = limiter.busy_workers().iter().map(|id| id.index()).collect();
-    assert_eq!(busy.len(), 2);
-    assert!(busy.iter().all(|&id| id < 2), "{busy:?}");
+    let m = limiter.metrics();
+    assert_eq!((m.running, m.idle_workers, m.queued), (2, 0, 2), "{m:?}");
+    assert_eq!(held(&limiter), [0, 1]);
     gate.open(4);
     for handle in handles {
         assert!(handle.await.unwrap() < 2, "an ID at or over the new limit");
