@@ -421,6 +421,42 @@ fn current_thread_runtime_shutdown_timeout_under_load() {
     runtime_ends_under_load(false, Ending::ShutdownTimeout);
 }
 
+/// An item that `metrics()` counts as running was admitted on a worker ID, so when the runtime
+/// drops it, however soon after its admission (its worker task may not have been polled yet),
+/// its handle resolves cancelled on that ID. Many short rounds on the multi-thread runtime, so
+/// that some runtime drops land in that window.
+#[test]
+fn an_item_counted_running_names_its_worker_when_the_runtime_drops_it() {
+    let mut without_worker = 0;
+    for _ in 0..300 {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let limiter = Limiter::builder().limit(2).build_on(runtime.handle());
+        let running: Vec<_> = (0..2)
+            .map(|_| limiter.spawn(std::future::pending::<()>()))
+            .collect();
+        runtime.block_on(async {
+            while limiter.metrics().running < 2 {
+                tokio::task::yield_now().await;
+            }
+        });
+        drop(runtime);
+        futures::executor::block_on(async {
+            for handle in running {
+                let err = handle.await.unwrap_err();
+                assert!(err.is_cancelled());
+                without_worker += usize::from(err.worker_id().is_none());
+            }
+        });
+    }
+    assert_eq!(
+        without_worker, 0,
+        "items counted as running resolved cancelled without a worker ID"
+    );
+}
+
 /// A limiter built on the handle of a runtime that has already shut down is closed from the
 /// start: its manager never runs, submissions resolve cancelled at once, `wait` returns.
 #[test]
