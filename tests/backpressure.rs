@@ -6,7 +6,7 @@ mod support;
 
 use std::sync::atomic::Ordering;
 
-use support::{settle, DropFlag, Gate};
+use support::{hold_a_worker, settle, DropFlag, Gate};
 use task_limiter::{JoinHandle, Limiter, TrySpawnError};
 use tokio_test::{assert_pending, assert_ready, task};
 
@@ -14,13 +14,7 @@ use tokio_test::{assert_pending, assert_ready, task};
 /// returned gate opens.
 async fn busy_limiter(max_queued: usize) -> (Limiter, Gate, JoinHandle<()>) {
     let limiter = Limiter::builder().limit(1).max_queued(max_queued).build();
-    let gate = Gate::new();
-    let blocker = limiter.spawn({
-        let gate = gate.clone();
-        async move { gate.wait().await }
-    });
-    settle().await;
-    assert_eq!(limiter.metrics().running, 1);
+    let (gate, blocker) = hold_a_worker(&limiter).await;
     (limiter, gate, blocker)
 }
 

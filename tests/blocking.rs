@@ -5,45 +5,11 @@
 mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use support::{settle, Concurrency, DropFlag};
+use support::{settle, until, Concurrency, DropFlag, Latch};
 use task_limiter::Limiter;
-
-/// A latch a blocking closure waits on, opened from async code.
-#[derive(Clone)]
-struct Latch(Arc<(Mutex<bool>, std::sync::Condvar)>);
-
-impl Latch {
-    fn new() -> Latch {
-        Latch(Arc::new((Mutex::new(false), std::sync::Condvar::new())))
-    }
-
-    fn wait(&self) {
-        let (open, cvar) = &*self.0;
-        let mut open = open.lock().unwrap();
-        while !*open {
-            open = cvar.wait(open).unwrap();
-        }
-    }
-
-    fn open(&self) {
-        let (open, cvar) = &*self.0;
-        *open.lock().unwrap() = true;
-        cvar.notify_all();
-    }
-}
-
-async fn until(mut cond: impl FnMut() -> bool) {
-    for _ in 0..10_000 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    panic!("condition never held");
-}
 
 #[tokio::test]
 async fn runs_off_the_runtime_thread() {

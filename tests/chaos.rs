@@ -1,73 +1,39 @@
-//! Chaos on the real multi-thread runtime: over 100,000 items per round across limits 1, 2, 8
-//! and 64, a seeded random mix of items that return, yield, sleep, panic, are aborted while
-//! queued, abort themselves while running, are aborted by another task racing their completion,
-//! have their handles dropped, and submit more items, with `set_limit` calls in between; each
-//! limit also has a run cut short by `shutdown` with work still queued.
+//! Chaos on the real multi-thread runtime: a seeded random mix of items across limits 1, 2, 8
+//! and 64 (10,000 top-level items per limit by default, and children) that return, yield,
+//! sleep, panic, are aborted while queued, abort themselves while running, are aborted by
+//! another task racing their completion, have their handles dropped, and submit more items,
+//! with `set_limit` calls in between; each limit also has a run cut short by `shutdown` with
+//! work still queued.
 //!
 //! Checked: every kept handle resolves once, to the outcome its kind calls for; no item runs
 //! twice; invariants 1 and 2 (DESIGN.md) through `monitor::Monitor`; `metrics()` adds up and
-//! matches what the handles saw; the runtime's live tasks come back to their baseline after
-//! `wait`/`shutdown`; and a second identical run leaves no memory behind (counted by this test's
-//! allocator, with the process RSS as a lenient second opinion).
+//! matches what the handles saw and the bodies that started; the runtime's live tasks come back
+//! to their baseline after `wait`/`shutdown`; and a second identical run leaves no memory behind
+//! (counted by `support::alloc`, with the process RSS as a lenient second opinion).
 //!
 //! The seed is printed; `TASK_LIMITER_CHAOS_SEED=<seed>` replays the mix (not the thread
-//! interleaving). `TASK_LIMITER_CHAOS_ITEMS` sets the items per limit (default 25,000). The larger
-//! run is ignored by default: `cargo test --release --test chaos -- --ignored --nocapture`.
+//! interleaving). `TASK_LIMITER_CHAOS_ITEMS` sets the items per limit (default 10,000, which keeps
+//! the debug run to a few seconds). The larger run is ignored by default:
+//! `cargo test --release --test chaos -- --ignored --nocapture`.
 // Real tokio: under the `shuttle` feature the crate runs on shuttle-tokio (tests/shuttle.rs).
 #![cfg(not(feature = "shuttle"))]
 
 mod monitor;
 mod support;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::panic;
-use std::sync::atomic::{AtomicIsize, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use monitor::Monitor;
-use support::rss;
+use support::alloc::live_bytes;
+use support::{alive_tasks, rss, settle_alive};
 use task_limiter::{AbortHandle, JoinError, JoinHandle, Limiter};
 
-// === counting allocator ===
-
-/// Counts the bytes allocated and not yet freed, so that a leak shows up exactly, whatever the
-/// allocator keeps cached.
-struct Counting;
-
-static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        System.alloc(layout)
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        System.alloc_zeroed(layout)
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        System.dealloc(ptr, layout)
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE_BYTES.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        System.realloc(ptr, layout, new_size)
-    }
-}
-
+/// Counts the live heap, so that a leak shows up exactly.
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-fn live_bytes() -> isize {
-    LIVE_BYTES.load(Ordering::Relaxed)
-}
+static ALLOCATOR: support::alloc::Counting = support::alloc::Counting;
 
 // === the mix ===
 
@@ -363,6 +329,17 @@ async fn run(limit: usize, items: usize, seed: u64, cut: bool) -> Tally {
     assert_eq!((m.queued, m.running), (0, 0), "{m:?}");
     assert_eq!(m.submitted, tally.submitted, "{m:?}");
     assert_eq!(m.submitted, m.completed + m.panicked + m.cancelled, "{m:?}");
+    // Every body that started ended completed, panicked or cancelled mid-run; every completed or
+    // panicked item started.
+    let ran: u64 = ctx
+        .ran
+        .iter()
+        .map(|n| u64::from(n.load(Ordering::Relaxed)))
+        .sum();
+    assert!(
+        m.completed + m.panicked <= ran && ran <= m.completed + m.panicked + m.cancelled,
+        "{ran} bodies started; {m:?}"
+    );
     assert_eq!(m.panicked, tally.panicked, "{m:?} {tally:?}");
     // Detached items are in the metrics but not in the tally.
     assert_eq!(
@@ -388,6 +365,7 @@ async fn run(limit: usize, items: usize, seed: u64, cut: bool) -> Tally {
         ctx.outputs_dropped.load(Ordering::Relaxed)
     );
     assert!(ctx.monitor.max_running() <= limit * 2);
+    assert!(m.max_running <= limit * 2, "{m:?}");
     assert!(limiter.busy_workers().is_empty());
     assert_eq!(
         settle_alive(baseline).await,
@@ -402,22 +380,6 @@ async fn run(limit: usize, items: usize, seed: u64, cut: bool) -> Tally {
         "an item's closure or future was kept"
     );
     tally
-}
-
-fn alive_tasks() -> usize {
-    tokio::runtime::Handle::current()
-        .metrics()
-        .num_alive_tasks()
-}
-
-/// Waits until the runtime's live tasks fall back to `baseline` (a worker that handed its ID
-/// back may still be returning); gives up after a while and returns the count.
-async fn settle_alive(baseline: usize) -> usize {
-    let start = Instant::now();
-    while alive_tasks() > baseline && start.elapsed() < Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    alive_tasks()
 }
 
 /// Each limit once drained with `close` + `wait`, once cut short by `shutdown`.
@@ -511,7 +473,7 @@ fn chaos(items: usize) {
 #[cfg(panic = "unwind")]
 #[test]
 fn chaos_loses_nothing_and_leaves_nothing_behind() {
-    chaos(items(25_000));
+    chaos(items(10_000));
 }
 
 /// The larger run: 250,000 top-level items per limit and run, so over 1,000,000 items a round

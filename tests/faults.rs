@@ -11,56 +11,21 @@
 
 mod support;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::{Cell, RefCell};
-use std::future::Future;
+use std::cell::RefCell;
 use std::panic::{self, AssertUnwindSafe};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use support::{rss, settle, DropFlag, Gate};
+use support::alloc::allocated_here;
+use support::{hold_a_worker, rss, settle, DropFlag, Gate};
 use task_limiter::{JoinHandle, Limiter};
 
-// === helpers ===
-
-/// Counts the bytes each thread allocates, so a test can see what one call costs.
-struct PerThread;
-
-thread_local! {
-    static ALLOCATED: Cell<usize> = const { Cell::new(0) };
-}
-
-unsafe impl GlobalAlloc for PerThread {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCATED.try_with(|n| n.set(n.get() + layout.size()));
-        System.alloc(layout)
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCATED.try_with(|n| n.set(n.get() + layout.size()));
-        System.alloc_zeroed(layout)
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let grown = new_size.saturating_sub(layout.size());
-        let _ = ALLOCATED.try_with(|n| n.set(n.get() + grown));
-        System.realloc(ptr, layout, new_size)
-    }
-}
-
+/// Counts what each thread allocates, for `enormous_limits_allocate_nothing_up_front`.
 #[global_allocator]
-static ALLOCATOR: PerThread = PerThread;
+static ALLOCATOR: support::alloc::Counting = support::alloc::Counting;
 
-fn allocated_here() -> usize {
-    ALLOCATED.with(Cell::get)
-}
+// === helpers ===
 
 /// Panics when dropped, after raising its flag. Its payload is "planned drop".
 struct Bomb(Arc<AtomicUsize>);
@@ -127,12 +92,6 @@ fn panic_of(f: impl FnOnce()) -> (String, String) {
     panics.into_iter().next().expect("the panic was recorded")
 }
 
-/// Polls `future` once with a no-op waker.
-fn poll_once<F: Future + Unpin>(future: &mut F) -> Poll<F::Output> {
-    let waker = futures::task::noop_waker();
-    Pin::new(future).poll(&mut Context::from_waker(&waker))
-}
-
 /// The limiter still works and no worker ID is stuck with an item: a fresh item runs, on worker
 /// 0 when the limit is 1, and then every live worker is parked.
 async fn assert_alive_and_idle(limiter: &Limiter) {
@@ -157,7 +116,7 @@ const LIMIT_MESSAGE: &str = "task_limiter: the limit must be at least 1";
 
 // === bad limits ===
 
-/// tests/limiter.rs checks that limit 0 panics; here: the message in full, raised at the
+/// Limit 0 panics (DESIGN.md: a programmer error) with the message in full, raised at the
 /// caller (`#[track_caller]`), from every way in, before anything else is checked, and a failed
 /// `set_limit` leaves the limiter as it was.
 #[test]
@@ -193,7 +152,7 @@ fn limit_zero_panics_at_the_caller_with_a_clear_message() {
 
 /// Limits of 1 << 20 and `usize::MAX` allocate nothing in proportion to the limit: building
 /// the limiter and letting its manager start costs a few KiB, and the RSS does not move. Items
-/// still run, on dense worker IDs.
+/// still run, on dense worker IDs, and so they do after `set_limit` to such a limit.
 #[test]
 fn enormous_limits_allocate_nothing_up_front() {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -236,6 +195,22 @@ fn enormous_limits_allocate_nothing_up_front() {
             limiter.close();
             limiter.wait().await;
         }
+
+        let limiter = Limiter::new(2);
+        let (bytes, resident) = (allocated_here(), rss());
+        limiter.set_limit(usize::MAX);
+        settle().await;
+        let cost = allocated_here() - bytes;
+        let grown = rss().saturating_sub(resident);
+        assert!(cost < 64 << 10, "set_limit allocated {cost} bytes");
+        assert!(grown < 4 << 20, "set_limit: RSS grew by {grown} bytes");
+        let ids: Vec<_> = (0..10)
+            .map(|_| limiter.spawn_with(|id| async move { id.index() }))
+            .collect();
+        for handle in ids {
+            assert!(handle.await.unwrap() < 10);
+        }
+        assert!(limiter.metrics().workers_spawned <= 10);
     });
 }
 
@@ -446,6 +421,42 @@ fn current_thread_runtime_shutdown_timeout_under_load() {
     runtime_ends_under_load(false, Ending::ShutdownTimeout);
 }
 
+/// An item that `metrics()` counts as running was admitted on a worker ID, so when the runtime
+/// drops it, however soon after its admission (its worker task may not have been polled yet),
+/// its handle resolves cancelled on that ID. Many short rounds on the multi-thread runtime, so
+/// that some runtime drops land in that window.
+#[test]
+fn an_item_counted_running_names_its_worker_when_the_runtime_drops_it() {
+    let mut without_worker = 0;
+    for _ in 0..300 {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let limiter = Limiter::builder().limit(2).build_on(runtime.handle());
+        let running: Vec<_> = (0..2)
+            .map(|_| limiter.spawn(std::future::pending::<()>()))
+            .collect();
+        runtime.block_on(async {
+            while limiter.metrics().running < 2 {
+                tokio::task::yield_now().await;
+            }
+        });
+        drop(runtime);
+        futures::executor::block_on(async {
+            for handle in running {
+                let err = handle.await.unwrap_err();
+                assert!(err.is_cancelled());
+                without_worker += usize::from(err.worker_id().is_none());
+            }
+        });
+    }
+    assert_eq!(
+        without_worker, 0,
+        "items counted as running resolved cancelled without a worker ID"
+    );
+}
+
 /// A limiter built on the handle of a runtime that has already shut down is closed from the
 /// start: its manager never runs, submissions resolve cancelled at once, `wait` returns.
 #[test]
@@ -524,12 +535,7 @@ async fn work_that_panics_on_drop_as_it_completes_resolves_as_a_panic() {
 async fn queued_work_that_panics_on_drop_when_aborted() {
     quiet_hook();
     let limiter = Limiter::new(1);
-    let gate = Gate::new();
-    let blocker = limiter.spawn({
-        let gate = gate.clone();
-        async move { gate.wait().await }
-    });
-    settle().await;
+    let (gate, blocker) = hold_a_worker(&limiter).await;
     let (bomb, went_off) = Bomb::new();
     let queued = limiter.spawn_with(move |_| {
         let _bomb = bomb;
@@ -689,31 +695,4 @@ async fn outputs_that_panic_on_drop_with_the_handle_gone() {
     assert_alive_and_idle(&limiter).await;
     let m = limiter.metrics();
     assert_eq!((m.completed, m.panicked), (3, 1), "{m:?}");
-}
-
-// === a handle polled after completion ===
-
-/// Polling a handle again after it resolved panics with the documented message, whatever it
-/// resolved to (tests/handle.rs covers a value); the item's result was delivered once, and
-/// the limiter is unaffected.
-#[tokio::test]
-async fn polling_a_resolved_handle_again_panics_whatever_it_resolved_to() {
-    quiet_hook();
-    let limiter = Limiter::new(1);
-    let mut cancelled = limiter.spawn(std::future::pending::<()>());
-    cancelled.abort();
-    let mut panicked = limiter.spawn(async { panic!("planned") });
-    settle().await;
-
-    assert!(matches!(poll_once(&mut cancelled), Poll::Ready(Err(e)) if e.is_cancelled()));
-    let (message, _) = panic_of(|| drop(poll_once(&mut cancelled)));
-    assert_eq!(message, "`JoinHandle` polled after completion");
-    assert!(cancelled.is_finished());
-
-    assert!(matches!(poll_once(&mut panicked), Poll::Ready(Err(e)) if e.is_panic()));
-    let (message, _) = panic_of(|| drop(poll_once(&mut panicked)));
-    assert_eq!(message, "`JoinHandle` polled after completion");
-
-    drop((cancelled, panicked));
-    assert_alive_and_idle(&limiter).await;
 }

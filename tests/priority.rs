@@ -7,7 +7,7 @@ mod support;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use support::{settle, DropFlag, Gate};
+use support::{hold_a_worker, settle, DropFlag};
 use task_limiter::{Limiter, QueueOrder};
 
 /// Holds the only worker with a gate, submits `(name, priority)` items (`None`: a plain
@@ -17,13 +17,7 @@ async fn start_order(
     items: &[(&'static str, Option<i32>)],
 ) -> Vec<&'static str> {
     let limiter = Limiter::builder().limit(1).queue_order(order).build();
-    let gate = Gate::new();
-    let blocker = limiter.spawn({
-        let gate = gate.clone();
-        async move { gate.wait().await }
-    });
-    settle().await;
-    assert_eq!(limiter.metrics().running, 1);
+    let (gate, blocker) = hold_a_worker(&limiter).await;
 
     let log = Arc::new(Mutex::new(Vec::new()));
     let handles: Vec<_> = items
@@ -119,12 +113,7 @@ async fn blocking_and_stateful_items_take_priorities_too() {
         .queue_order(QueueOrder::Priority)
         .worker_state(|_| ())
         .build();
-    let gate = Gate::new();
-    let blocker = limiter.spawn({
-        let gate = gate.clone();
-        async move { gate.wait().await }
-    });
-    settle().await;
+    let (gate, blocker) = hold_a_worker(&limiter).await;
     let log = Arc::new(Mutex::new(Vec::new()));
     let push = |name: &'static str| {
         let log = log.clone();
@@ -160,12 +149,7 @@ async fn an_aborted_queued_item_is_dropped_at_once_and_skipped() {
         .limit(1)
         .queue_order(QueueOrder::Priority)
         .build();
-    let gate = Gate::new();
-    let blocker = limiter.spawn({
-        let gate = gate.clone();
-        async move { gate.wait().await }
-    });
-    settle().await;
+    let (gate, blocker) = hold_a_worker(&limiter).await;
     let (flag, dropped) = DropFlag::new();
     let aborted = limiter.build_task().priority(10).spawn(async move {
         let _flag = flag;

@@ -8,52 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use support::state::{Conn, Factory};
 use support::{settle, Gate};
 use task_limiter::{Limiter, WorkerId};
-
-/// A per-worker value that knows its ID and counts the items it served; live values are
-/// counted so that tests can see when one is made or dropped.
-#[derive(Debug)]
-struct Conn {
-    id: WorkerId,
-    served: u32,
-    live: Arc<AtomicUsize>,
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        self.live.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-#[derive(Clone, Default)]
-struct Factory {
-    made: Arc<AtomicUsize>,
-    live: Arc<AtomicUsize>,
-}
-
-impl Factory {
-    fn make(&self) -> impl Fn(WorkerId) -> Conn + Send + Sync + 'static {
-        let this = self.clone();
-        move |id| {
-            this.made.fetch_add(1, Ordering::SeqCst);
-            this.live.fetch_add(1, Ordering::SeqCst);
-            Conn {
-                id,
-                served: 0,
-                live: this.live.clone(),
-            }
-        }
-    }
-
-    fn made(&self) -> usize {
-        self.made.load(Ordering::SeqCst)
-    }
-
-    fn live(&self) -> usize {
-        self.live.load(Ordering::SeqCst)
-    }
-}
 
 fn serve(limiter: &Limiter<Conn>) -> task_limiter::JoinHandle<(WorkerId, u32)> {
     limiter.spawn_with_state(|conn: &mut Conn, id| {
@@ -69,10 +26,7 @@ fn serve(limiter: &Limiter<Conn>) -> task_limiter::JoinHandle<(WorkerId, u32)> {
 #[tokio::test]
 async fn one_value_per_id_made_lazily_and_kept_across_items() {
     let factory = Factory::default();
-    let limiter = Limiter::builder()
-        .limit(3)
-        .worker_state(factory.make())
-        .build();
+    let limiter = factory.limiter(3);
     settle().await;
     assert_eq!(factory.made(), 0, "nothing is made before an item needs it");
 
@@ -98,10 +52,7 @@ async fn one_value_per_id_made_lazily_and_kept_across_items() {
 #[tokio::test]
 async fn items_without_state_never_make_a_value() {
     let factory = Factory::default();
-    let limiter = Limiter::builder()
-        .limit(2)
-        .worker_state(factory.make())
-        .build();
+    let limiter = factory.limiter(2);
     for i in 0..10 {
         assert_eq!(limiter.spawn(async move { i }).await.unwrap(), i);
         assert_eq!(limiter.spawn_blocking(move |_| i).await.unwrap(), i);
@@ -109,23 +60,21 @@ async fn items_without_state_never_make_a_value() {
     assert_eq!(factory.made(), 0);
 }
 
-#[tokio::test]
+/// A parked worker holds its ID, and its value, until its keep-alive runs out; the worker that
+/// next takes the ID gets the same value.
+#[tokio::test(start_paused = true)]
 async fn the_value_outlives_the_worker_task_that_made_it() {
     let factory = Factory::default();
-    // No keep-alive: the worker exits as soon as it finds no work.
     let limiter = Limiter::builder()
         .limit(1)
-        .keep_alive(Duration::ZERO)
+        .keep_alive(Duration::from_secs(1))
         .worker_state(factory.make())
         .build();
     assert_eq!(serve(&limiter).await.unwrap().1, 1);
-    for _ in 0..1000 {
-        if limiter.metrics().workers == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    assert!(limiter.busy_workers().is_empty(), "the worker exited");
+    tokio::time::advance(Duration::from_secs(2)).await;
+    settle().await;
+    assert_eq!(limiter.metrics().workers, 0, "the worker exited");
+    assert!(limiter.busy_workers().is_empty(), "its ID came back");
     assert_eq!(
         serve(&limiter).await.unwrap().1,
         2,
@@ -139,10 +88,7 @@ async fn the_value_outlives_the_worker_task_that_made_it() {
 #[tokio::test]
 async fn a_panic_drops_the_value_and_the_next_item_gets_a_new_one() {
     let factory = Factory::default();
-    let limiter = Limiter::builder()
-        .limit(1)
-        .worker_state(factory.make())
-        .build();
+    let limiter = factory.limiter(1);
     assert_eq!(serve(&limiter).await.unwrap().1, 1);
     let err = limiter
         .spawn_with_state(|conn: &mut Conn, _| {
@@ -163,10 +109,7 @@ async fn a_panic_drops_the_value_and_the_next_item_gets_a_new_one() {
 #[tokio::test]
 async fn a_panic_of_an_item_without_state_keeps_the_value() {
     let factory = Factory::default();
-    let limiter = Limiter::builder()
-        .limit(1)
-        .worker_state(factory.make())
-        .build();
+    let limiter = factory.limiter(1);
     let gate = Gate::new();
     // One worker runs all three items in a row, so it holds the value throughout.
     let first = serve(&limiter);
@@ -216,10 +159,7 @@ async fn a_panic_in_the_factory_is_the_items_panic_and_it_is_tried_again() {
 #[tokio::test]
 async fn an_aborted_item_leaves_the_value_as_it_was() {
     let factory = Factory::default();
-    let limiter = Limiter::builder()
-        .limit(1)
-        .worker_state(factory.make())
-        .build();
+    let limiter = factory.limiter(1);
     let stuck = limiter.spawn_with_state(|conn: &mut Conn, _| {
         Box::pin(async move {
             conn.served += 1;
@@ -240,10 +180,7 @@ async fn an_aborted_item_leaves_the_value_as_it_was() {
 #[tokio::test]
 async fn blocking_and_async_items_share_the_value_of_their_id() {
     let factory = Factory::default();
-    let limiter = Limiter::builder()
-        .limit(1)
-        .worker_state(factory.make())
-        .build();
+    let limiter = factory.limiter(1);
     assert_eq!(serve(&limiter).await.unwrap().1, 1);
     let served = limiter
         .spawn_blocking_with_state(|conn: &mut Conn, id| {
@@ -262,10 +199,7 @@ async fn blocking_and_async_items_share_the_value_of_their_id() {
 #[tokio::test]
 async fn a_panicking_blocking_item_drops_the_value_too() {
     let factory = Factory::default();
-    let limiter = Limiter::builder()
-        .limit(1)
-        .worker_state(factory.make())
-        .build();
+    let limiter = factory.limiter(1);
     assert_eq!(serve(&limiter).await.unwrap().1, 1);
     let err = limiter
         .spawn_blocking_with_state(|_: &mut Conn, _| panic!("boom"))
@@ -279,10 +213,7 @@ async fn a_panicking_blocking_item_drops_the_value_too() {
 #[tokio::test]
 async fn values_are_dropped_once_the_limiter_and_its_workers_are_gone() {
     let factory = Factory::default();
-    let limiter = Limiter::builder()
-        .limit(4)
-        .worker_state(factory.make())
-        .build();
+    let limiter = factory.limiter(4);
     let handles: Vec<_> = (0..40).map(|_| serve(&limiter)).collect();
     for handle in handles {
         handle.await.unwrap();
@@ -299,19 +230,16 @@ async fn values_are_dropped_once_the_limiter_and_its_workers_are_gone() {
 async fn never_two_values_for_one_id_under_load() {
     const LIMIT: usize = 4;
     let factory = Factory::default();
-    let limiter = Limiter::builder()
-        .limit(LIMIT)
-        .worker_state(factory.make())
-        .build();
+    let limiter = factory.limiter(LIMIT);
     let max_live = Arc::new(AtomicUsize::new(0));
     let mut handles = Vec::new();
     for i in 0..2000u32 {
         let max_live = max_live.clone();
-        let live = factory.live.clone();
+        let factory = factory.clone();
         handles.push(limiter.spawn_with_state(move |conn: &mut Conn, id| {
             Box::pin(async move {
                 assert_eq!(conn.id, id);
-                max_live.fetch_max(live.load(Ordering::SeqCst), Ordering::SeqCst);
+                max_live.fetch_max(factory.live(), Ordering::SeqCst);
                 let before = conn.served;
                 if i % 3 == 0 {
                     tokio::task::yield_now().await;
@@ -322,7 +250,7 @@ async fn never_two_values_for_one_id_under_load() {
             })
         }));
         if i % 500 == 0 {
-            // Let the queue run dry now and then, so that workers exit and IDs change hands.
+            // Let the queue run dry now and then, so that workers park and take work again.
             tokio::task::yield_now().await;
         }
     }

@@ -1,13 +1,18 @@
-//! An independent check of invariants 1 and 2 (DESIGN.md), shared by tests/shuttle.rs and
-//! tests/chaos.rs: items report when their bodies start and end, and the monitor records every
-//! violation instead of panicking inside an item (the limiter would catch that panic).
+//! An independent check of invariants 1 and 2 (DESIGN.md), shared by tests/shuttle.rs,
+//! tests/chaos.rs and the `set_limit` tests: items report when their bodies start and end, and
+//! the monitor records every violation instead of panicking inside an item (the limiter would
+//! catch that panic).
 //!
-//! The limit in force changes with `set_limit`, so the bound an item is held to is the largest
-//! limit in force between its submission and now. Why that suffices: take the running items, and
-//! the one among them admitted last. When it was admitted, all the others were already admitted
-//! and not yet finished, and the limiter admits only while fewer than the limit in force are
-//! running; admission happens between submission and start. So the running count never exceeds
-//! the largest limit in force since the earliest submission among the running items.
+//! The limit in force changes with `set_limit`, so each item carries a mark: the first limit it
+//! may have been admitted under (taken at submission, or at start for an item known to be
+//! admitted after the latest change). An item's worker ID must be below the largest limit since
+//! its mark. The running count is held to the largest limit since the *latest* mark among the
+//! running items. Why that suffices: take the running items, and the one among them admitted
+//! last. When it was admitted, all the others were already admitted and not yet finished, and
+//! the limiter admits only while fewer than the limit in force are running; that admission came
+//! after every running item's mark (each item's own admission follows its mark). So the running
+//! count never exceeds the limit in force at that admission, one of the limits since the latest
+//! mark.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -60,9 +65,23 @@ impl Monitor {
         self.lock().limits.len().saturating_sub(2)
     }
 
+    /// The limit in force now, exactly: for an item submitted by the task that calls
+    /// [`set_limit`](Self::set_limit), which cannot see a limit recorded but not yet stored.
+    pub fn mark_exact(&self) -> usize {
+        self.lock().limits.len() - 1
+    }
+
+    /// Every item admitted before the latest [`set_limit`](Self::set_limit) has started (the
+    /// caller made sure): from now on [`mark`](Self::mark) points at the latest limit alone.
+    pub fn settled(&self) {
+        let mut state = self.lock();
+        let latest = *state.limits.last().expect("a limit is always recorded");
+        state.limits.push(latest);
+    }
+
     /// Records `limit`, then sets it. Call it from one task at a time, so that the record's order
     /// is the order of the stores.
-    pub fn set_limit(&self, limiter: &Limiter, limit: usize) {
+    pub fn set_limit<S>(&self, limiter: &Limiter<S>, limit: usize) {
         self.lock().limits.push(limit);
         limiter.set_limit(limit);
     }
@@ -77,7 +96,7 @@ impl Monitor {
         };
         if worker >= ceiling(&state, since) {
             let msg = format!(
-                "item {item} runs on worker {worker}, not below the limits {:?} in force since it was submitted",
+                "item {item} runs on worker {worker}, not below the limits {:?} in force since its mark",
                 &state.limits[since..]
             );
             state.violations.push(msg);
@@ -90,16 +109,16 @@ impl Monitor {
         }
         let now = state.running.len();
         state.max_running = state.max_running.max(now);
-        let earliest = state
+        let latest = state
             .running
             .values()
             .map(|&(_, since)| since)
-            .min()
+            .max()
             .unwrap_or(since);
-        if now > ceiling(&state, earliest) {
+        if now > ceiling(&state, latest) {
             let msg = format!(
-                "{now} items run at once, over the limits {:?} in force while they ran",
-                &state.limits[earliest..]
+                "{now} items run at once, over the limits {:?} in force since the last of them could be admitted",
+                &state.limits[latest..]
             );
             state.violations.push(msg);
         }

@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod alloc;
+pub mod state;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -30,6 +33,69 @@ impl Gate {
     pub fn open(&self, n: usize) {
         self.0.add_permits(n);
     }
+}
+
+/// Holds one of `limiter`'s worker IDs with an item that waits at the returned gate (with limit
+/// 1, whatever is submitted next stays queued); returns once that item runs. Release it with
+/// `gate.open(1)` and await the handle.
+pub async fn hold_a_worker<S>(
+    limiter: &task_limiter::Limiter<S>,
+) -> (Gate, task_limiter::JoinHandle<()>) {
+    let running = limiter.metrics().running;
+    let gate = Gate::new();
+    let blocker = limiter.spawn({
+        let gate = gate.clone();
+        async move { gate.wait().await }
+    });
+    settle().await;
+    assert_eq!(
+        limiter.metrics().running,
+        running + 1,
+        "the holding item runs"
+    );
+    (gate, blocker)
+}
+
+/// A latch a blocking closure waits on, opened from async code.
+#[derive(Clone, Debug)]
+pub struct Latch(Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
+
+impl Latch {
+    pub fn new() -> Latch {
+        Latch(Arc::new((
+            std::sync::Mutex::new(false),
+            std::sync::Condvar::new(),
+        )))
+    }
+
+    /// Blocks until the latch opens, or for ten seconds at most: a test that fails before it
+    /// opens the latch must not leave a blocking-pool thread (and the runtime's drop) hanging.
+    pub fn wait(&self) {
+        let (open, cvar) = &*self.0;
+        let open = open.lock().unwrap();
+        let timeout = std::time::Duration::from_secs(10);
+        let _ = cvar
+            .wait_timeout_while(open, timeout, |open| !*open)
+            .unwrap();
+    }
+
+    pub fn open(&self) {
+        let (open, cvar) = &*self.0;
+        *open.lock().unwrap() = true;
+        cvar.notify_all();
+    }
+}
+
+/// Waits (sleeping a millisecond at a time, up to ten seconds) until `cond` holds; panics if it
+/// never does. For conditions that other threads make true; needs the time driver.
+pub async fn until(mut cond: impl FnMut() -> bool) {
+    for _ in 0..10_000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    panic!("condition never held");
 }
 
 /// Counts items running at once and remembers the most seen.
@@ -86,12 +152,12 @@ pub fn alive_tasks() -> usize {
         .num_alive_tasks()
 }
 
-/// Waits (yielding) until the runtime's live tasks fall back to `baseline`; returns the count.
+/// Waits until the runtime's live tasks fall back to `baseline` (a worker that handed its ID back
+/// may still be returning); gives up after ten seconds and returns the count. It yields rather
+/// than sleeps, so it needs no time driver and works with paused time.
 pub async fn settle_alive(baseline: usize) -> usize {
-    for _ in 0..10_000 {
-        if alive_tasks() <= baseline {
-            break;
-        }
+    let start = std::time::Instant::now();
+    while alive_tasks() > baseline && start.elapsed() < std::time::Duration::from_secs(10) {
         tokio::task::yield_now().await;
     }
     alive_tasks()
