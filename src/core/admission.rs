@@ -247,8 +247,6 @@ impl Shared {
         }
         Ok(())
     }
-
-    }
 }
 
 // === impl State ===
@@ -327,7 +325,10 @@ impl State {
                 return Poll::Ready(Some(job));
             }
             Slot::Busy(_) => {
-                debug_assert!(ended.is_some(), "a busy worker asks for work only after an item");
+                debug_assert!(
+                    ended.is_some(),
+                    "a busy worker asks for work only after an item"
+                );
                 false
             }
             Slot::Parked(_) => true,

@@ -144,7 +144,9 @@ impl Core {
         // Counted before the send, so that a submitter that comes after sees it.
         shared.in_channel.fetch_add(1, Ordering::AcqRel);
         match self.work_tx.send(job) {
-            Ok(()) => tracing::trace!(target: "task_limiter", limiter = %shared.name, "item queued"),
+            Ok(()) => {
+                tracing::trace!(target: "task_limiter", limiter = %shared.name, "item queued")
+            }
             Err(refused) => {
                 // The manager closed the channel (close or shutdown) or is gone with its runtime.
                 shared.in_channel.fetch_sub(1, Ordering::AcqRel);
