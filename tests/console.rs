@@ -82,7 +82,9 @@ fn console_sees_one_manager_and_at_most_limit_workers() {
         .unwrap();
     let metrics = runtime.block_on(async {
         let limiter = Limiter::builder().limit(LIMIT).name(NAME).build();
-        // Rounds let the queue run dry, so workers exit and new ones are spawned for the next.
+        // Rounds let the queue run dry: the workers park between them, and the same named
+        // tasks take the next round (the first version's workers exited at every round, and the
+        // console's live view lost track of them).
         for round in 0..ROUNDS {
             let handles: Vec<_> = (0..ITEMS_PER_ROUND)
                 .map(|i| {
@@ -138,4 +140,9 @@ fn console_sees_one_manager_and_at_most_limit_workers() {
     // Every task the limiter spawned was named: the manager plus each worker spawn.
     let spawned: usize = ours.values().sum();
     assert_eq!(spawned as u64, metrics.workers_spawned + 1, "{ours:?}");
+    // Parked between rounds, each worker is one stable task for the whole run.
+    assert!(
+        ours.values().all(|&count| count == 1),
+        "each task spawned once: {ours:?}"
+    );
 }

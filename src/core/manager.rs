@@ -174,7 +174,8 @@ impl Manager {
             let queued = shared.state().queue.take_all();
             cancel_unstarted(shared, queued);
             running = shared.state().running_tasks();
-            self.on_drained(shared);
+            // The channel stays in the `select!` until it reports itself drained: a send that
+            // was in flight may still land, and is cancelled (and counted) by `enqueue`.
         }
         // Whatever changed (close, shutdown, the limit), parked workers look again at whether
         // they should exit.

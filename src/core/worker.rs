@@ -146,6 +146,7 @@ fn finish_elsewhere(run: Run) {
 /// service whose queue is mostly empty), the timer keeps its deadline while the worker works and
 /// is moved on only when it fires early: it is reset at most once per keep-alive period.
 struct KeepAlive {
+    #[cfg_attr(feature = "shuttle", allow(dead_code))]
     after: Option<std::time::Duration>,
     #[cfg(not(feature = "shuttle"))]
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
