@@ -638,6 +638,73 @@ fn shutdown_racing_hand_off_to_parked_workers_resolves_everything() {
     explore(shutdown_races_hand_off);
 }
 
+/// The limit shrinks while `limit` gated items run on every ID; items submitted after the
+/// shrink (so held to the smaller limit by the monitor) may start only once fewer than the new
+/// limit run, whichever worker finishes first. This is the running-count half of admission: the
+/// ID half alone (an ID below the limit) would let the worker on ID 0 start one while the others
+/// still run.
+fn shrink_holds_the_running_count(limit: usize) {
+    block_on(async move {
+        let limiter = Limiter::new(limit);
+        let monitor = Arc::new(Monitor::new(limit));
+        let gates: Vec<_> = (0..limit)
+            .map(|_| Arc::new(shuttle_tokio::sync::Notify::new()))
+            .collect();
+        let held: Vec<_> = (0..limit as u64)
+            .zip(&gates)
+            .map(|(i, gate)| {
+                let (monitor, gate) = (monitor.clone(), gate.clone());
+                limiter.spawn_with(move |worker| async move {
+                    let _running = monitor.enter(i, worker, 0);
+                    gate.notified().await;
+                    i
+                })
+            })
+            .collect();
+        while limiter.metrics().running < limit {
+            yield_now().await;
+        }
+        monitor.set_limit(&limiter, limit - 1);
+        // Submitted by the task that set the limit: held to exactly the new one.
+        let later: Vec<_> = (10..12)
+            .map(|i| {
+                let monitor = monitor.clone();
+                let since = monitor.mark_exact();
+                limiter.spawn_with(move |worker| async move {
+                    let _running = monitor.enter(i, worker, since);
+                    i
+                })
+            })
+            .collect();
+        for gate in &gates {
+            gate.notify_one();
+            yield_now().await;
+        }
+        for (i, handle) in (0..).zip(held) {
+            assert_eq!(handle.await.unwrap(), i);
+        }
+        for (i, handle) in (10..).zip(later) {
+            assert_eq!(handle.await.unwrap(), i);
+        }
+        limiter.close();
+        limiter.wait().await;
+        monitor.assert_ok();
+        assert_drained(&limiter);
+    });
+}
+
+#[test]
+fn a_shrink_holds_later_items_to_the_new_limit_whichever_worker_finishes() {
+    init();
+    let n = iterations();
+    for limit in 2..=3 {
+        Runner::new(RandomScheduler::new(n), config())
+            .run(move || shrink_holds_the_running_count(limit));
+        Runner::new(PctScheduler::new(3, n), config())
+            .run(move || shrink_holds_the_running_count(limit));
+    }
+}
+
 // === helpers ===
 
 /// Sets a flag when dropped: shows when the limiter lets go of a future or an output.
