@@ -145,8 +145,9 @@ pub(crate) trait Abort: Send + Sync {
 }
 
 pub(crate) struct Cell<W: Work> {
-    /// Set by `abort` while the item runs. Read without the lock on every poll of the item, so
-    /// an item that finishes in one poll never takes the lock for it.
+    /// Set by `abort`, of a running item or of a queued one. Read without the lock on every poll
+    /// of the item (so an item that finishes in one poll never takes the lock for it) and by
+    /// admission (to skip an item cancelled while queued).
     aborted: AtomicBool,
     /// The `JoinHandle` was dropped: nobody will take the output. Only read and written under
     /// the lock; an atomic beside it rather than a field in it, because it fits in the padding
@@ -250,6 +251,8 @@ impl<W: Work> Cell<W> {
         else {
             unreachable!()
         };
+        // Tells admission, without the lock, to skip the entry left in the queue.
+        self.aborted.store(true, Ordering::Release);
         drop(stage);
         drop_quietly(|| drop(work));
         self.finish(Err(JoinError::cancelled(None)));
@@ -363,7 +366,9 @@ impl<W: Work> RawTask for Cell<W> {
     }
 
     fn is_queued(&self) -> bool {
-        matches!(*lock(&self.stage), Stage::Queued(..))
+        // Without the lock: admission skips items cancelled while queued on this hint, and an
+        // item cancelled just after it is caught by `start`, which finds it no longer queued.
+        !self.is_aborted()
     }
 
     fn props(&self) -> Props {

@@ -100,7 +100,8 @@ impl Core {
         }
         let job = match shared.hand_off(job) {
             Ok(()) => {
-                tracing::trace!(target: "task_limiter", limiter = %shared.name, "item handed to a parked worker");
+                // Queued and handed to a parked worker in one step.
+                tracing::trace!(target: "task_limiter", limiter = %shared.name, "item queued");
                 return cell;
             }
             Err(job) => job,
