@@ -45,8 +45,9 @@
 //! so [`spawn`](Limiter::spawn) never blocks or awaits and work may submit more work. The
 //! manager owns the worker IDs `0..N` and spawns a worker task only while an ID is free. A
 //! worker runs item after item on its ID; when the queue is empty it parks, still holding its
-//! ID, and the manager hands the next item to a parked worker before it spawns a new one. So a
-//! service that submits one item at a time keeps its workers instead of spawning one per item,
+//! ID, and the next item goes to a parked worker before a new one is spawned (a submission that
+//! finds one parked, with nothing ahead of it, hands its item over itself, without a trip
+//! through the manager). So a service that submits one item at a time keeps its workers,
 //! and the runtime holds at most `N` worker tasks plus the manager, whatever the queue length.
 //! Parked workers end on close, shutdown, a smaller limit, or after
 //! [`Builder::keep_alive`].
