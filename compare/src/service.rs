@@ -31,6 +31,14 @@ use tokio::sync::Semaphore;
 
 use crate::{fmt_rate, median, result_field, run_child_process, sample_alive_tasks};
 
+/// `TASK_LIMITER_COMPARE_KEEP_ALIVE_MS`: the limiter's keep-alive for a child run, to measure
+/// what parking saves (0: a worker exits as soon as it finds no work, as the first version did).
+fn keep_alive_override() -> Option<Duration> {
+    std::env::var("TASK_LIMITER_COMPARE_KEEP_ALIVE_MS")
+        .ok()
+        .map(|ms| Duration::from_millis(ms.parse().expect("a number of milliseconds")))
+}
+
 pub(crate) const ALL_PATTERNS: &[&str] = &["limiter", "semaphore", "inline"];
 pub(crate) const ALL_JOBS: &[&str] = &["yield", "spin"];
 
@@ -238,7 +246,10 @@ struct Outcome {
 /// phase, and collects what they recorded.
 async fn drive(pattern: &str, n: usize, c: usize, job: Job, run: &RunSpec) -> Outcome {
     let target = match pattern {
-        "limiter" => Target::Limiter(Limiter::new(n)),
+        "limiter" => Target::Limiter(match keep_alive_override() {
+            None => Limiter::new(n),
+            Some(after) => Limiter::builder().limit(n).keep_alive(after).build(),
+        }),
         "semaphore" => Target::Semaphore(Arc::new(Semaphore::new(n))),
         "inline" => Target::Inline(Arc::new(Semaphore::new(n))),
         other => panic!("unknown service pattern {other:?}"),
