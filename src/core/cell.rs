@@ -188,6 +188,19 @@ impl<W, T> Stage<W, T> {
     fn take_join_waker(&mut self) -> Option<Waker> {
         self.join_slot().and_then(Option::take)
     }
+
+    /// Takes the work of a queued item and moves it to running (keeping the handle's waker);
+    /// `None` if it is no longer queued. The one way out of the queue, to start or to cancel.
+    fn leave_queue(&mut self) -> Option<W> {
+        let Stage::Queued(_, join) = self else {
+            return None;
+        };
+        let join = join.take();
+        match mem::replace(self, Stage::Running { waker: None, join }) {
+            Stage::Queued(work, _) => Some(work),
+            _ => unreachable!("checked queued above"),
+        }
+    }
 }
 
 /// Runs `f` and swallows a panic from it: used for dropping user values (work, outputs, panic
@@ -242,14 +255,8 @@ impl<W: Work> Cell<W> {
     /// now, not when the queue reaches its entry. Returns false if it had already started.
     fn cancel_if_queued(&self) -> bool {
         let mut stage = lock(&self.stage);
-        let Stage::Queued(_, join) = &mut *stage else {
+        let Some(work) = stage.leave_queue() else {
             return false;
-        };
-        let join = join.take();
-        let Stage::Queued(work, _) =
-            mem::replace(&mut *stage, Stage::Running { waker: None, join })
-        else {
-            unreachable!()
         };
         // Tells admission, without the lock, to skip the entry left in the queue.
         self.aborted.store(true, Ordering::Release);
@@ -341,17 +348,7 @@ impl<W: Work> Join<W::Output> for Cell<W> {
 
 impl<W: Work> RawTask for Cell<W> {
     fn start(self: Arc<Self>, worker: WorkerId) -> Option<Run> {
-        let mut stage = lock(&self.stage);
-        let Stage::Queued(_, join) = &mut *stage else {
-            return None;
-        };
-        let join = join.take();
-        let Stage::Queued(work, _) =
-            mem::replace(&mut *stage, Stage::Running { waker: None, join })
-        else {
-            unreachable!()
-        };
-        drop(stage);
+        let work = lock(&self.stage).leave_queue()?;
         Some(Box::pin(RunItem {
             cell: self,
             worker,
