@@ -94,10 +94,9 @@ pub(crate) struct State {
     /// `parked.len()`, readable without the lock: submitters look at it to decide whether to
     /// try handing their item to a parked worker themselves.
     parked_hint: Arc<AtomicUsize>,
-    /// Slots that are `Busy` or `Handed`: items running now.
+    /// Slots that are `Busy` or `Handed`: items running now. A count kept beside the slots
+    /// because admission reads it for every item.
     busy: usize,
-    /// Slots that are not `Free`: worker tasks alive (or about to be, or just gone).
-    workers: usize,
     /// The manager takes work from the channel, or has been asked to (see `take_work`).
     refill_asked: bool,
     /// The worker that took that pop is to wake the manager.
@@ -166,7 +165,6 @@ impl Shared {
                 parked: Vec::new(),
                 parked_hint,
                 busy: 0,
-                workers: 0,
                 refill_asked: false,
                 refill_due: false,
                 counters: Counters::default(),
@@ -313,14 +311,11 @@ impl State {
         }
         let was_parked = match &self.slots[id.index()] {
             // Handed over by the manager, a submitter, or (for a new worker) at its spawn.
-            Slot::Handed(_) => {
-                let task = match &self.slots[id.index()] {
-                    Slot::Handed(job) => job.task().expect("a handed job is queued"),
-                    _ => unreachable!(),
-                };
+            Slot::Handed(job) => {
+                let task = job.task().expect("a handed job is queued");
                 let Slot::Handed(job) = mem::replace(&mut self.slots[id.index()], Slot::Busy(task))
                 else {
-                    unreachable!()
+                    unreachable!("matched above")
                 };
                 return Poll::Ready(Some(job));
             }
@@ -428,7 +423,6 @@ impl State {
             // The new worker takes its first job from its slot, as a woken parked worker does:
             // a worker dropped before its first poll then resolves the job on its ID.
             self.take_free(id, Slot::Handed(job));
-            self.workers += 1;
             self.counters.workers_spawned += 1;
             spawn.push(id);
         }
@@ -503,7 +497,6 @@ impl State {
         debug_assert!(matches!(self.slots[id.index()], Slot::Exiting));
         self.slots[id.index()] = Slot::Free;
         self.free.insert(id.0);
-        self.workers -= 1;
         // Keep `slots` as long as the highest ID held, so a burst at a huge limit leaves nothing
         // behind.
         while let Some(Slot::Free) = self.slots.last() {
@@ -563,7 +556,8 @@ impl State {
 
     /// Worker tasks alive (or just spawned, or exiting with their ID not yet back).
     pub(crate) fn workers(&self) -> usize {
-        self.workers
+        // `free` indexes the free slots, and `slots` ends at the highest ID held.
+        self.slots.len() - self.free.len()
     }
 
     /// The IDs held by live workers, lowest first.
@@ -588,7 +582,7 @@ impl State {
             cancelled: c.cancelled_running + c.dropped_unstarted,
             max_running: c.max_running,
             workers_spawned: c.workers_spawned,
-            workers: self.workers,
+            workers: self.workers(),
             idle_workers: self.parked.len(),
         }
     }

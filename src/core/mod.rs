@@ -106,7 +106,10 @@ impl Core {
             }
             Err(job) => job,
         };
-        self.send(job);
+        if let Err(refused) = self.send(job) {
+            // The manager closed the channel (close or shutdown) or is gone with its runtime.
+            cancel_unstarted(shared, [refused]);
+        }
         cell
     }
 
@@ -122,15 +125,10 @@ impl Core {
             Ok(()) => return Ok(cell),
             Err(job) => job,
         };
-        shared.in_channel.fetch_add(1, Ordering::AcqRel);
-        match self.work_tx.send(job) {
-            Ok(()) => {
-                tracing::trace!(target: "task_limiter", limiter = %shared.name, "item queued");
-                Ok(cell)
-            }
+        match self.send(job) {
+            Ok(()) => Ok(cell),
             // Closed since the check: the item never reached the manager, so take it back.
             Err(refused) => {
-                shared.in_channel.fetch_sub(1, Ordering::AcqRel);
                 shared.submitted.fetch_sub(1, Ordering::Relaxed);
                 let work = cell.take_unstarted();
                 drop(refused);
@@ -139,19 +137,19 @@ impl Core {
         }
     }
 
-    /// Sends a job to the manager, or cancels it if the manager no longer takes work.
-    fn send(&self, job: Job) {
+    /// Sends a job to the manager; gives it back if the manager no longer takes work.
+    fn send(&self, job: Job) -> Result<(), Job> {
         let shared = &*self.shared;
         // Counted before the send, so that a submitter that comes after sees it.
         shared.in_channel.fetch_add(1, Ordering::AcqRel);
         match self.work_tx.send(job) {
             Ok(()) => {
-                tracing::trace!(target: "task_limiter", limiter = %shared.name, "item queued")
+                tracing::trace!(target: "task_limiter", limiter = %shared.name, "item queued");
+                Ok(())
             }
             Err(refused) => {
-                // The manager closed the channel (close or shutdown) or is gone with its runtime.
                 shared.in_channel.fetch_sub(1, Ordering::AcqRel);
-                cancel_unstarted(shared, [refused.0]);
+                Err(refused.0)
             }
         }
     }
