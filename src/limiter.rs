@@ -386,7 +386,53 @@ impl<S> Limiter<S> {
     #[track_caller]
     pub fn set_limit(&self, limit: usize) {
         assert!(limit > 0, "task_limiter: the limit must be at least 1");
-        self.core.set_limit(limit);
+        self.core.set_limit(limit, None);
+    }
+
+    /// Sets a limit that holds until `until`, and `fallback` from then on, unless the limit is
+    /// set again first.
+    ///
+    /// For a limit that is only good for a while, such as slots leased from a budget that other
+    /// processes share: the lease's holder sets the limit to what it holds, until the instant the
+    /// lease may have run out, with the limit it falls back to when the lease is not renewed in
+    /// time. The expiry is checked at every admission against the monotonic clock (tokio's
+    /// [`Instant`](tokio::time::Instant), so paused time in tests moves it too), not by a timer:
+    /// a process that was paused past `until` starts nothing under the old limit when it runs
+    /// again, even before whatever renews the limit gets to run.
+    ///
+    /// `fallback` may be 0: from `until` on, nothing new starts, and queued items wait (they
+    /// are not cancelled) until the limit is raised again; running items finish. While the
+    /// limit in force is 0, [`wait`](Self::wait) after [`close`](Self::close) waits for that
+    /// raise (or a [`shutdown`](Self::shutdown)). Otherwise the semantics are
+    /// [`set_limit`](Self::set_limit)'s; a plain `set_limit` clears the expiry. An `until` that
+    /// has already passed puts `fallback` in force at once. [`limit`](Self::limit) and
+    /// [`metrics`](Self::metrics) report the limit in force.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `limit` is 0.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use task_limiter::Limiter;
+    /// use tokio::time::Instant;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let limiter = Limiter::new(1);
+    /// // Eight slots for the next second, none after it unless renewed.
+    /// limiter.set_limit_until(8, Instant::now() + Duration::from_secs(1), 0);
+    /// assert_eq!(limiter.limit(), 8);
+    /// tokio::time::sleep(Duration::from_secs(1)).await;
+    /// assert_eq!(limiter.limit(), 0);
+    /// # }
+    /// ```
+    #[track_caller]
+    pub fn set_limit_until(&self, limit: usize, until: tokio::time::Instant, fallback: usize) {
+        assert!(limit > 0, "task_limiter: the limit must be at least 1");
+        self.core.set_limit(limit, Some((until, fallback)));
     }
 
     /// Returns the limiter's name (see [`Builder::name`]).

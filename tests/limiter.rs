@@ -175,6 +175,57 @@ async fn set_limit_down_lets_running_items_finish_then_holds_the_new_limit() {
     assert_eq!(*ids.lock().unwrap(), HashSet::from([0]));
 }
 
+#[tokio::test(start_paused = true)]
+async fn an_expired_limit_starts_nothing_new_until_it_is_set_again() {
+    use std::time::Duration;
+    use tokio::time::{sleep, Instant};
+
+    let limiter = Limiter::new(1);
+    let running = Concurrency::default();
+    limiter.set_limit_until(2, Instant::now() + Duration::from_secs(1), 0);
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let running = running.clone();
+            limiter.spawn(async move {
+                let _running = running.enter();
+                sleep(Duration::from_secs(2)).await;
+            })
+        })
+        .collect();
+    settle().await;
+    assert_eq!(running.now(), 2);
+    assert_eq!(limiter.limit(), 2);
+
+    // Past the expiry, the running items finish, and their workers, asking for the next item,
+    // find the fallback in force: nothing new starts, and nothing queued is lost.
+    sleep(Duration::from_millis(2500)).await;
+    settle().await;
+    assert_eq!(limiter.limit(), 0);
+    let metrics = limiter.metrics();
+    assert_eq!((metrics.limit, metrics.running, metrics.queued), (0, 0, 2));
+    assert_eq!(running.max(), 2);
+
+    // Renewed, the queued items start at once.
+    limiter.set_limit_until(2, Instant::now() + Duration::from_secs(10), 0);
+    settle().await;
+    assert_eq!(running.now(), 2);
+    for handle in handles {
+        handle.await.unwrap();
+    }
+    // A plain `set_limit` clears the expiry.
+    limiter.set_limit(3);
+    sleep(Duration::from_secs(20)).await;
+    assert_eq!(limiter.limit(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_limit_set_with_an_expiry_in_the_past_puts_the_fallback_in_force() {
+    let limiter = Limiter::new(4);
+    limiter.set_limit_until(8, tokio::time::Instant::now(), 2);
+    assert_eq!(limiter.limit(), 2);
+    assert_eq!(limiter.metrics().limit, 2);
+}
+
 /// `set_limit` up and down while items run and queue: each item is held, as its body starts, to
 /// the limit in force then, not to the largest limit ever set. Only around a change may an item
 /// have been admitted under the limit before it (a worker that takes an item may first poll it

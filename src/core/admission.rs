@@ -15,6 +15,8 @@ use std::mem;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use super::cell::{Job, Outcome, RawTask};
 use super::queue::Queue;
 use crate::sync::rt::sync::mpsc::UnboundedSender;
@@ -79,7 +81,13 @@ struct Counters {
 
 /// Everything admission decides over, behind one lock.
 pub(crate) struct State {
+    /// The limit in force, unless `expiry` has passed.
     limit: usize,
+    /// When the limit was set with an expiry (`Limiter::set_limit_until`): the instant it ends
+    /// and the limit from then on. Read at every admission, so a process that was paused past
+    /// the instant starts nothing under the old limit when it runs again, whatever else it runs
+    /// first.
+    expiry: Option<(Instant, usize)>,
     pub(crate) queue: Queue,
     /// The work channel is closed and empty: nothing more will reach the queue.
     drained: bool,
@@ -158,6 +166,7 @@ impl Shared {
             in_channel: AtomicUsize::new(0),
             state: Mutex::new(State {
                 limit,
+                expiry: None,
                 queue,
                 drained: false,
                 slots: Vec::new(),
@@ -256,6 +265,7 @@ impl State {
     /// than `limit` items run. Items aborted while queued are skipped here, before anything is
     /// spawned or woken for them. An admitted item counts as running from here on.
     fn admit(&mut self, id: WorkerId, lifecycle: Lifecycle) -> Option<Job> {
+        self.expire_limit();
         if lifecycle >= Lifecycle::ShuttingDown
             || id.index() >= self.limit
             || self.busy >= self.limit
@@ -281,7 +291,8 @@ impl State {
     }
 
     /// Whether a worker with no item should end rather than park.
-    fn should_exit(&self, id: WorkerId, lifecycle: Lifecycle) -> bool {
+    fn should_exit(&mut self, id: WorkerId, lifecycle: Lifecycle) -> bool {
+        self.expire_limit();
         lifecycle >= Lifecycle::ShuttingDown
             || id.index() >= self.limit
             || (self.drained && self.queue.is_empty())
@@ -404,6 +415,7 @@ impl State {
         wake: &mut Vec<Waker>,
         spawn: &mut Vec<WorkerId>,
     ) {
+        self.expire_limit();
         loop {
             if self.has_parked_below_limit() {
                 match self.hand_to_parked(lifecycle) {
@@ -546,12 +558,30 @@ impl State {
         self.counters.dropped_unstarted += n as u64;
     }
 
-    pub(crate) fn limit(&self) -> usize {
+    /// The limit in force.
+    pub(crate) fn limit(&mut self) -> usize {
+        self.expire_limit();
         self.limit
     }
 
-    pub(crate) fn set_limit(&mut self, limit: usize) {
+    /// Sets the limit in force; with `expiry`, it holds until the instant and gives way to the
+    /// fallback then.
+    pub(crate) fn set_limit(&mut self, limit: usize, expiry: Option<(Instant, usize)>) {
         self.limit = limit;
+        self.expiry = expiry;
+        self.expire_limit();
+    }
+
+    /// Puts the fallback in force once the limit's expiry has passed. One branch when the limit
+    /// has none; a read of the monotonic clock when it has.
+    #[inline]
+    fn expire_limit(&mut self) {
+        if let Some((until, fallback)) = self.expiry {
+            if Instant::now() >= until {
+                self.limit = fallback;
+                self.expiry = None;
+            }
+        }
     }
 
     /// Worker tasks alive (or just spawned, or exiting with their ID not yet back).
@@ -570,7 +600,8 @@ impl State {
 
     /// A snapshot of the counters; `submitted` is read by the caller after it, so that a
     /// racing item is never counted as both finished and queued.
-    pub(crate) fn metrics(&self, submitted: u64) -> Metrics {
+    pub(crate) fn metrics(&mut self, submitted: u64) -> Metrics {
+        self.expire_limit();
         let c = &self.counters;
         Metrics {
             limit: self.limit,

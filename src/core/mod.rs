@@ -190,13 +190,13 @@ impl Core {
         self.shared.state().limit()
     }
 
-    pub(crate) fn set_limit(&self, limit: usize) {
-        self.shared.state().set_limit(limit);
+    pub(crate) fn set_limit(&self, limit: usize, expiry: Option<(tokio::time::Instant, usize)>) {
+        self.shared.state().set_limit(limit, expiry);
         self.shared.control.notify_one();
     }
 
     pub(crate) fn metrics(&self) -> Metrics {
-        let state = self.shared.state();
+        let mut state = self.shared.state();
         // Read after the counters, so that a racing item is never counted as both finished
         // and queued.
         let submitted = self.shared.submitted.load(Ordering::Acquire);
