@@ -19,8 +19,8 @@ use crate::{JoinHandle, Limiter, WorkerId};
 /// The properties of a blocking item: once its closure runs it cannot be stopped, so its item
 /// runs to its end and holds its worker ID until the closure returns.
 pub(crate) const BLOCKING: Props = Props {
-    priority: 0,
     runs_to_end: true,
+    ..Props::PLAIN
 };
 
 /// A blocking closure as work: started, it goes to the blocking pool, and its worker waits for

@@ -42,6 +42,7 @@ pub struct Builder<S = ()> {
     pub(crate) order: QueueOrder,
     pub(crate) max_queued: Option<usize>,
     pub(crate) keep_alive: Duration,
+    pub(crate) per_key_limit: usize,
     pub(crate) make: MakeState<S>,
 }
 
@@ -53,6 +54,7 @@ impl Builder {
             order: QueueOrder::default(),
             max_queued: None,
             keep_alive: DEFAULT_KEEP_ALIVE,
+            per_key_limit: usize::MAX,
             make: Arc::new(|_| ()),
         }
     }
@@ -66,6 +68,7 @@ impl<S> Clone for Builder<S> {
             order: self.order,
             max_queued: self.max_queued,
             keep_alive: self.keep_alive,
+            per_key_limit: self.per_key_limit,
             make: self.make.clone(),
         }
     }
@@ -131,6 +134,37 @@ impl<S> Builder<S> {
     /// ```
     pub fn queue_order(mut self, order: QueueOrder) -> Builder<S> {
         self.order = order;
+        self
+    }
+
+    /// Sets the limit of every key that has no limit of its own
+    /// ([`Limiter::set_key_limit`]): at most `limit` weight of one key's items run at once,
+    /// within the global limit. Without it, keys are limited by the global limit only.
+    ///
+    /// Items are given a key with [`TaskBuilder::key`](crate::TaskBuilder::key). Keys with
+    /// work take turns: see [`TaskBuilder::key`](crate::TaskBuilder::key) for what is
+    /// guaranteed.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `limit` is 0.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::{Key, Limiter};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// // 64 fetches at once, at most 2 per host.
+    /// let limiter = Limiter::builder().limit(64).per_key_limit(2).build();
+    /// assert_eq!(limiter.key_limit(&Key::from("example.com")), 2);
+    /// # }
+    /// ```
+    #[track_caller]
+    pub fn per_key_limit(mut self, limit: usize) -> Builder<S> {
+        assert!(limit > 0, "task_limiter: a key's limit must be at least 1");
+        self.per_key_limit = limit;
         self
     }
 
@@ -259,6 +293,7 @@ impl<S> Builder<S> {
             order: self.order,
             max_queued: self.max_queued,
             keep_alive: self.keep_alive,
+            per_key_limit: self.per_key_limit,
             make: Arc::new(make),
         }
     }
@@ -320,6 +355,7 @@ impl<S> Builder<S> {
             limit,
             order: self.order,
             keep_alive: Some(self.keep_alive).filter(|&after| after != Duration::MAX),
+            per_key_limit: self.per_key_limit,
         };
         let extras = Extras {
             states: Box::new(Arc::new(States::new(self.make))),

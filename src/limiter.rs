@@ -6,11 +6,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use crate::builder::Builder;
-use crate::core::{Cell, Core, Exited, Lifecycle, Props, Work};
+use crate::core::{Cell, Charge, Core, Exited, Lifecycle, Props, Work};
 use crate::sync::rt::sync::Semaphore;
 use crate::sync::Arc;
 use crate::trace::Traced;
-use crate::{JoinHandle, Metrics, WorkerId};
+use crate::{JoinHandle, Key, KeyMetrics, Metrics, WorkerId};
 
 /// Runs futures on the tokio runtime with at most `limit` of them alive at once.
 ///
@@ -192,11 +192,22 @@ impl<S> Limiter<S> {
     /// While a subscriber listens, the item carries its submitter's span into its work.
     #[inline]
     pub(crate) fn submit<W: Work>(&self, work: W, props: Props) -> JoinHandle<W::Output> {
+        self.submit_charged(work, props, ())
+    }
+
+    /// [`submit`](Self::submit), for an item that counts `charge` against the limits.
+    #[inline]
+    pub(crate) fn submit_charged<W: Work, C: Charge>(
+        &self,
+        work: W,
+        props: Props,
+        charge: C,
+    ) -> JoinHandle<W::Output> {
         if tracing::enabled!(target: "task_limiter", tracing::Level::DEBUG) {
             let traced = Traced::new(work, self.core.name());
-            JoinHandle::new(self.core.submit(traced, props))
+            JoinHandle::new(self.core.submit(traced, props, charge))
         } else {
-            JoinHandle::new(self.core.submit(work, props))
+            JoinHandle::new(self.core.submit(work, props, charge))
         }
     }
 
@@ -433,6 +444,61 @@ impl<S> Limiter<S> {
     pub fn set_limit_until(&self, limit: usize, until: tokio::time::Instant, fallback: usize) {
         assert!(limit > 0, "task_limiter: the limit must be at least 1");
         self.core.set_limit(limit, Some((until, fallback)));
+    }
+
+    /// Returns the limit in force for `key`: its own ([`set_key_limit`](Self::set_key_limit)),
+    /// else [`Builder::per_key_limit`], else `usize::MAX` (the key is limited by the global
+    /// limit only).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::{Key, Limiter};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::new(8);
+    /// assert_eq!(limiter.key_limit(&Key::from(1_u64)), usize::MAX);
+    /// limiter.set_key_limit(1_u64, 3);
+    /// assert_eq!(limiter.key_limit(&Key::from(1_u64)), 3);
+    /// # }
+    /// ```
+    pub fn key_limit(&self, key: &Key) -> usize {
+        self.core.key_limit(key)
+    }
+
+    /// Sets one key's own limit, live, with [`set_limit`](Self::set_limit)'s semantics:
+    /// growing it starts queued items of the key at once; shrinking it lets its running items
+    /// finish. The limit is kept while the key has nothing queued or running.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `limit` is 0.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::{Key, Limiter};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::builder().limit(32).per_key_limit(4).build();
+    /// // One tenant paid for more.
+    /// limiter.set_key_limit("tenant-7", 16);
+    /// assert_eq!(limiter.key_limit(&Key::from("tenant-7")), 16);
+    /// assert_eq!(limiter.key_limit(&Key::from("tenant-8")), 4);
+    /// # }
+    /// ```
+    #[track_caller]
+    pub fn set_key_limit(&self, key: impl Into<Key>, limit: usize) {
+        assert!(limit > 0, "task_limiter: a key's limit must be at least 1");
+        self.core.set_key_limit(key.into(), limit);
+    }
+
+    /// Returns a snapshot of one key's state, or `None` when the key has nothing queued or
+    /// running. See [`KeyMetrics`] for an example.
+    pub fn key_metrics(&self, key: &Key) -> Option<KeyMetrics> {
+        self.core.key_metrics(key)
     }
 
     /// Returns the limiter's name (see [`Builder::name`]).

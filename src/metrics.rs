@@ -32,6 +32,9 @@ pub struct Metrics {
     pub queued: usize,
     /// Items running now.
     pub running: usize,
+    /// The weight of the items running now ([`TaskBuilder::weight`](crate::TaskBuilder::weight)):
+    /// what the limit holds; `running` when every item weighs 1.
+    pub weight_running: usize,
     /// Items ever submitted (including those refused because the limiter was closed).
     pub submitted: u64,
     /// Items that ran to completion and produced a value.
@@ -53,4 +56,43 @@ pub struct Metrics {
     /// Workers parked now: alive, holding their ID, waiting for work (see
     /// [`Builder::keep_alive`](crate::Builder::keep_alive)).
     pub idle_workers: usize,
+}
+
+/// A snapshot of one key's state, taken by [`Limiter::key_metrics`](crate::Limiter::key_metrics).
+///
+/// # Examples
+///
+/// ```
+/// use task_limiter::{Key, Limiter};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let limiter = Limiter::builder().limit(8).per_key_limit(2).build();
+/// let host = Key::from("example.com");
+/// let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+/// let handle = limiter
+///     .build_task()
+///     .key(&host)
+///     .weight(2)
+///     .spawn(async move { rx.await.ok() });
+/// tokio::task::yield_now().await;
+/// let m = limiter.key_metrics(&host).unwrap();
+/// assert_eq!((m.limit, m.queued, m.running, m.weight_running), (2, 0, 1, 2));
+/// tx.send(()).unwrap();
+/// handle.await.unwrap();
+/// // Nothing of the key is left: its bookkeeping is gone.
+/// assert!(limiter.key_metrics(&host).is_none());
+/// # }
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyMetrics {
+    /// The key's limit in force.
+    pub limit: usize,
+    /// The key's items waiting to start.
+    pub queued: usize,
+    /// The key's items running now.
+    pub running: usize,
+    /// Their weight: what the key's limit holds.
+    pub weight_running: usize,
 }

@@ -3,10 +3,10 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::blocking::{blocking, blocking_with_state, BLOCKING};
-use crate::core::{Props, Work};
+use crate::core::{Props, Weighed, Work};
 use crate::state::with_state;
 use crate::sync::rt::sync::OwnedSemaphorePermit;
-use crate::{JoinHandle, Limiter, WorkerId};
+use crate::{JoinHandle, Key, Limiter, WorkerId};
 
 /// Sets options for one item, then submits it: returned by
 /// [`Limiter::build_task`] and [`Permit::build_task`](crate::Permit::build_task).
@@ -35,6 +35,8 @@ use crate::{JoinHandle, Limiter, WorkerId};
 pub struct TaskBuilder<'a, S = ()> {
     limiter: &'a Limiter<S>,
     priority: i32,
+    weight: u32,
+    key: Option<Key>,
     /// A place in the queue, when the builder came from a `Permit`.
     room: Option<OwnedSemaphorePermit>,
 }
@@ -62,6 +64,8 @@ impl<'a, S> TaskBuilder<'a, S> {
         TaskBuilder {
             limiter,
             priority: 0,
+            weight: 1,
+            key: None,
             room,
         }
     }
@@ -71,9 +75,22 @@ impl<'a, S> TaskBuilder<'a, S> {
             priority: self.priority,
             ..props
         };
-        match self.room {
-            None => self.limiter.submit(work, props),
-            Some(place) => self.limiter.submit(Placed { work, place }, props),
+        if self.weight == 1 && self.key.is_none() {
+            match self.room {
+                None => self.limiter.submit(work, props),
+                Some(place) => self.limiter.submit(Placed { work, place }, props),
+            }
+        } else {
+            let charge = Weighed {
+                weight: self.weight,
+                key: self.key,
+            };
+            match self.room {
+                None => self.limiter.submit_charged(work, props, charge),
+                Some(place) => self
+                    .limiter
+                    .submit_charged(Placed { work, place }, props, charge),
+            }
         }
     }
 
@@ -116,6 +133,88 @@ impl<'a, S> TaskBuilder<'a, S> {
     /// ```
     pub fn priority(mut self, priority: i32) -> Self {
         self.priority = priority;
+        self
+    }
+
+    /// Gives the item a key: a host, a tenant, a model. At most the key's limit
+    /// ([`Builder::per_key_limit`](crate::Builder::per_key_limit),
+    /// [`Limiter::set_key_limit`]) of its items' weight runs at once, within the global limit.
+    /// Items without a key are limited by the global limit only.
+    ///
+    /// **Turns across keys.** The keys with queued items, and the items without a key as one
+    /// more, take turns: each start goes to the next of them in turn whose next item fits, and
+    /// that one goes to the back. So a key with one queued item starts it within one round of
+    /// the keys with work, however many items another key has queued; no key starves another.
+    /// Within a key, items start in the limiter's [`QueueOrder`](crate::QueueOrder) (see
+    /// [`weight`](Self::weight) for the one exception). A key at its limit sits out until one
+    /// of its items ends.
+    ///
+    /// A key's bookkeeping exists only while it has items queued or running; limits set with
+    /// `set_key_limit` are kept. Aborting a queued keyed item drops its work at once, as for any
+    /// item.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::Limiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::builder().limit(16).per_key_limit(2).build();
+    /// let handles: Vec<_> = ["a.example", "b.example", "a.example"]
+    ///     .into_iter()
+    ///     .map(|host| limiter.build_task().key(host).spawn(async move { host.len() }))
+    ///     .collect();
+    /// for handle in handles {
+    ///     assert_eq!(handle.await.unwrap(), 9);
+    /// }
+    /// # }
+    /// ```
+    pub fn key(mut self, key: impl Into<Key>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Sets the item's weight: while it runs it counts `weight` toward the global limit and
+    /// its key's (it still holds one worker ID). The default is 1.
+    ///
+    /// An item heavier than a limit in force runs when nothing else of that limit runs, never
+    /// refused and never stranded, also when `set_limit` shrinks the limit under it.
+    ///
+    /// **No starvation by weight.** An item that does not fit the global limit is set aside
+    /// (one at a time) with its weight held against its key; from then on at most `limit`
+    /// items (the global limit then in force) may start before it, after which nothing starts
+    /// until it fits. So it starts within `2 × limit` completions, under any stream of lighter
+    /// items. These are the only items that may pass one queued before them in their key.
+    /// Within its key's limit, a head item that does not fit waits, and its key's later items
+    /// wait behind it.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `weight` is 0.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::Limiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::new(4);
+    /// // A test that needs three of the four threads.
+    /// let big = limiter.build_task().weight(3).spawn(async { "big" });
+    /// let small = limiter.spawn(async { "small" });
+    /// assert_eq!(big.await.unwrap(), "big");
+    /// assert_eq!(small.await.unwrap(), "small");
+    /// # }
+    /// ```
+    #[track_caller]
+    pub fn weight(mut self, weight: u32) -> Self {
+        assert!(
+            weight > 0,
+            "task_limiter: an item's weight must be at least 1"
+        );
+        self.weight = weight;
         self
     }
 

@@ -18,11 +18,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::cell::{Job, Outcome, RawTask};
-use super::queue::Queue;
+use super::lanes::Lanes;
 use crate::sync::rt::sync::mpsc::UnboundedSender;
 use crate::sync::rt::sync::Notify;
 use crate::sync::{lock, Arc, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
-use crate::{Metrics, WorkerId};
+use crate::{Key, KeyMetrics, Metrics, WorkerId};
 
 /// Where the limiter is in its life. One word that only moves forward (it is raised with
 /// `fetch_max`), so "shut down implies closed" is a fact of the encoding, not a convention.
@@ -88,7 +88,13 @@ pub(crate) struct State {
     /// the instant starts nothing under the old limit when it runs again, whatever else it runs
     /// first.
     expiry: Option<(Instant, usize)>,
-    pub(crate) queue: Queue,
+    /// The queued items: per key, and in the limiter's queue order within each key.
+    lanes: Lanes,
+    /// The weight of the running items (`busy` counts them).
+    weight_running: usize,
+    /// An item that ended gave back more room than its worker's next item takes, or let its key
+    /// start items again: the worker hands the rest out before it goes on.
+    dispatch_due: bool,
     /// The work channel is closed and empty: nothing more will reach the queue.
     drained: bool,
     /// Indexed by worker ID; only as long as the most workers alive at once.
@@ -155,7 +161,7 @@ impl Shared {
     pub(crate) fn new(
         name: Arc<str>,
         limit: usize,
-        queue: Queue,
+        lanes: Lanes,
         keep_alive: Option<Duration>,
         done_tx: UnboundedSender<WorkerId>,
     ) -> Shared {
@@ -167,7 +173,9 @@ impl Shared {
             state: Mutex::new(State {
                 limit,
                 expiry: None,
-                queue,
+                lanes,
+                weight_running: 0,
+                dispatch_due: false,
                 drained: false,
                 slots: Vec::new(),
                 free: BTreeSet::new(),
@@ -214,8 +222,21 @@ impl Shared {
         let lifecycle = self.lifecycle();
         let mut state = self.state();
         let poll = state.poll_next(id, ended, cx, lifecycle);
-        let due = mem::take(&mut state.refill_due);
+        let mut wake = Vec::new();
+        let mut due = mem::take(&mut state.refill_due);
+        if mem::take(&mut state.dispatch_due) {
+            // Hand what else may start now to parked workers; should more be startable than
+            // are parked, the manager spawns workers for it.
+            while state.has_parked_below_limit() {
+                match state.hand_to_parked(lifecycle) {
+                    Some(waker) => wake.extend(waker),
+                    None => break,
+                }
+            }
+            due |= state.may_start_more();
+        }
         drop(state);
+        wake.into_iter().for_each(Waker::wake);
         if due {
             // This worker's pop brought a FIFO queue to its low-water mark.
             self.control.notify_one();
@@ -244,7 +265,7 @@ impl Shared {
         {
             return Err(job);
         }
-        state.queue.extend(std::iter::once(job));
+        state.lanes.push(job);
         // Should admission refuse (every running place taken), the item waits in the queue,
         // where the next worker to finish an item takes it.
         let waker = state.hand_to_parked(lifecycle).flatten();
@@ -257,6 +278,25 @@ impl Shared {
 }
 
 // === impl State ===
+
+/// Gives back a running item's place, its weight and its key's share (fields of `State`,
+/// borrowed apart from the slot that holds `task`). Returns true if that may let more start
+/// than the item's worker takes next: it weighed more than 1, or its key may start items again.
+fn charge_back(
+    lanes: &mut Lanes,
+    busy: &mut usize,
+    weight_running: &mut usize,
+    task: &dyn RawTask,
+) -> bool {
+    let weight = task.weight();
+    *busy -= 1;
+    *weight_running -= weight as usize;
+    let key_ready = match task.key() {
+        Some(key) => lanes.finish(key, weight),
+        None => false,
+    };
+    weight > 1 || key_ready
+}
 
 impl State {
     /// **The admission point.** May an item start now on worker `id`, and which one?
@@ -272,22 +312,32 @@ impl State {
         {
             return None;
         }
-        loop {
-            let job = self.queue.pop()?;
-            if !self.refill_asked && self.queue.at_low_water(self.limit) {
-                self.refill_asked = true;
-                self.refill_due = true;
-            }
-            if job.is_queued() {
-                self.busy += 1;
-                self.counters.started += 1;
-                self.counters.max_running = self.counters.max_running.max(self.busy);
-                return Some(job);
-            }
-            // Aborted while queued: its work is gone already, and dropping the entry does
-            // nothing more.
-            self.counters.dropped_unstarted += 1;
+        // Entries of items aborted while queued are passed and counted: their work is gone
+        // already, and dropping the entry does nothing more.
+        let mut skipped = 0;
+        let popped = self
+            .lanes
+            .pop(self.limit, self.weight_running, &mut skipped);
+        self.counters.dropped_unstarted += skipped;
+        if !self.refill_asked
+            && !self.lanes.keyed()
+            && self.lanes.unkeyed().at_low_water(self.limit)
+        {
+            self.refill_asked = true;
+            self.refill_due = true;
         }
+        let (job, weight) = popped?;
+        self.busy += 1;
+        self.weight_running += weight as usize;
+        self.counters.started += 1;
+        self.counters.max_running = self.counters.max_running.max(self.busy);
+        Some(job)
+    }
+
+    /// Whether an item may be startable beyond what parked workers took: room under the limit
+    /// and a lane whose head may fit. The manager then spawns workers as admission allows.
+    fn may_start_more(&self) -> bool {
+        self.busy < self.limit && self.lowest_free().is_some() && self.lanes.has_ready()
     }
 
     /// Whether a worker with no item should end rather than park.
@@ -295,13 +345,20 @@ impl State {
         self.expire_limit();
         lifecycle >= Lifecycle::ShuttingDown
             || id.index() >= self.limit
-            || (self.drained && self.queue.is_empty())
+            || (self.drained && self.lanes.is_empty())
     }
 
     /// Counts how a worker's item ended and gives up its place among the running items.
     fn end_item(&mut self, id: WorkerId, outcome: Outcome) {
-        debug_assert!(matches!(self.slots[id.index()], Slot::Busy(_)));
-        self.busy -= 1;
+        let Slot::Busy(task) = &self.slots[id.index()] else {
+            unreachable!("{id} ends an item it does not run");
+        };
+        self.dispatch_due |= charge_back(
+            &mut self.lanes,
+            &mut self.busy,
+            &mut self.weight_running,
+            &**task,
+        );
         let counter = match outcome {
             Outcome::Completed => &mut self.counters.completed,
             Outcome::Panicked => &mut self.counters.panicked,
@@ -381,13 +438,25 @@ impl State {
     pub(crate) fn worker_gone(&mut self, id: WorkerId) -> Option<Job> {
         let slot = mem::replace(&mut self.slots[id.index()], Slot::Exiting);
         match slot {
-            Slot::Busy(_) => {
-                self.busy -= 1;
+            Slot::Busy(task) => {
+                self.dispatch_due |= charge_back(
+                    &mut self.lanes,
+                    &mut self.busy,
+                    &mut self.weight_running,
+                    &*task,
+                );
                 self.counters.cancelled_running += 1;
                 None
             }
             Slot::Handed(job) => {
-                self.busy -= 1;
+                if let Some(task) = job.task() {
+                    self.dispatch_due |= charge_back(
+                        &mut self.lanes,
+                        &mut self.busy,
+                        &mut self.weight_running,
+                        &*task,
+                    );
+                }
                 self.counters.cancelled_running += 1;
                 Some(job)
             }
@@ -521,9 +590,38 @@ impl State {
     /// should not (a full FIFO queue), the next pop that brings the queue to its low-water mark
     /// asks it to, once; while it does, nobody needs to.
     pub(crate) fn take_work(&mut self) -> bool {
-        let wants = self.queue.wants_more(self.limit);
+        let wants = self.lanes.keyed() || self.lanes.unkeyed().wants_more(self.limit);
         self.refill_asked = wants;
         wants
+    }
+
+    /// Moves submitted items into their lanes.
+    pub(crate) fn enqueue(&mut self, jobs: impl Iterator<Item = Job>) {
+        for job in jobs {
+            self.lanes.push(job);
+        }
+    }
+
+    /// Takes every queued item out (shutdown, or the manager's exit).
+    pub(crate) fn take_queued(&mut self) -> Vec<Job> {
+        self.lanes.take_all()
+    }
+
+    pub(crate) fn nothing_queued(&self) -> bool {
+        self.lanes.is_empty()
+    }
+
+    pub(crate) fn key_limit(&self, key: &Key) -> usize {
+        self.lanes.key_limit(key)
+    }
+
+    /// Sets one key's limit; returns true if items of the key may start now.
+    pub(crate) fn set_key_limit(&mut self, key: Key, limit: usize) -> bool {
+        self.lanes.set_key_limit(key, limit)
+    }
+
+    pub(crate) fn key_metrics(&self, key: &Key) -> Option<KeyMetrics> {
+        self.lanes.key_metrics(key)
     }
 
     /// The work channel is closed and drained: workers with nothing left to do may now exit.
@@ -607,6 +705,7 @@ impl State {
             limit: self.limit,
             queued: submitted.saturating_sub(c.started + c.dropped_unstarted) as usize,
             running: self.busy,
+            weight_running: self.weight_running,
             submitted,
             completed: c.completed,
             panicked: c.panicked,

@@ -14,7 +14,7 @@ use std::task::{Context, Poll, Waker};
 use pin_project_lite::pin_project;
 
 use crate::sync::{lock, Arc, AtomicBool, Mutex, Ordering};
-use crate::{JoinError, WorkerId};
+use crate::{JoinError, Key, WorkerId};
 
 /// What the core runs: made into a future on the worker ID the item starts under.
 ///
@@ -45,7 +45,7 @@ where
 
 /// The properties of an item that the core acts on, fixed at submission and kept in its cell,
 /// beside (not inside) the work: a wrapper around the work cannot lose them on the way through.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct Props {
     /// The item's rank in a [`QueueOrder::Priority`](crate::QueueOrder::Priority) queue.
     pub(crate) priority: i32,
@@ -53,6 +53,59 @@ pub(crate) struct Props {
     /// closure on the blocking pool cannot be stopped, so its worker ID stays held until it
     /// returns).
     pub(crate) runs_to_end: bool,
+}
+
+impl Props {
+    /// An item with no options set.
+    pub(crate) const PLAIN: Props = Props {
+        priority: 0,
+        runs_to_end: false,
+    };
+}
+
+/// What an item counts against the limits while it runs: its weight, and its key's share.
+///
+/// A type parameter of the cell rather than a field, so that an item without a key or a
+/// weight (`()`) keeps the cell at its size: its one allocation per item stays in its malloc
+/// size class.
+pub(crate) trait Charge: Send + Sync + 'static {
+    fn weight(&self) -> u32;
+    fn key(&self) -> Option<&Key>;
+}
+
+/// The charge of a plain item: weight 1, no key.
+impl Charge for () {
+    #[inline]
+    fn weight(&self) -> u32 {
+        1
+    }
+
+    #[inline]
+    fn key(&self) -> Option<&Key> {
+        None
+    }
+}
+
+/// The charge of an item given a key or a weight.
+pub(crate) struct Weighed {
+    pub(crate) weight: u32,
+    pub(crate) key: Option<Key>,
+}
+
+impl Charge for Weighed {
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+
+    fn key(&self) -> Option<&Key> {
+        self.key.as_ref()
+    }
+}
+
+impl Default for Props {
+    fn default() -> Props {
+        Props::PLAIN
+    }
 }
 
 /// How a started item ended, for the limiter's counters.
@@ -74,12 +127,17 @@ pub(crate) struct Job(Option<Arc<dyn RawTask>>);
 
 impl Job {
     /// Allocates the cell for one item; returns the queue's and the handle's pointers to it.
-    pub(crate) fn new<W: Work>(work: W, props: Props) -> (Job, Arc<Cell<W>>) {
+    pub(crate) fn new<W: Work, C: Charge>(
+        work: W,
+        props: Props,
+        charge: C,
+    ) -> (Job, Arc<Cell<W, C>>) {
         let cell = Arc::new(Cell {
             aborted: AtomicBool::new(false),
             detached: AtomicBool::new(false),
             runs_to_end: props.runs_to_end,
             priority: props.priority,
+            charge,
             stage: Mutex::new(Stage::Queued(work, None)),
         });
         (Job(Some(cell.clone())), cell)
@@ -92,12 +150,22 @@ impl Job {
 
     /// Whether the item, once started, runs to its end whatever happens to its worker.
     pub(crate) fn runs_to_end(&self) -> bool {
-        self.0.as_ref().is_some_and(|raw| raw.props().runs_to_end)
+        self.0.as_ref().is_some_and(|raw| raw.runs_to_end())
     }
 
     /// The item's rank in a priority queue.
     pub(crate) fn priority(&self) -> i32 {
-        self.0.as_ref().map_or(0, |raw| raw.props().priority)
+        self.0.as_ref().map_or(0, |raw| raw.priority())
+    }
+
+    /// The item's key, if it has one.
+    pub(crate) fn key(&self) -> Option<&Key> {
+        self.0.as_ref().and_then(|raw| raw.key())
+    }
+
+    /// The item's weight while it still waits to start; `None` once cancelled while queued.
+    pub(crate) fn queued_weight(&self) -> Option<u32> {
+        self.0.as_ref().and_then(|raw| raw.queued_weight())
     }
 
     /// Whether the item still waits to start (it was not cancelled while queued).
@@ -124,7 +192,13 @@ pub(crate) trait RawTask: Send + Sync {
     fn start(self: Arc<Self>, worker: WorkerId) -> Option<Run>;
     fn cancel_queued(&self) -> bool;
     fn is_queued(&self) -> bool;
-    fn props(&self) -> Props;
+    /// The item's weight, if it was not cancelled while queued: the one call admission makes
+    /// on each queued entry.
+    fn queued_weight(&self) -> Option<u32>;
+    fn weight(&self) -> u32;
+    fn key(&self) -> Option<&Key>;
+    fn priority(&self) -> i32;
+    fn runs_to_end(&self) -> bool;
     /// Cancels the item wherever it is (`shutdown`): queued, it is dropped now; running, its
     /// worker drops it at its next poll, unless it runs to its end.
     fn abort(&self);
@@ -144,7 +218,7 @@ pub(crate) trait Abort: Send + Sync {
     fn is_finished(&self) -> bool;
 }
 
-pub(crate) struct Cell<W: Work> {
+pub(crate) struct Cell<W: Work, C: Charge = ()> {
     /// Set by `abort`, of a running item or of a queued one. Read without the lock on every poll
     /// of the item (so an item that finishes in one poll never takes the lock for it) and by
     /// admission (to skip an item cancelled while queued).
@@ -156,6 +230,7 @@ pub(crate) struct Cell<W: Work> {
     /// The item's [`Props`], stored field by field so that they share the flags' padding.
     runs_to_end: bool,
     priority: i32,
+    charge: C,
     stage: Mutex<Stage<W, W::Output>>,
 }
 
@@ -209,7 +284,7 @@ pub(crate) fn drop_quietly(f: impl FnOnce()) {
     let _ = panic::catch_unwind(AssertUnwindSafe(f));
 }
 
-impl<W: Work> Cell<W> {
+impl<W: Work, C: Charge> Cell<W, C> {
     /// Stores the item's result and wakes its handle.
     fn finish(&self, result: Result<W::Output, JoinError>) {
         let mut stage = lock(&self.stage);
@@ -280,7 +355,7 @@ impl<W: Work> Cell<W> {
     }
 }
 
-impl<W: Work> Abort for Cell<W> {
+impl<W: Work, C: Charge> Abort for Cell<W, C> {
     fn abort(&self) {
         let mut stage = lock(&self.stage);
         match &mut *stage {
@@ -305,7 +380,7 @@ impl<W: Work> Abort for Cell<W> {
     }
 }
 
-impl<W: Work> Join<W::Output> for Cell<W> {
+impl<W: Work, C: Charge> Join<W::Output> for Cell<W, C> {
     fn poll_join(&self, cx: &mut Context<'_>) -> Poll<Result<W::Output, JoinError>> {
         let mut stage = lock(&self.stage);
         match mem::replace(&mut *stage, Stage::Consumed) {
@@ -346,7 +421,7 @@ impl<W: Work> Join<W::Output> for Cell<W> {
     }
 }
 
-impl<W: Work> RawTask for Cell<W> {
+impl<W: Work, C: Charge> RawTask for Cell<W, C> {
     fn start(self: Arc<Self>, worker: WorkerId) -> Option<Run> {
         let work = lock(&self.stage).leave_queue()?;
         Some(Box::pin(RunItem {
@@ -368,11 +443,24 @@ impl<W: Work> RawTask for Cell<W> {
         !self.is_aborted()
     }
 
-    fn props(&self) -> Props {
-        Props {
-            priority: self.priority,
-            runs_to_end: self.runs_to_end,
-        }
+    fn queued_weight(&self) -> Option<u32> {
+        (!self.is_aborted()).then(|| self.charge.weight())
+    }
+
+    fn weight(&self) -> u32 {
+        self.charge.weight()
+    }
+
+    fn key(&self) -> Option<&Key> {
+        self.charge.key()
+    }
+
+    fn priority(&self) -> i32 {
+        self.priority
+    }
+
+    fn runs_to_end(&self) -> bool {
+        self.runs_to_end
     }
 
     fn abort(&self) {
@@ -388,8 +476,8 @@ pin_project! {
     ///
     /// Dropped before it finished (the runtime shutting down), it resolves the handle as
     /// cancelled.
-    struct RunItem<W: Work> {
-        cell: Arc<Cell<W>>,
+    struct RunItem<W: Work, C: Charge> {
+        cell: Arc<Cell<W, C>>,
         worker: WorkerId,
         work: Option<W>,
         #[pin]
@@ -397,7 +485,7 @@ pin_project! {
         finished: bool,
     }
 
-    impl<W: Work> PinnedDrop for RunItem<W> {
+    impl<W: Work, C: Charge> PinnedDrop for RunItem<W, C> {
         fn drop(this: Pin<&mut Self>) {
             let mut this = this.project();
             if !*this.finished {
@@ -423,7 +511,7 @@ impl<F> Drop for DropOnUnwind<'_, F> {
     }
 }
 
-impl<W: Work> Future for RunItem<W> {
+impl<W: Work, C: Charge> Future for RunItem<W, C> {
     type Output = Outcome;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {

@@ -33,7 +33,7 @@ impl Drop for ExitGuard {
     fn drop(&mut self) {
         let shared = &self.shared;
         shared.advance(Lifecycle::Closed);
-        let queued = shared.state().queue.take_all();
+        let queued = shared.state().take_queued();
         cancel_unstarted(shared, queued);
         tracing::debug!(target: "task_limiter", limiter = %shared.name, "manager exited");
         shared.advance(Lifecycle::Exited);
@@ -125,7 +125,7 @@ impl Manager {
             self.dispatch(&shared);
             if !self.work_open {
                 let state = shared.state();
-                if state.workers() == 0 && state.queue.is_empty() {
+                if state.workers() == 0 && state.nothing_queued() {
                     return;
                 }
             }
@@ -171,7 +171,7 @@ impl Manager {
                 took_one(shared);
                 cancel_unstarted(shared, [job]);
             }
-            let queued = shared.state().queue.take_all();
+            let queued = shared.state().take_queued();
             cancel_unstarted(shared, queued);
             running = shared.state().running_tasks();
             // The channel stays in the `select!` until it reports itself drained: a send that
@@ -216,7 +216,7 @@ fn enqueue(shared: &Shared, jobs: &mut Vec<Job>) {
         cancel_unstarted(shared, jobs.drain(..));
     } else {
         let mut state = shared.state();
-        state.queue.extend(jobs.drain(..));
+        state.enqueue(jobs.drain(..));
         // Under the lock and after the jobs are in the queue: a submitter that finds nothing in
         // the channel may queue its own item, and must find these ahead of it.
         shared.in_channel.fetch_sub(n, Ordering::AcqRel);

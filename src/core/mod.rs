@@ -13,6 +13,7 @@
 
 mod admission;
 pub(crate) mod cell;
+mod lanes;
 mod manager;
 mod queue;
 mod timer;
@@ -24,7 +25,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 pub(crate) use admission::Lifecycle;
-pub(crate) use cell::{Cell, Props, Work};
+pub(crate) use cell::{Cell, Charge, Props, Weighed, Work};
 pub use queue::QueueOrder;
 
 #[cfg(feature = "shuttle")]
@@ -32,14 +33,14 @@ pub use worker::planted::__plant_id_mixup;
 
 use admission::Shared;
 use cell::Job;
+use lanes::Lanes;
 use manager::{cancel_unstarted, ExitGuard};
-use queue::Queue;
 
 use crate::sync::rt::runtime::Handle;
 use crate::sync::rt::sync::futures::Notified;
 use crate::sync::rt::sync::mpsc::{self, UnboundedSender};
 use crate::sync::{Arc, Ordering};
-use crate::{Metrics, WorkerId};
+use crate::{Key, KeyMetrics, Metrics, WorkerId};
 
 /// What the core is built from.
 pub(crate) struct Config {
@@ -47,6 +48,7 @@ pub(crate) struct Config {
     pub(crate) limit: usize,
     pub(crate) order: QueueOrder,
     pub(crate) keep_alive: Option<Duration>,
+    pub(crate) per_key_limit: usize,
 }
 
 /// A running core: what every `Limiter` clone holds.
@@ -77,7 +79,7 @@ impl Core {
         let shared = Arc::new(Shared::new(
             config.name,
             config.limit,
-            Queue::new(config.order),
+            Lanes::new(config.order, config.per_key_limit),
             keep_alive,
             done_tx,
         ));
@@ -90,8 +92,13 @@ impl Core {
 
     /// Queues an item: the one path of every `spawn` method. Returns its cell, for its handle.
     #[inline]
-    pub(crate) fn submit<W: Work>(&self, work: W, props: Props) -> Arc<Cell<W>> {
-        let (job, cell) = Job::new(work, props);
+    pub(crate) fn submit<W: Work, C: Charge>(
+        &self,
+        work: W,
+        props: Props,
+        charge: C,
+    ) -> Arc<Cell<W, C>> {
+        let (job, cell) = Job::new(work, props, charge);
         let shared = &*self.shared;
         shared.submitted.fetch_add(1, Ordering::Relaxed);
         if shared.lifecycle() >= Lifecycle::Closed {
@@ -119,7 +126,7 @@ impl Core {
         if shared.lifecycle() >= Lifecycle::Closed {
             return Err(work);
         }
-        let (job, cell) = Job::new(work, props);
+        let (job, cell) = Job::new(work, props, ());
         shared.submitted.fetch_add(1, Ordering::Relaxed);
         let job = match shared.hand_off(job) {
             Ok(()) => return Ok(cell),
@@ -193,6 +200,20 @@ impl Core {
     pub(crate) fn set_limit(&self, limit: usize, expiry: Option<(tokio::time::Instant, usize)>) {
         self.shared.state().set_limit(limit, expiry);
         self.shared.control.notify_one();
+    }
+
+    pub(crate) fn key_limit(&self, key: &Key) -> usize {
+        self.shared.state().key_limit(key)
+    }
+
+    pub(crate) fn set_key_limit(&self, key: Key, limit: usize) {
+        if self.shared.state().set_key_limit(key, limit) {
+            self.shared.control.notify_one();
+        }
+    }
+
+    pub(crate) fn key_metrics(&self, key: &Key) -> Option<KeyMetrics> {
+        self.shared.state().key_metrics(key)
     }
 
     pub(crate) fn metrics(&self) -> Metrics {

@@ -146,6 +146,28 @@ impl Queue {
         }
     }
 
+    pub(crate) fn push(&mut self, job: Job) {
+        self.extend(std::iter::once(job));
+    }
+
+    /// The entry that `pop` would take.
+    pub(crate) fn peek(&self) -> Option<&Job> {
+        match self {
+            Queue::Fifo(queue) => queue.front(),
+            Queue::Lifo(stack) => stack.last(),
+            Queue::Priority { heap, .. } => heap.peek().map(|ranked| &ranked.job),
+        }
+    }
+
+    /// Entries whose items still wait (not cancelled while queued).
+    pub(crate) fn count_queued(&self) -> usize {
+        match self {
+            Queue::Fifo(queue) => queue.iter().filter(|job| job.is_queued()).count(),
+            Queue::Lifo(stack) => stack.iter().filter(|job| job.is_queued()).count(),
+            Queue::Priority { heap, .. } => heap.iter().filter(|r| r.job.is_queued()).count(),
+        }
+    }
+
     pub(crate) fn pop(&mut self) -> Option<Job> {
         match self {
             Queue::Fifo(queue) => queue.pop_front(),

@@ -1,0 +1,389 @@
+//! The queued items, in lanes: one for the items without a key, one per key with work, taken
+//! in turn, and the weight rule that decides whether the item at a lane's head fits.
+//!
+//! - **Turns.** Lanes with an item that may start wait in a ring; each pop takes the head of the
+//!   first lane that fits and puts that lane at the back. A key with one item so starts it
+//!   within one round of the lanes with work, however long the other lanes are. Within a lane
+//!   the limiter's queue order holds.
+//! - **Per-key limits.** A key whose running weight leaves no room for its head item leaves the
+//!   ring until one of its items ends (or its limit grows): its head waits, and so does the rest
+//!   of its lane, in order.
+//! - **Weights.** An item counts its weight toward the global limit and its key's. One heavier
+//!   than a limit fits when nothing else of that limit runs.
+//! - **No starvation by weight.** A head item that does not fit the global limit is set aside
+//!   (one at a time) and holds its weight against its key; lighter items may start before it
+//!   only `limit` times, after which nothing starts until it fits. It therefore starts within
+//!   `2 × limit` completions (those running when it was set aside, and those let past it).
+//! - **Memory.** A key's lane is freed when nothing of it is queued or running.
+
+use std::collections::{HashMap, VecDeque};
+
+use super::cell::Job;
+use super::queue::{Queue, QueueOrder};
+use crate::{Key, KeyMetrics};
+
+/// The weight rule: an item of weight `weight` fits under `limit` when `used` leaves room for
+/// it, or when nothing runs (an item heavier than the limit runs alone rather than never).
+fn fits(weight: u32, used: usize, limit: usize) -> bool {
+    used == 0 || used.saturating_add(weight as usize) <= limit
+}
+
+/// One key's queued items and running weight.
+struct KeyLane {
+    queue: Queue,
+    /// The key's limit in force.
+    limit: usize,
+    running: usize,
+    /// The weight of the key's running items, plus that of its item set aside, if any.
+    weight: usize,
+    /// Where the lane is: in the ring, waiting for its own limit, or idle (nothing queued).
+    place: Place,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Idle,
+    Ring,
+    /// Its head does not fit the key's limit: back in the ring when one of its items ends or
+    /// its limit changes.
+    WaitsForKey,
+}
+
+/// The head item that did not fit the global limit, set aside until it does.
+struct SetAside {
+    job: Job,
+    key: Option<Key>,
+    weight: u32,
+    /// How many more items may start before it.
+    passes_left: usize,
+}
+
+pub(crate) struct Lanes {
+    order: QueueOrder,
+    unkeyed: Queue,
+    unkeyed_in_ring: bool,
+    keys: HashMap<Key, KeyLane>,
+    /// Lanes whose head may start, in turn order; `None` is the lane of items without a key.
+    ring: VecDeque<Option<Key>>,
+    aside: Option<SetAside>,
+    /// The limit of a key with none of its own (`usize::MAX`: none).
+    per_key_limit: usize,
+    /// Limits set for single keys, kept while no item of the key is around.
+    key_limits: HashMap<Key, usize>,
+    /// A keyed item was ever queued: the manager then moves every submission into the lanes at
+    /// once (a key's one item must be seen to get its turn), rather than a FIFO window.
+    keyed: bool,
+}
+
+/// A popped item and its weight.
+pub(crate) type Popped = (Job, u32);
+
+impl Lanes {
+    pub(crate) fn new(order: QueueOrder, per_key_limit: usize) -> Lanes {
+        Lanes {
+            order,
+            unkeyed: Queue::new(order),
+            unkeyed_in_ring: false,
+            keys: HashMap::new(),
+            ring: VecDeque::new(),
+            aside: None,
+            per_key_limit,
+            key_limits: HashMap::new(),
+            keyed: false,
+        }
+    }
+
+    pub(crate) fn push(&mut self, job: Job) {
+        let Some(key) = job.key() else {
+            self.unkeyed.push(job);
+            if !self.unkeyed_in_ring {
+                self.unkeyed_in_ring = true;
+                self.ring.push_back(None);
+            }
+            return;
+        };
+        self.keyed = true;
+        let lane = match self.keys.get_mut(key) {
+            Some(lane) => lane,
+            None => {
+                let limit = self.key_limit(key);
+                let order = self.order;
+                self.keys.entry(key.clone()).or_insert(KeyLane {
+                    queue: Queue::new(order),
+                    limit,
+                    running: 0,
+                    weight: 0,
+                    place: Place::Idle,
+                })
+            }
+        };
+        if lane.place == Place::Idle {
+            lane.place = Place::Ring;
+            self.ring.push_back(Some(key.clone()));
+        }
+        lane.queue.push(job);
+    }
+
+    /// Takes the next item that fits, given the global `limit` and the weight `used` of the
+    /// running items; counts in `skipped` the entries of items cancelled while queued that it
+    /// passed.
+    pub(crate) fn pop(&mut self, limit: usize, used: usize, skipped: &mut u64) -> Option<Popped> {
+        if let Some(aside) = &mut self.aside {
+            if !aside.job.is_queued() {
+                *skipped += 1;
+                self.drop_aside();
+            } else if fits(aside.weight, used, limit) {
+                let aside = self.aside.take().expect("checked above");
+                if let Some(key) = &aside.key {
+                    let lane = self
+                        .keys
+                        .get_mut(key)
+                        .expect("a set-aside item keeps its lane");
+                    lane.running += 1;
+                }
+                return Some((aside.job, aside.weight));
+            } else if aside.passes_left == 0 {
+                return None;
+            }
+        }
+        for _ in 0..self.ring.len() {
+            let lane = self.ring.pop_front()?;
+            if let Some(popped) = self.pop_lane(lane, limit, used, skipped) {
+                if let Some(aside) = &mut self.aside {
+                    aside.passes_left = aside.passes_left.saturating_sub(1);
+                }
+                return Some(popped);
+            }
+        }
+        None
+    }
+
+    /// Tries the head of one lane just taken off the ring's front; puts the lane back at the
+    /// ring's back while it has items that may start.
+    fn pop_lane(
+        &mut self,
+        key: Option<Key>,
+        limit: usize,
+        used: usize,
+        skipped: &mut u64,
+    ) -> Option<Popped> {
+        let queue = match &key {
+            None => &mut self.unkeyed,
+            Some(key) => &mut self.keys.get_mut(key).expect("a lane in the ring").queue,
+        };
+        // Entries of items cancelled while queued: their work is gone; drop the pointers.
+        let weight = loop {
+            match queue.peek().map(Job::queued_weight) {
+                None => break None,
+                Some(Some(weight)) => break Some(weight),
+                Some(None) => {
+                    queue.pop();
+                    *skipped += 1;
+                }
+            }
+        };
+        let Some(weight) = weight else {
+            self.lane_empty(key);
+            return None;
+        };
+        if let Some(k) = &key {
+            let lane = self.keys.get_mut(k).expect("a lane in the ring");
+            if !fits(weight, lane.weight, lane.limit) {
+                lane.place = Place::WaitsForKey;
+                return None;
+            }
+        }
+        if !fits(weight, used, limit) {
+            if self.aside.is_none() {
+                let job = self.lane_queue(&key).pop().expect("peeked");
+                if let Some(k) = &key {
+                    self.keys.get_mut(k).expect("a lane in the ring").weight += weight as usize;
+                }
+                self.aside = Some(SetAside {
+                    job,
+                    key: key.clone(),
+                    weight,
+                    passes_left: limit,
+                });
+                self.requeue(key);
+            } else {
+                self.ring.push_back(key);
+            }
+            return None;
+        }
+        let job = self.lane_queue(&key).pop().expect("peeked");
+        if let Some(k) = &key {
+            let lane = self.keys.get_mut(k).expect("a lane in the ring");
+            lane.running += 1;
+            lane.weight += weight as usize;
+        }
+        self.requeue(key);
+        Some((job, weight))
+    }
+
+    fn lane_queue(&mut self, key: &Option<Key>) -> &mut Queue {
+        match key {
+            None => &mut self.unkeyed,
+            Some(key) => &mut self.keys.get_mut(key).expect("a lane in the ring").queue,
+        }
+    }
+
+    /// A lane just popped from: back in the ring if it has more, else out of it.
+    fn requeue(&mut self, key: Option<Key>) {
+        if self.lane_queue(&key).is_empty() {
+            self.lane_empty(key);
+        } else {
+            self.ring.push_back(key);
+        }
+    }
+
+    /// A lane with nothing queued leaves the ring; a key's is freed if nothing of it runs.
+    fn lane_empty(&mut self, key: Option<Key>) {
+        match key {
+            None => self.unkeyed_in_ring = false,
+            Some(key) => {
+                let lane = self.keys.get_mut(&key).expect("a lane in the ring");
+                lane.place = Place::Idle;
+                self.free_if_unused(&key);
+            }
+        }
+    }
+
+    fn free_if_unused(&mut self, key: &Key) {
+        let Some(lane) = self.keys.get(key) else {
+            return;
+        };
+        if lane.weight == 0 && lane.queue.is_empty() {
+            self.keys.remove(key);
+            // A burst of many keys leaves no table behind.
+            if self.keys.capacity() > 64 && self.keys.len() * 4 < self.keys.capacity() {
+                self.keys.shrink_to(self.keys.len() * 2);
+            }
+            if self.ring.capacity() > 64 && self.ring.len() * 4 < self.ring.capacity() {
+                self.ring.shrink_to(self.ring.len() * 2);
+            }
+        }
+    }
+
+    fn drop_aside(&mut self) {
+        let Some(aside) = self.aside.take() else {
+            return;
+        };
+        if let Some(key) = &aside.key {
+            if let Some(lane) = self.keys.get_mut(key) {
+                lane.weight -= aside.weight as usize;
+                if lane.place == Place::WaitsForKey {
+                    lane.place = Place::Ring;
+                    self.ring.push_back(Some(key.clone()));
+                }
+            }
+            self.free_if_unused(key);
+        }
+        drop(aside.job);
+    }
+
+    /// An item of `key` with `weight` ended. Returns true if its lane may start items again.
+    pub(crate) fn finish(&mut self, key: &Key, weight: u32) -> bool {
+        let Some(lane) = self.keys.get_mut(key) else {
+            debug_assert!(false, "a running item's key has a lane");
+            return false;
+        };
+        lane.running -= 1;
+        lane.weight -= weight as usize;
+        let woke = lane.place == Place::WaitsForKey;
+        if woke {
+            lane.place = Place::Ring;
+            self.ring.push_back(Some(key.clone()));
+        }
+        self.free_if_unused(key);
+        woke
+    }
+
+    /// Whether some lane may have an item to start.
+    pub(crate) fn has_ready(&self) -> bool {
+        !self.ring.is_empty() || self.aside.is_some()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.aside.is_none()
+            && self.unkeyed.is_empty()
+            && self.keys.values().all(|lane| lane.queue.is_empty())
+    }
+
+    /// The lane of items without a key, for the FIFO window of the manager's refill.
+    pub(crate) fn unkeyed(&self) -> &Queue {
+        &self.unkeyed
+    }
+
+    pub(crate) fn keyed(&self) -> bool {
+        self.keyed
+    }
+
+    /// Removes every queued item (shutdown), leaving the running keys' lanes.
+    pub(crate) fn take_all(&mut self) -> Vec<Job> {
+        let mut jobs = self.unkeyed.take_all();
+        self.unkeyed_in_ring = false;
+        if let Some(aside) = self.aside.take() {
+            if let Some(key) = &aside.key {
+                if let Some(lane) = self.keys.get_mut(key) {
+                    lane.weight -= aside.weight as usize;
+                }
+            }
+            jobs.push(aside.job);
+        }
+        for lane in self.keys.values_mut() {
+            jobs.extend(lane.queue.take_all());
+            lane.place = Place::Idle;
+        }
+        self.keys
+            .retain(|_, lane| lane.weight != 0 || !lane.queue.is_empty());
+        self.ring = VecDeque::new();
+        jobs
+    }
+
+    pub(crate) fn key_limit(&self, key: &Key) -> usize {
+        self.key_limits
+            .get(key)
+            .copied()
+            .unwrap_or(self.per_key_limit)
+    }
+
+    /// Sets one key's limit; returns true if its lane may start items now.
+    pub(crate) fn set_key_limit(&mut self, key: Key, limit: usize) -> bool {
+        let mut ready = false;
+        if let Some(lane) = self.keys.get_mut(&key) {
+            lane.limit = limit;
+            if lane.place == Place::WaitsForKey {
+                lane.place = Place::Ring;
+                self.ring.push_back(Some(key.clone()));
+                ready = true;
+            }
+        }
+        self.key_limits.insert(key, limit);
+        ready
+    }
+
+    pub(crate) fn key_metrics(&self, key: &Key) -> Option<KeyMetrics> {
+        let lane = self.keys.get(key)?;
+        let aside = self
+            .aside
+            .as_ref()
+            .filter(|aside| aside.key.as_ref() == Some(key) && aside.job.is_queued());
+        let aside_weight = self
+            .aside
+            .as_ref()
+            .filter(|aside| aside.key.as_ref() == Some(key))
+            .map_or(0, |aside| aside.weight as usize);
+        let queued = lane.queue.count_queued() + usize::from(aside.is_some());
+        let weight_running = lane.weight - aside_weight;
+        if queued == 0 && lane.running == 0 {
+            return None;
+        }
+        Some(KeyMetrics {
+            limit: lane.limit,
+            queued,
+            running: lane.running,
+            weight_running,
+        })
+    }
+}
