@@ -73,6 +73,12 @@
 //!   results in input or completion order that can end on the first failure.
 //! - **Priority**: [`QueueOrder::Priority`] with [`build_task`](Limiter::build_task)`().`
 //!   [`priority(..)`](TaskBuilder::priority) lets urgent items jump the queue.
+//! - **Per-key limits and weights**: [`Builder::per_key_limit`] and
+//!   [`set_key_limit`](Limiter::set_key_limit) cap each [`Key`] (a host, a tenant) inside the
+//!   global limit, with turns across keys; [`weight`](TaskBuilder::weight) makes an item count
+//!   more than one unit; [`key_metrics`](Limiter::key_metrics) shows one key.
+//! - **Expiring limits**: [`set_limit_until`](Limiter::set_limit_until), for slots leased from a
+//!   budget shared with other processes.
 //!
 //! # Observability
 //!

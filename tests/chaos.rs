@@ -93,9 +93,41 @@ impl Drop for Output {
     }
 }
 
+/// The most weight one key may run at once in the chaos runs (a constant, so the check reads
+/// the limit in force).
+const KEY_LIMIT: usize = 2;
+
+/// The weight each key runs now, as its items see it (from their first poll to the drop of
+/// their future, inside the span admission counts them for).
+#[derive(Default)]
+struct KeyLoad(Mutex<std::collections::HashMap<u64, usize>>);
+
+struct KeyHeld<'a>(&'a KeyLoad, u64, usize);
+
+impl KeyLoad {
+    fn enter(&self, key: u64, weight: usize) -> KeyHeld<'_> {
+        let mut load = self.0.lock().unwrap();
+        let now = load.entry(key).or_default();
+        *now += weight;
+        // One item heavier than the key's limit runs alone.
+        assert!(
+            *now <= KEY_LIMIT || *now == weight,
+            "key {key} runs weight {now} over its limit {KEY_LIMIT}"
+        );
+        KeyHeld(self, key, weight)
+    }
+}
+
+impl Drop for KeyHeld<'_> {
+    fn drop(&mut self) {
+        *self.0 .0.lock().unwrap().get_mut(&self.1).unwrap() -= self.2;
+    }
+}
+
 /// What the items of one run share.
 struct Ctx {
     monitor: Monitor,
+    keys: KeyLoad,
     /// Times each item's body started: never more than once.
     ran: Vec<AtomicU8>,
     next_child: AtomicU64,
@@ -136,7 +168,14 @@ fn submit(
         _ => Vec::new(),
     };
     let me: Arc<OnceLock<AbortHandle>> = Arc::new(OnceLock::new());
-    let handle = limiter.spawn_with({
+    // A third of the items get one of 8 keys and a weight of 1 to 3.
+    let charge = (rng.u8(0..3) == 0).then(|| (rng.u64(0..8), rng.u32(1..4)));
+    let task = limiter.build_task();
+    let task = match charge {
+        Some((key, weight)) => task.key(key).weight(weight),
+        None => task,
+    };
+    let handle = task.spawn_with({
         let ctx = ctx.clone();
         let me = me.clone();
         let limiter = (kind == Kind::Spawn).then(|| limiter.clone());
@@ -144,6 +183,7 @@ fn submit(
             let before = ctx.ran[item as usize].fetch_add(1, Ordering::Relaxed);
             assert_eq!(before, 0, "item {item} started twice");
             let _running = ctx.monitor.enter(item, worker, since);
+            let _key = charge.map(|(key, weight)| ctx.keys.enter(key, weight as usize));
             match kind {
                 Kind::Return | Kind::Detach => {}
                 Kind::Yield | Kind::AbortQueued => {
@@ -261,9 +301,13 @@ fn check(
 async fn run(limit: usize, items: usize, seed: u64, cut: bool) -> Tally {
     let mut rng = fastrand::Rng::with_seed(seed);
     let baseline = alive_tasks();
-    let limiter = Limiter::new(limit);
+    let limiter = Limiter::builder()
+        .limit(limit)
+        .per_key_limit(KEY_LIMIT)
+        .build();
     let ctx = Arc::new(Ctx {
         monitor: Monitor::new(limit),
+        keys: KeyLoad::default(),
         // Children get the IDs after the top-level items; at most 3 per spawning item.
         ran: (0..items * 2).map(|_| AtomicU8::new(0)).collect(),
         next_child: AtomicU64::new(items as u64),

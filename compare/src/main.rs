@@ -23,6 +23,11 @@
 //! - `joinset`: `JoinSet`, `join_next` whenever `len() == N`;
 //! - `buffered`: `futures` `buffer_unordered(N)` (one task: a ceiling, not a peer);
 //! - `unlimited`: `tokio::spawn` per item with no limit.
+//! - `keyed`: task-limiter with `per_key_limit(max(1, N / 8))`, each item given one of 1,000
+//!   keys (`i % 1000`) through `build_task().key(..)`;
+//! - `keyed-semaphores`: the usual hand-made alternative for the same limits: a `HashMap` of
+//!   per-key `Arc<Semaphore>`s in front of a global one, `tokio::spawn` per item, the key's
+//!   permit acquired, then the global one, inside the task.
 //!
 //! Job kinds: `ret` returns its index; `yield` calls `tokio::task::yield_now().await` once, then
 //! returns its index. Runtimes: `mt` (multi-thread, 2 workers) and `ct` (current-thread).
@@ -50,6 +55,8 @@ const ALL_SHAPES: &[&str] = &["burst", "service"];
 
 const ALL_PATTERNS: &[&str] = &[
     "limiter",
+    "keyed",
+    "keyed-semaphores",
     "semaphore",
     "acquire",
     "joinset",
@@ -141,6 +148,65 @@ async fn run_limiter<W: Work>(m: u64, n: usize) -> (u64, Extra) {
     (sum, extra)
 }
 
+/// The keys of the keyed patterns, and each key's limit under a global limit of `n`.
+const KEYS: u64 = 1000;
+
+fn key_limit(n: usize) -> usize {
+    (n / 8).max(1)
+}
+
+async fn run_keyed<W: Work>(m: u64, n: usize) -> (u64, Extra) {
+    let limiter = Limiter::builder()
+        .limit(n)
+        .per_key_limit(key_limit(n))
+        .build();
+    let keys: Vec<task_limiter::Key> = (0..KEYS).map(task_limiter::Key::from).collect();
+    let handles: Vec<_> = (0..m)
+        .map(|i| {
+            limiter
+                .build_task()
+                .key(&keys[(i % KEYS) as usize])
+                .spawn(W::job(i))
+        })
+        .collect();
+    let mut sum = 0;
+    for handle in handles {
+        sum += handle.await.expect("item failed");
+    }
+    limiter.close();
+    limiter.wait().await;
+    let metrics = limiter.metrics();
+    let extra = Extra {
+        limiter: Some((metrics.max_running, metrics.workers_spawned)),
+    };
+    (sum, extra)
+}
+
+async fn run_keyed_semaphores<W: Work>(m: u64, n: usize) -> (u64, Extra) {
+    let global = Arc::new(Semaphore::new(n));
+    let mut per_key: std::collections::HashMap<u64, Arc<Semaphore>> =
+        std::collections::HashMap::new();
+    let handles: Vec<_> = (0..m)
+        .map(|i| {
+            let key = per_key
+                .entry(i % KEYS)
+                .or_insert_with(|| Arc::new(Semaphore::new(key_limit(n))))
+                .clone();
+            let global = global.clone();
+            tokio::spawn(async move {
+                let _key = key.acquire().await.expect("semaphore closed");
+                let _global = global.acquire().await.expect("semaphore closed");
+                W::job(i).await
+            })
+        })
+        .collect();
+    let mut sum = 0;
+    for handle in handles {
+        sum += handle.await.expect("task failed");
+    }
+    (sum, Extra::default())
+}
+
 async fn run_semaphore<W: Work>(m: u64, n: usize) -> (u64, Extra) {
     let sem = Arc::new(Semaphore::new(n));
     let handles: Vec<_> = (0..m)
@@ -217,6 +283,8 @@ async fn run_unlimited<W: Work>(m: u64, _n: usize) -> (u64, Extra) {
 async fn run_pattern<W: Work>(pattern: &str, m: u64, n: usize) -> (u64, Extra) {
     match pattern {
         "limiter" => run_limiter::<W>(m, n).await,
+        "keyed" => run_keyed::<W>(m, n).await,
+        "keyed-semaphores" => run_keyed_semaphores::<W>(m, n).await,
         "semaphore" => run_semaphore::<W>(m, n).await,
         "acquire" => run_acquire::<W>(m, n).await,
         "joinset" => run_joinset::<W>(m, n).await,
@@ -738,6 +806,8 @@ fn pattern_title(p: &str) -> String {
         "joinset" => "`JoinSet`, join at `len() == N`",
         "buffered" => "`buffer_unordered(N)` (ceiling)",
         "unlimited" => "`tokio::spawn`, no limit",
+        "keyed" => "**task-limiter**, 1,000 keys, `per_key_limit(N/8)`",
+        "keyed-semaphores" => "`HashMap` of per-key `Semaphore`s + global, spawn per item",
         other => other,
     };
     if in_task {
