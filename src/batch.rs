@@ -471,8 +471,9 @@ impl<S> Limiter<S> {
     /// [`cancel_on_panic`](Batch::cancel_on_panic) and
     /// [`cancel_on_error`](Batch::cancel_on_error) end the batch on its first failure.
     ///
-    /// For blocking items, the worker's state or a priority, collect the handles into a batch
-    /// instead: `handles.collect::<Batch<_>>()`.
+    /// For blocking items, the worker's state, a priority, a key or a weight, collect the
+    /// handles of [`build_task`](Self::build_task) items into a batch instead:
+    /// `handles.collect::<Batch<_>>()`.
     ///
     /// # Examples
     ///

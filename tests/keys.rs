@@ -415,6 +415,52 @@ async fn shutdown_cancels_queued_keyed_and_set_aside_items() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn keys_and_weights_go_with_every_shape_of_work() {
+    use futures::StreamExt;
+    use task_limiter::Batch;
+
+    let limiter = Limiter::builder()
+        .limit(4)
+        .per_key_limit(2)
+        .max_queued(64)
+        .worker_state(|id| id.index())
+        .build();
+    let key = Key::from("k");
+    let blocking = limiter
+        .build_task()
+        .key(&key)
+        .weight(2)
+        .spawn_blocking(|_| 1);
+    let stateful = limiter
+        .build_task()
+        .key(&key)
+        .spawn_with_state(|_state: &mut usize, _id| Box::pin(async { 2 }));
+    let blocking_stateful = limiter
+        .build_task()
+        .key(&key)
+        .spawn_blocking_with_state(|_state: &mut usize, _id| 3);
+    let reserved = limiter
+        .reserve()
+        .await
+        .unwrap()
+        .build_task()
+        .key(&key)
+        .weight(3)
+        .spawn(async { 4 });
+    let batch: Batch<u32> = [blocking, stateful, blocking_stateful, reserved]
+        .into_iter()
+        .collect();
+    let values: Vec<u32> = batch.map(Result::unwrap).collect().await;
+    assert_eq!(values, [1, 2, 3, 4]);
+    let m = limiter.metrics();
+    assert!(
+        m.max_running <= 2,
+        "key k never ran more than its weight 2: {m:?}"
+    );
+    assert!(limiter.key_metrics(&key).is_none());
+}
+
 #[test]
 #[should_panic(expected = "weight must be at least 1")]
 fn weight_zero_panics() {
