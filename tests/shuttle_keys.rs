@@ -27,14 +27,16 @@ impl Load {
     /// Enters an item and checks the limits in force now. Limits in these checks only grow, so
     /// the limit in force now is at least the one the item was admitted under.
     fn enter(&self, limiter: &Limiter, key: u64, weight: usize) -> Held {
+        // Read before the lock below: reading them is a scheduling point under shuttle, and a
+        // task switched out while holding a std lock would block every other.
+        let limit = limiter.limit();
+        let key_limit = limiter.key_limit(&Key::from(key));
         let mut load = self.0.lock().unwrap();
         load.0 += weight;
         let total = load.0;
         let per_key = load.1.entry(key).or_default();
         *per_key += weight;
         let per_key = *per_key;
-        let limit = limiter.limit();
-        let key_limit = limiter.key_limit(&Key::from(key));
         assert!(
             total <= limit || total == weight,
             "weight {total} running under a limit of {limit}"
