@@ -28,6 +28,14 @@ fn fits(weight: u32, used: usize, limit: usize) -> bool {
     used == 0 || used.saturating_add(weight as usize) <= limit
 }
 
+/// The queue of a lane: the unkeyed one, or a key's.
+fn lane_queue<'a>(unkeyed: &'a mut Queue, lane: &'a mut Option<&mut KeyLane>) -> &'a mut Queue {
+    match lane {
+        None => unkeyed,
+        Some(lane) => &mut lane.queue,
+    }
+}
+
 /// One key's queued items and running weight.
 struct KeyLane {
     queue: Queue,
@@ -159,7 +167,7 @@ impl Lanes {
     }
 
     /// Tries the head of one lane just taken off the ring's front; puts the lane back at the
-    /// ring's back while it has items that may start.
+    /// ring's back while it has items that may start. One lookup of the key's lane.
     fn pop_lane(
         &mut self,
         key: Option<Key>,
@@ -167,10 +175,18 @@ impl Lanes {
         used: usize,
         skipped: &mut u64,
     ) -> Option<Popped> {
-        let queue = match &key {
-            None => &mut self.unkeyed,
-            Some(key) => &mut self.keys.get_mut(key).expect("a lane in the ring").queue,
-        };
+        let Lanes {
+            unkeyed,
+            unkeyed_in_ring,
+            keys,
+            ring,
+            aside,
+            ..
+        } = self;
+        let mut lane = key
+            .as_ref()
+            .map(|key| keys.get_mut(key).expect("a lane in the ring"));
+        let queue = lane_queue(unkeyed, &mut lane);
         // Entries of items cancelled while queued: their work is gone; drop the pointers.
         let weight = loop {
             match queue.peek().map(Job::queued_weight) {
@@ -183,68 +199,70 @@ impl Lanes {
             }
         };
         let Some(weight) = weight else {
-            self.lane_empty(key);
+            match lane {
+                None => *unkeyed_in_ring = false,
+                Some(lane) => {
+                    lane.place = Place::Idle;
+                    let unused = lane.weight == 0;
+                    if unused {
+                        self.free(key.as_ref().expect("a keyed lane"));
+                    }
+                }
+            }
             return None;
         };
-        if let Some(k) = &key {
-            let lane = self.keys.get_mut(k).expect("a lane in the ring");
+        if let Some(lane) = &mut lane {
             if !fits(weight, lane.weight, lane.limit) {
                 lane.place = Place::WaitsForKey;
                 return None;
             }
         }
         if !fits(weight, used, limit) {
-            if self.aside.is_none() {
-                let job = self.lane_queue(&key).pop().expect("peeked");
-                if let Some(k) = &key {
-                    self.keys.get_mut(k).expect("a lane in the ring").weight += weight as usize;
-                }
-                self.aside = Some(SetAside {
-                    job,
-                    key: key.clone(),
-                    weight,
-                    passes_left: limit,
-                });
-                self.requeue(key);
-            } else {
-                self.ring.push_back(key);
+            if aside.is_some() {
+                ring.push_back(key);
+                return None;
             }
+            let queue = lane_queue(unkeyed, &mut lane);
+            let job = queue.pop().expect("peeked");
+            let more = !queue.is_empty();
+            if let Some(lane) = &mut lane {
+                // Held against the key while set aside: the key's later items cannot take
+                // the room it needs.
+                lane.weight += weight as usize;
+            }
+            *aside = Some(SetAside {
+                job,
+                key: key.clone(),
+                weight,
+                passes_left: limit,
+            });
+            self.requeue(key, more);
             return None;
         }
-        let job = self.lane_queue(&key).pop().expect("peeked");
-        if let Some(k) = &key {
-            let lane = self.keys.get_mut(k).expect("a lane in the ring");
+        let queue = lane_queue(unkeyed, &mut lane);
+        let job = queue.pop().expect("peeked");
+        let more = !queue.is_empty();
+        if let Some(lane) = &mut lane {
             lane.running += 1;
             lane.weight += weight as usize;
         }
-        self.requeue(key);
+        self.requeue(key, more);
         Some((job, weight))
     }
 
-    fn lane_queue(&mut self, key: &Option<Key>) -> &mut Queue {
-        match key {
-            None => &mut self.unkeyed,
-            Some(key) => &mut self.keys.get_mut(key).expect("a lane in the ring").queue,
-        }
-    }
-
-    /// A lane just popped from: back in the ring if it has more, else out of it.
-    fn requeue(&mut self, key: Option<Key>) {
-        if self.lane_queue(&key).is_empty() {
-            self.lane_empty(key);
-        } else {
+    /// A lane just popped from: back in the ring if it has `more`, else out of it (a key's
+    /// lane then has a running item, so it stays).
+    fn requeue(&mut self, key: Option<Key>, more: bool) {
+        if more {
             self.ring.push_back(key);
+            return;
         }
-    }
-
-    /// A lane with nothing queued leaves the ring; a key's is freed if nothing of it runs.
-    fn lane_empty(&mut self, key: Option<Key>) {
         match key {
             None => self.unkeyed_in_ring = false,
             Some(key) => {
-                let lane = self.keys.get_mut(&key).expect("a lane in the ring");
-                lane.place = Place::Idle;
-                self.free_if_unused(&key);
+                if let Some(lane) = self.keys.get_mut(&key) {
+                    lane.place = Place::Idle;
+                }
             }
         }
     }
@@ -254,14 +272,19 @@ impl Lanes {
             return;
         };
         if lane.weight == 0 && lane.queue.is_empty() {
-            self.keys.remove(key);
-            // A burst of many keys leaves no table behind.
-            if self.keys.capacity() > 64 && self.keys.len() * 4 < self.keys.capacity() {
-                self.keys.shrink_to(self.keys.len() * 2);
-            }
-            if self.ring.capacity() > 64 && self.ring.len() * 4 < self.ring.capacity() {
-                self.ring.shrink_to(self.ring.len() * 2);
-            }
+            self.free(key);
+        }
+    }
+
+    /// Frees a key's lane, and the tables' room once most of it is unused.
+    fn free(&mut self, key: &Key) {
+        self.keys.remove(key);
+        // A burst of many keys leaves no table behind.
+        if self.keys.capacity() > 64 && self.keys.len() * 4 < self.keys.capacity() {
+            self.keys.shrink_to(self.keys.len() * 2);
+        }
+        if self.ring.capacity() > 64 && self.ring.len() * 4 < self.ring.capacity() {
+            self.ring.shrink_to(self.ring.len() * 2);
         }
     }
 
