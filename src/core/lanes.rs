@@ -18,6 +18,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use foldhash::fast::RandomState;
+
 use super::cell::Job;
 use super::queue::{Queue, QueueOrder};
 use crate::{Key, KeyMetrics};
@@ -70,14 +72,16 @@ pub(crate) struct Lanes {
     order: QueueOrder,
     unkeyed: Queue,
     unkeyed_in_ring: bool,
-    keys: HashMap<Key, KeyLane>,
+    /// Hashed with foldhash, seeded per process: a key is hashed on every push, pop and end,
+    /// and SipHash was a fifth of a keyed item's instructions.
+    keys: HashMap<Key, KeyLane, RandomState>,
     /// Lanes whose head may start, in turn order; `None` is the lane of items without a key.
     ring: VecDeque<Option<Key>>,
     aside: Option<SetAside>,
     /// The limit of a key with none of its own (`usize::MAX`: none).
     per_key_limit: usize,
     /// Limits set for single keys, kept while no item of the key is around.
-    key_limits: HashMap<Key, usize>,
+    key_limits: HashMap<Key, usize, RandomState>,
     /// A keyed item was ever queued: the manager then moves every submission into the lanes at
     /// once (a key's one item must be seen to get its turn), rather than a FIFO window.
     keyed: bool,
@@ -92,11 +96,11 @@ impl Lanes {
             order,
             unkeyed: Queue::new(order),
             unkeyed_in_ring: false,
-            keys: HashMap::new(),
+            keys: HashMap::default(),
             ring: VecDeque::new(),
             aside: None,
             per_key_limit,
-            key_limits: HashMap::new(),
+            key_limits: HashMap::default(),
             keyed: false,
         }
     }
@@ -317,8 +321,9 @@ impl Lanes {
         if woke {
             lane.place = Place::Ring;
             self.ring.push_back(Some(key.clone()));
+        } else if lane.weight == 0 && lane.queue.is_empty() {
+            self.free(key);
         }
-        self.free_if_unused(key);
         woke
     }
 
