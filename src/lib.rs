@@ -122,9 +122,11 @@ mod handle;
 mod limiter;
 mod metrics;
 mod permit;
+mod shutdown;
 mod state;
 mod sync;
 mod task_builder;
+mod timeout;
 mod trace;
 mod worker_id;
 
@@ -136,6 +138,7 @@ pub use handle::{AbortHandle, JoinHandle};
 pub use limiter::{Limiter, Shutdown, Wait};
 pub use metrics::Metrics;
 pub use permit::Permit;
+pub use shutdown::{ShutdownReport, ShutdownTimeout};
 pub use task_builder::TaskBuilder;
 pub use worker_id::WorkerId;
 
@@ -172,6 +175,8 @@ mod tests {
         assert_send_sync_unpin::<ReserveError>();
         assert_send_sync_unpin::<Wait<'static>>();
         assert_send_sync_unpin::<Shutdown<'static>>();
+        assert_send_sync_unpin::<ShutdownTimeout<'static>>();
+        assert_send_sync_unpin::<ShutdownReport>();
 
         fn assert_unwind_safe<T: std::panic::UnwindSafe + std::panic::RefUnwindSafe>() {}
         assert_unwind_safe::<JoinHandle<std::cell::Cell<u8>>>();

@@ -73,6 +73,12 @@ struct Counters {
     /// Items that left the limiter without starting: aborted while queued (counted when the
     /// queue passes their entry), refused after close, or cancelled by shutdown.
     dropped_unstarted: u64,
+    /// Items that ended by a time limit: run timeouts, and queue deadlines of items that had
+    /// been admitted (counted as started).
+    timed_out_running: u64,
+    /// Items that left the queue unstarted at their deadline (counted, like aborted ones, when
+    /// the queue passes their entry).
+    timed_out_queued: u64,
     max_running: usize,
     workers_spawned: u64,
 }
@@ -276,7 +282,10 @@ impl State {
             }
             // Aborted while queued: its work is gone already, and dropping the entry does
             // nothing more.
-            self.counters.dropped_unstarted += 1;
+            match job.timed_out() {
+                true => self.counters.timed_out_queued += 1,
+                false => self.counters.dropped_unstarted += 1,
+            }
         }
     }
 
@@ -295,6 +304,7 @@ impl State {
             Outcome::Completed => &mut self.counters.completed,
             Outcome::Panicked => &mut self.counters.panicked,
             Outcome::Cancelled => &mut self.counters.cancelled_running,
+            Outcome::TimedOut => &mut self.counters.timed_out_running,
         };
         *counter += 1;
     }
@@ -546,6 +556,20 @@ impl State {
         self.counters.dropped_unstarted += n as u64;
     }
 
+    /// Counts queue entries of items that timed out while queued, found by a shutdown.
+    pub(crate) fn count_timed_out_queued(&mut self, n: usize) {
+        self.counters.timed_out_queued += n as u64;
+    }
+
+    /// Cancelled items that never started and cancelled running ones, apart (`metrics()` adds
+    /// them up), for `shutdown_timeout`'s report.
+    pub(crate) fn cancelled_apart(&self) -> (u64, u64) {
+        (
+            self.counters.dropped_unstarted,
+            self.counters.cancelled_running,
+        )
+    }
+
     pub(crate) fn limit(&self) -> usize {
         self.limit
     }
@@ -574,12 +598,14 @@ impl State {
         let c = &self.counters;
         Metrics {
             limit: self.limit,
-            queued: submitted.saturating_sub(c.started + c.dropped_unstarted) as usize,
+            queued: submitted.saturating_sub(c.started + c.dropped_unstarted + c.timed_out_queued)
+                as usize,
             running: self.busy,
             submitted,
             completed: c.completed,
             panicked: c.panicked,
             cancelled: c.cancelled_running + c.dropped_unstarted,
+            timed_out: c.timed_out_running + c.timed_out_queued,
             max_running: c.max_running,
             workers_spawned: c.workers_spawned,
             workers: self.workers(),
