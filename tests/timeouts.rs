@@ -1,6 +1,7 @@
 //! Time limits and cancellation (issue 11): run timeouts, queue deadlines in every queue order,
 //! per-item and per-limiter tokens, `shutdown_timeout`, the `timed_out` counter, and the panic
 //! on a runtime without a timer. Paused time throughout: no assertion depends on the wall clock.
+#![cfg(not(feature = "shuttle"))]
 
 mod support;
 
