@@ -35,11 +35,14 @@ fn timeout_racing_completion(limit: usize) {
         let handles: Vec<_> = (0..3u64)
             .map(|i| {
                 let (monitor, release) = (monitor.clone(), release.clone());
-                limiter.build_task().timeout(HOUR).spawn_with(move |worker| async move {
-                    let _running = monitor.enter(i, worker, 0);
-                    release.notified().await;
-                    i
-                })
+                limiter
+                    .build_task()
+                    .timeout(HOUR)
+                    .spawn_with(move |worker| async move {
+                        let _running = monitor.enter(i, worker, 0);
+                        release.notified().await;
+                        i
+                    })
             })
             .collect();
         let releaser = shuttle_tokio::spawn(async move {
@@ -126,7 +129,10 @@ fn tokens_racing_shutdown(limit: usize) {
     block_on(async move {
         let stop = CancellationToken::new();
         let items = CancellationToken::new();
-        let limiter = Limiter::builder().limit(limit).cancel_on(stop.clone()).build();
+        let limiter = Limiter::builder()
+            .limit(limit)
+            .cancel_on(stop.clone())
+            .build();
         let handles: Vec<_> = (0..4u64)
             .map(|i| {
                 let builder = limiter.build_task();
