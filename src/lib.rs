@@ -73,6 +73,12 @@
 //!   results in input or completion order that can end on the first failure.
 //! - **Priority**: [`QueueOrder::Priority`] with [`build_task`](Limiter::build_task)`().`
 //!   [`priority(..)`](TaskBuilder::priority) lets urgent items jump the queue.
+//! - **Time limits and cancellation**: [`TaskBuilder::timeout`] bounds an item's run,
+//!   [`TaskBuilder::deadline`] and [`TaskBuilder::queue_timeout`] drop work still queued at its
+//!   deadline ([`JoinError::is_timeout`]), [`TaskBuilder::cancel_on`] and [`Builder::cancel_on`]
+//!   take tokio-util's `CancellationToken`, and [`Limiter::shutdown_timeout`] stops in bounded
+//!   time. One timer per limiter serves every queued deadline; a running item with a timeout has
+//!   one of its own; items without them pay nothing.
 //!
 //! # Observability
 //!

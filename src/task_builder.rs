@@ -146,8 +146,8 @@ impl<'a, S> TaskBuilder<'a, S> {
     /// Limits how long the item may run: once it has run for `timeout` (counted from its start
     /// on a worker, not from its submission), it is cancelled: its future is dropped, its worker
     /// ID is freed for the next item, and its handle resolves to a [`JoinError`] for which
-    /// [`is_timeout`](JoinError::is_timeout) is true (and
-    /// [`is_cancelled`](JoinError::is_cancelled) false), with the worker ID it ran on.
+    /// [`is_timeout`](crate::JoinError::is_timeout) is true (and
+    /// [`is_cancelled`](crate::JoinError::is_cancelled) false), with the worker ID it ran on.
     ///
     /// The timer is the item's own, one `Sleep` polled by its worker inside the item's poll,
     /// after the item's future: a value that is ready when the time runs out is kept, as with
@@ -186,7 +186,6 @@ impl<'a, S> TaskBuilder<'a, S> {
     /// ```
     ///
     /// [`JoinError`]: crate::JoinError
-    /// [`is_timeout`]: crate::JoinError::is_timeout
     #[track_caller]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.limiter.assert_timer("TaskBuilder::timeout");
@@ -197,7 +196,7 @@ impl<'a, S> TaskBuilder<'a, S> {
     /// Sets the latest the item may start: if it is still queued at `deadline`, it never
     /// starts. Its work (future or closure) is dropped at the deadline, not when the queue
     /// would have reached it, and its handle resolves to a [`JoinError`] for which
-    /// [`is_timeout`](JoinError::is_timeout) is true, with no worker ID. An item that has started
+    /// [`is_timeout`](crate::JoinError::is_timeout) is true, with no worker ID. An item that has started
     /// by then runs on; bound its run with [`timeout`](Self::timeout).
     ///
     /// The limiter keeps one timer for all its queued deadlines (the manager task's, armed for
@@ -280,7 +279,7 @@ impl<'a, S> TaskBuilder<'a, S> {
     /// Cancels the item when `token` is cancelled, wherever it is then: queued, its work is
     /// dropped at once and it never starts; running, its future is dropped and its worker ID
     /// freed. Its handle resolves to a [`JoinError`] for which
-    /// [`is_cancelled`](JoinError::is_cancelled) is true, as an abort does. A token cancelled
+    /// [`is_cancelled`](crate::JoinError::is_cancelled) is true, as an abort does. A token cancelled
     /// already cancels the item at once, without queueing it.
     ///
     /// Running, the item waits on the token inside its own poll. Queued, the limiter's manager
