@@ -12,6 +12,7 @@
 mod monitor;
 mod shuttle_support;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +24,42 @@ use task_limiter::Limiter;
 use tokio_util::sync::CancellationToken;
 
 const HOUR: Duration = Duration::from_secs(3600);
+
+/// Items that ended each way, over every schedule of one property: both must have happened, or
+/// the check explored only one side of the race. One pair per property (tests run in parallel).
+struct Sides {
+    values: AtomicU64,
+    timeouts: AtomicU64,
+}
+
+impl Sides {
+    const fn new() -> Sides {
+        Sides {
+            values: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+        }
+    }
+
+    fn count(&self, ok: bool) {
+        match ok {
+            true => self.values.fetch_add(1, Ordering::Relaxed),
+            false => self.timeouts.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    #[track_caller]
+    fn assert_both(&self) {
+        let values = self.values.load(Ordering::Relaxed);
+        let timeouts = self.timeouts.load(Ordering::Relaxed);
+        assert!(
+            values > 0 && timeouts > 0,
+            "values {values}, timeouts {timeouts}"
+        );
+    }
+}
+
+static TIMEOUT_SIDES: Sides = Sides::new();
+static DEADLINE_SIDES: Sides = Sides::new();
 
 /// Items with a run timeout wait for a release from another task: each resolves exactly once,
 /// to its value or timed out (never cancelled), on an ID of its own below the limit, and the
@@ -53,7 +90,9 @@ fn timeout_racing_completion(limit: usize) {
         });
         let mut timed_out = 0;
         for (i, handle) in handles.into_iter().enumerate() {
-            match handle.await {
+            let result = handle.await;
+            TIMEOUT_SIDES.count(result.is_ok());
+            match result {
                 Ok(value) => assert_eq!(value, i as u64),
                 Err(err) => {
                     assert!(err.is_timeout() && !err.is_cancelled(), "{err:?}");
@@ -74,6 +113,7 @@ fn timeout_racing_completion(limit: usize) {
 #[test]
 fn a_timeout_races_completion() {
     explore(timeout_racing_completion);
+    TIMEOUT_SIDES.assert_both();
 }
 
 /// Items with queue deadlines behind a busy worker, and a limit raised from another task: an
@@ -101,7 +141,9 @@ fn deadline_racing_start(limit: usize) {
             async move { limiter.set_limit(limit + 1) }
         });
         for (i, handle) in handles.into_iter().enumerate() {
-            match handle.await {
+            let result = handle.await;
+            DEADLINE_SIDES.count(result.is_ok());
+            match result {
                 Ok(value) => assert_eq!(value, i as u64),
                 Err(err) => {
                     assert!(err.is_timeout(), "{err:?}");
@@ -120,6 +162,7 @@ fn deadline_racing_start(limit: usize) {
 #[test]
 fn a_deadline_races_the_start() {
     explore(deadline_racing_start);
+    DEADLINE_SIDES.assert_both();
 }
 
 /// The limiter's token and the items' token cancelled from one task while another shuts the

@@ -393,3 +393,52 @@ fn time_limits_need_the_time_driver() {
         .spawn(async { 1 });
     assert_eq!(runtime.block_on(handle).unwrap(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn limits_survive_the_wrappers_of_tracing_and_queue_places() {
+    // With a subscriber, items carry their span in a wrapper; through a permit, a queue place.
+    let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry());
+    let limiter = Limiter::builder().limit(1).max_queued(4).build();
+    let traced = limiter
+        .build_task()
+        .timeout(SEC)
+        .spawn(std::future::pending::<()>());
+    let permit = limiter.reserve().await.unwrap();
+    let placed = permit.build_task().queue_timeout(SEC / 2).spawn(async {});
+    assert!(placed.await.unwrap_err().is_timeout());
+    assert!(traced.await.unwrap_err().is_timeout());
+    let permit = limiter.reserve().await.unwrap();
+    let placed = permit
+        .build_task()
+        .timeout(SEC)
+        .spawn(std::future::pending::<()>());
+    assert!(placed.await.unwrap_err().is_timeout());
+    let m = limiter.metrics();
+    assert_eq!(m.timed_out, 3, "{m:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_started_blocking_item_is_not_cut_off_but_a_queued_one_is() {
+    let limiter = Limiter::new(1);
+    let token = CancellationToken::new();
+    let running = limiter
+        .build_task()
+        .timeout(Duration::from_millis(1))
+        .cancel_on(token.clone())
+        .spawn_blocking(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            "returned"
+        });
+    while limiter.metrics().running == 0 {
+        tokio::task::yield_now().await;
+    }
+    let queued = limiter
+        .build_task()
+        .queue_timeout(Duration::from_millis(1))
+        .spawn_blocking(|_| "never");
+    // Auto-advance waits for running blocking closures: move the clock past both time limits.
+    tokio::time::advance(Duration::from_millis(2)).await;
+    token.cancel();
+    assert!(queued.await.unwrap_err().is_timeout());
+    assert_eq!(running.await.unwrap(), "returned");
+}
