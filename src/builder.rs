@@ -356,13 +356,23 @@ impl<S> Builder<S> {
             limit,
             order: self.order,
             keep_alive: Some(self.keep_alive).filter(|&after| after != Duration::MAX),
-            cancel_on: self.cancel_on,
+            cancel_on: None,
+            on_cancel: None,
         };
         let extras = Extras {
             states: Box::new(Arc::new(States::new(self.make))),
             room: self
                 .max_queued
                 .map(|max| Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS)))),
+        };
+        let config = Config {
+            // `reserve` waiters learn of the shutdown as they do from `Limiter::shutdown`.
+            on_cancel: extras
+                .room
+                .clone()
+                .map(|room| Box::new(move || room.close()) as Box<dyn FnOnce() + Send>),
+            cancel_on: self.cancel_on,
+            ..config
         };
         Limiter::from_parts(Core::start(config, handle), extras)
     }

@@ -157,6 +157,51 @@ async fn each_queued_item_times_out_at_its_own_deadline() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn queued_deadlines_spawn_no_task_per_item() {
+    let baseline = alive_tasks();
+    let limiter = Limiter::new(1);
+    let busy = limiter.spawn(sleep(3600 * SEC));
+    let token = CancellationToken::new();
+    let handles: Vec<_> = (1..=1000u64)
+        .map(|ms| {
+            limiter
+                .build_task()
+                .queue_timeout(Duration::from_millis(ms))
+                .cancel_on(token.clone())
+                .spawn(async {})
+        })
+        .collect();
+    sleep(Duration::from_micros(500)).await;
+    // The manager and the one worker, however many deadlines and tokens wait.
+    assert_eq!(alive_tasks(), baseline + 2);
+    token.cancel();
+    for handle in handles {
+        assert!(handle.await.unwrap_err().is_cancelled());
+    }
+    busy.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn limiter_token_wakes_reserve_waiters() {
+    let token = CancellationToken::new();
+    let limiter = Limiter::builder()
+        .limit(1)
+        .max_queued(1)
+        .cancel_on(token.clone())
+        .build();
+    let held = limiter.reserve().await.unwrap();
+    let waiter = {
+        let limiter = limiter.clone();
+        tokio::spawn(async move { limiter.reserve().await.map(drop) })
+    };
+    tokio::task::yield_now().await;
+    token.cancel();
+    let woken = tokio::time::timeout(SEC, waiter).await;
+    assert!(woken.expect("the waiter is woken").unwrap().is_err());
+    drop(held);
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_item_that_starts_in_time_runs_past_its_queue_deadline() {
     let limiter = Limiter::new(1);
     let handle = limiter.build_task().queue_timeout(SEC).spawn(async {

@@ -139,6 +139,7 @@ pub(crate) struct Watcher {
     sweep_tokens_at: usize,
     /// `Builder::cancel_on`: shuts the limiter down when cancelled.
     shutdown_on: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    on_cancel: Option<Box<dyn FnOnce() + Send>>,
 }
 
 /// What woke the manager's `Watcher`.
@@ -165,13 +166,17 @@ impl Future for TokenWatch {
 }
 
 impl Watcher {
-    pub(crate) fn new(shutdown_on: Option<CancellationToken>) -> Watcher {
+    pub(crate) fn new(
+        shutdown_on: Option<CancellationToken>,
+        on_cancel: Option<Box<dyn FnOnce() + Send>>,
+    ) -> Watcher {
         Watcher {
             timer: None,
             armed: false,
             tokens: FuturesUnordered::new(),
             sweep_tokens_at: SWEEP_AT_LEAST,
             shutdown_on: shutdown_on.map(|token| Box::pin(token.cancelled_owned())),
+            on_cancel,
         }
     }
 
@@ -186,6 +191,9 @@ impl Watcher {
         if let Some(token) = &mut self.shutdown_on {
             if token.as_mut().poll(cx).is_ready() {
                 self.shutdown_on = None;
+                if let Some(on_cancel) = self.on_cancel.take() {
+                    on_cancel();
+                }
                 return Poll::Ready(Fired::Shutdown);
             }
         }

@@ -51,6 +51,9 @@ pub(crate) struct Config {
     pub(crate) keep_alive: Option<Duration>,
     /// `Builder::cancel_on`: the limiter shuts down when this is cancelled.
     pub(crate) cancel_on: Option<tokio_util::sync::CancellationToken>,
+    /// Run when that token shuts the limiter down, as `Limiter::shutdown` would run it (the
+    /// features' own closing: the bounded queue's places).
+    pub(crate) on_cancel: Option<Box<dyn FnOnce() + Send>>,
 }
 
 /// A running core: what every `Limiter` clone holds.
@@ -96,7 +99,7 @@ impl Core {
             shared: shared.clone(),
         };
         let watches = Arc::new(Watches::new());
-        let watcher = Watcher::new(config.cancel_on);
+        let watcher = Watcher::new(config.cancel_on, config.on_cancel);
         let manager = manager::run(exit, work_rx, done_rx, watches.clone(), watcher);
         manager::spawn(handle, &shared.name, manager);
         Core {
