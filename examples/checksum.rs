@@ -5,9 +5,12 @@
 //! ```text
 //! cargo run --release --example checksum                     # the current directory
 //! cargo run --release --example checksum -- --limit 4 /usr/lib
+//! cargo run --release --example checksum -- --timeout 50 /usr/lib  # 50 ms per file at most
 //! ```
 //!
-//! `--limit` defaults to the number of cores. Directories named `target` or `.git` are skipped,
+//! `--limit` defaults to the number of cores. `--timeout <ms>` limits the time each file may
+//! take once it starts (`TaskBuilder::timeout`); files that run out of time are listed, not
+//! counted in the digest. Directories named `target` or `.git` are skipped,
 //! symbolic links are not followed and only regular files are read, so the walk cannot loop. An
 //! unreadable file or directory is reported and counted, never fatal.
 
@@ -18,25 +21,41 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use task_limiter::Limiter;
+use walkdir::WalkDir;
 
-const USAGE: &str = "usage: checksum [--limit N] [DIR]";
 const SKIPPED_DIRS: [&str; 2] = ["target", ".git"];
 const BUFFER_SIZE: usize = 256 * 1024;
 /// Error lines printed before the rest are only counted.
 const ERRORS_SHOWN: usize = 20;
 
+/// Checksums every file under DIR with at most N files in flight.
+#[derive(Parser)]
+#[command(name = "checksum")]
+struct Args {
+    /// Files in flight at once [default: the number of cores]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    limit: Option<u64>,
+    /// The most time one file may take once it starts, in milliseconds
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: Option<u64>,
+    /// The directory to walk
+    #[arg(default_value = ".")]
+    dir: PathBuf,
+}
+
 fn main() -> ExitCode {
-    let (limit, dir) = match parse_args() {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("checksum: {message}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = Args::parse();
+    let limit = args.limit.map_or_else(
+        || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+        |n| n as usize,
+    );
+    let timeout = args.timeout.map(Duration::from_millis);
+    let dir = args.dir;
     if !dir.is_dir() {
-        eprintln!("checksum: {} is not a directory\n{USAGE}", dir.display());
+        eprintln!("checksum: {} is not a directory", dir.display());
         return ExitCode::from(2);
     }
 
@@ -49,45 +68,11 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("failed to build the tokio runtime");
-    let run = runtime.block_on(checksum_all(&dir, &scan.files, limit, &errors));
+    let run = runtime.block_on(checksum_all(&dir, &scan.files, limit, timeout, &errors));
     drop(runtime);
 
     print_summary(&dir, limit, &scan, scan_time, &run, &errors);
     ExitCode::SUCCESS
-}
-
-/// Hand-parsed `[--limit N] [DIR]`.
-fn parse_args() -> Result<(usize, PathBuf), String> {
-    let mut limit = None;
-    let mut dir = None;
-    let mut args = std::env::args_os().skip(1);
-    while let Some(arg) = args.next() {
-        let text = arg.to_str().unwrap_or("");
-        let value = if text == "--limit" {
-            Some(args.next().ok_or("--limit needs a number")?)
-        } else {
-            text.strip_prefix("--limit=").map(Into::into)
-        };
-        if let Some(value) = value {
-            let n = value
-                .to_str()
-                .and_then(|v| v.parse::<usize>().ok())
-                .filter(|&n| n > 0)
-                .ok_or_else(|| format!("--limit takes a number >= 1, not {value:?}"))?;
-            limit = Some(n);
-        } else if text == "-h" || text == "--help" {
-            println!("{USAGE}\n\nChecksums every file under DIR (default: .) with at most N files in flight (default: the number of cores).");
-            std::process::exit(0);
-        } else if text.starts_with('-') {
-            return Err(format!("unknown option {text}"));
-        } else if dir.replace(PathBuf::from(arg)).is_some() {
-            return Err("only one DIR".into());
-        }
-    }
-    let limit = limit.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-    });
-    Ok((limit, dir.unwrap_or_else(|| PathBuf::from("."))))
 }
 
 // === scanning ===
@@ -109,48 +94,37 @@ fn scan(dir: &Path, errors: &Errors) -> Scan {
         not_regular: 0,
         skipped_dirs: 0,
     };
-    let mut dirs = vec![dir.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
+    let skipped = std::cell::Cell::new(0);
+    // `follow_links(false)` is walkdir's default: a link is an entry of its own, never entered.
+    let walk = WalkDir::new(dir).into_iter().filter_entry(|entry| {
+        let skip = entry.depth() > 0
+            && entry.file_type().is_dir()
+            && SKIPPED_DIRS.iter().any(|skip| entry.file_name() == *skip);
+        if skip {
+            skipped.set(skipped.get() + 1);
+        }
+        !skip
+    });
+    for entry in walk {
+        let entry = match entry {
+            Ok(entry) => entry,
             Err(err) => {
-                errors.report(&spinner, &dir, &err);
+                let path = err.path().unwrap_or(dir).to_path_buf();
+                errors.report(&spinner, &path, &io::Error::other(err));
                 continue;
             }
         };
-        for entry in entries {
-            let entry = match entry {
-                Ok(entry) => entry,
-                Err(err) => {
-                    errors.report(&spinner, &dir, &err);
-                    continue;
-                }
-            };
-            let path = entry.path();
-            // `DirEntry::file_type` and `metadata` do not follow symbolic links.
-            let file_type = match entry.file_type() {
-                Ok(file_type) => file_type,
-                Err(err) => {
-                    errors.report(&spinner, &path, &err);
-                    continue;
-                }
-            };
-            if file_type.is_dir() {
-                if SKIPPED_DIRS.iter().any(|skip| entry.file_name() == *skip) {
-                    scan.skipped_dirs += 1;
-                } else {
-                    dirs.push(path);
-                }
-            } else if file_type.is_file() {
-                match entry.metadata() {
-                    Ok(metadata) => scan.files.push((path, metadata.len())),
-                    Err(err) => errors.report(&spinner, &path, &err),
-                }
-            } else {
-                scan.not_regular += 1;
+        let file_type = entry.file_type();
+        if file_type.is_file() {
+            match entry.metadata() {
+                Ok(metadata) => scan.files.push((entry.into_path(), metadata.len())),
+                Err(err) => errors.report(&spinner, entry.path(), &io::Error::other(err)),
             }
+        } else if !file_type.is_dir() {
+            scan.not_regular += 1;
         }
     }
+    scan.skipped_dirs = skipped.get();
     scan.files.sort_unstable();
     spinner.finish_and_clear();
     scan
@@ -164,11 +138,19 @@ struct Run {
     bytes: u64,
     /// BLAKE3 over every hashed file's relative path and hash, in path order.
     digest: blake3::Hash,
+    /// Files that ran out of `--timeout`, in path order.
+    timed_out: Vec<PathBuf>,
     most_tasks_alive: usize,
     buffers_allocated: usize,
 }
 
-async fn checksum_all(dir: &Path, files: &[(PathBuf, u64)], limit: usize, errors: &Errors) -> Run {
+async fn checksum_all(
+    dir: &Path,
+    files: &[(PathBuf, u64)],
+    limit: usize,
+    timeout: Option<Duration>,
+    errors: &Errors,
+) -> Run {
     let total_bytes = files.iter().map(|(_, len)| len).sum();
     let bar = ProgressBar::new(total_bytes).with_style(
         ProgressStyle::with_template(
@@ -219,8 +201,15 @@ async fn checksum_all(dir: &Path, files: &[(PathBuf, u64)], limit: usize, errors
             let len = *len;
             let (buffers, allocated) = (buffers.clone(), buffers_allocated.clone());
             let (bar, files_done) = (bar.clone(), files_done.clone());
-            limiter.spawn_with(move |worker| async move {
+            let task = limiter.build_task();
+            let task = match timeout {
+                Some(timeout) => task.timeout(timeout),
+                None => task,
+            };
+            task.spawn_with(move |worker| async move {
                 let slot = &buffers[worker.index()];
+                // An item that timed out left its buffer with its closure on the blocking pool
+                // (which cannot be stopped); the next item on its ID makes a new one.
                 let mut buffer = std::mem::take(
                     &mut *slot
                         .try_lock()
@@ -249,8 +238,17 @@ async fn checksum_all(dir: &Path, files: &[(PathBuf, u64)], limit: usize, errors
 
     let mut run_digest = blake3::Hasher::new();
     let (mut hashed_files, mut bytes) = (0, 0);
-    for handle in handles {
-        match handle.await.expect("items neither panic nor get cancelled") {
+    let mut timed_out = Vec::new();
+    for ((path, _), handle) in files.iter().zip(handles) {
+        let result = match handle.await {
+            Ok(result) => result,
+            Err(err) if err.is_timeout() => {
+                timed_out.push(path.clone());
+                continue;
+            }
+            Err(err) => panic!("items neither panic nor get cancelled: {err}"),
+        };
+        match result {
             Ok((path, len, hash)) => {
                 let relative = path.strip_prefix(dir).unwrap_or(&path);
                 run_digest.update(relative.as_os_str().as_encoded_bytes());
@@ -273,6 +271,7 @@ async fn checksum_all(dir: &Path, files: &[(PathBuf, u64)], limit: usize, errors
         hashed_files,
         bytes,
         digest: run_digest.finalize(),
+        timed_out,
         most_tasks_alive,
         buffers_allocated: buffers_allocated.load(Ordering::Relaxed),
     }
@@ -342,6 +341,13 @@ fn print_summary(
         run.hashed_files as f64 / secs
     );
     println!("  errors      {}", errors.count.load(Ordering::Relaxed));
+    println!("  timed out   {}", run.timed_out.len());
+    for path in run.timed_out.iter().take(ERRORS_SHOWN) {
+        println!("    {}", path.display());
+    }
+    if run.timed_out.len() > ERRORS_SHOWN {
+        println!("    (and {} more)", run.timed_out.len() - ERRORS_SHOWN);
+    }
     let workers = if limit == 1 { "worker" } else { "workers" };
     println!(
         "  live tasks  at most {} (tokio runtime metrics); limit {limit} {workers} + 1 manager = {}",

@@ -8,6 +8,7 @@ use crate::sync::rt::runtime::Handle;
 use crate::sync::rt::sync::Semaphore;
 use crate::sync::Arc;
 use crate::{Limiter, WorkerId};
+use tokio_util::sync::CancellationToken;
 
 /// How long a worker with no work stays parked by default: as long as tokio keeps an idle
 /// blocking-pool thread. A parked worker costs one idle task; a worker spawned again costs a
@@ -44,6 +45,7 @@ pub struct Builder<S = ()> {
     pub(crate) keep_alive: Duration,
     pub(crate) per_key_limit: usize,
     pub(crate) make: MakeState<S>,
+    pub(crate) cancel_on: Option<CancellationToken>,
 }
 
 impl Builder {
@@ -56,6 +58,7 @@ impl Builder {
             keep_alive: DEFAULT_KEEP_ALIVE,
             per_key_limit: usize::MAX,
             make: Arc::new(|_| ()),
+            cancel_on: None,
         }
     }
 }
@@ -70,6 +73,7 @@ impl<S> Clone for Builder<S> {
             keep_alive: self.keep_alive,
             per_key_limit: self.per_key_limit,
             make: self.make.clone(),
+            cancel_on: self.cancel_on.clone(),
         }
     }
 }
@@ -248,6 +252,37 @@ impl<S> Builder<S> {
         self
     }
 
+    /// Shuts the limiter down when `token` is cancelled, as [`Limiter::shutdown`] does: queued
+    /// items are dropped, running items are aborted, their handles resolve cancelled, and the
+    /// manager exits. The token is [tokio-util's](tokio_util::sync::CancellationToken), the one
+    /// a service already hands to everything it must stop on shutdown (pass a
+    /// [`child_token`](CancellationToken::child_token) to stop this limiter alone).
+    ///
+    /// The manager task watches the token; nothing else is spawned for it. A token cancelled
+    /// before `build` shuts the limiter down as soon as its manager first runs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::Limiter;
+    /// use tokio_util::sync::CancellationToken;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let token = CancellationToken::new();
+    /// let limiter = Limiter::builder().limit(1).cancel_on(token.clone()).build();
+    /// let running = limiter.spawn(std::future::pending::<()>());
+    /// token.cancel();
+    /// limiter.wait().await; // the manager is gone
+    /// assert!(running.await.unwrap_err().is_cancelled());
+    /// assert!(limiter.is_closed());
+    /// # }
+    /// ```
+    pub fn cancel_on(mut self, token: CancellationToken) -> Builder<S> {
+        self.cancel_on = Some(token);
+        self
+    }
+
     /// Gives every worker ID a value of type `T`, made by `make` on the first item that needs
     /// it and lent to the items submitted with
     /// [`spawn_with_state`](Limiter::spawn_with_state) and
@@ -295,6 +330,7 @@ impl<S> Builder<S> {
             keep_alive: self.keep_alive,
             per_key_limit: self.per_key_limit,
             make: Arc::new(make),
+            cancel_on: self.cancel_on,
         }
     }
 
@@ -356,12 +392,23 @@ impl<S> Builder<S> {
             order: self.order,
             keep_alive: Some(self.keep_alive).filter(|&after| after != Duration::MAX),
             per_key_limit: self.per_key_limit,
+            cancel_on: None,
+            on_cancel: None,
         };
         let extras = Extras {
             states: Box::new(Arc::new(States::new(self.make))),
             room: self
                 .max_queued
                 .map(|max| Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS)))),
+        };
+        let config = Config {
+            // `reserve` waiters learn of the shutdown as they do from `Limiter::shutdown`.
+            on_cancel: extras
+                .room
+                .clone()
+                .map(|room| Box::new(move || room.close()) as Box<dyn FnOnce() + Send>),
+            cancel_on: self.cancel_on,
+            ..config
         };
         Limiter::from_parts(Core::start(config, handle), extras)
     }
@@ -375,6 +422,7 @@ impl<S> fmt::Debug for Builder<S> {
             .field("queue_order", &self.order)
             .field("max_queued", &self.max_queued)
             .field("keep_alive", &self.keep_alive)
+            .field("cancel_on", &self.cancel_on.is_some())
             .finish()
     }
 }

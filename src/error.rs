@@ -4,7 +4,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::WorkerId;
 
-/// Why an item did not produce its value: it was cancelled, or it panicked.
+/// Why an item did not produce its value: it was cancelled, it timed out, or it panicked.
 ///
 /// Modelled on [`tokio::task::JoinError`], plus the [`WorkerId`] the item ran under when it got
 /// that far.
@@ -27,10 +27,23 @@ use crate::WorkerId;
 /// ```
 pub struct JoinError {
     repr: Repr,
-    worker: Option<WorkerId>,
+    /// The worker's ID, or `NO_WORKER`: a plain `u32` rather than an `Option`, so that the
+    /// timed-out flag fits beside it and a `JoinError` (in every item's result slot) stays two
+    /// words. IDs never reach `u32::MAX` (admission hands out IDs below it).
+    worker: u32,
+    /// Cancelled by a time limit: `repr` is `Cancelled` then.
+    timed_out: bool,
+}
+
+const NO_WORKER: u32 = u32::MAX;
+
+fn encode(worker: Option<WorkerId>) -> u32 {
+    worker.map_or(NO_WORKER, |id| id.0)
 }
 
 enum Repr {
+    /// Cancelled, or (with `timed_out`) ended by its `timeout` while it ran, or by its
+    /// `deadline` while it was queued.
     Cancelled,
     /// In a `Mutex` only to make `JoinError: Sync` (the payload is `Send` but not `Sync`, as
     /// in tokio's `JoinError`); it is never locked by two threads. Boxed once more so that a
@@ -42,14 +55,24 @@ impl JoinError {
     pub(crate) fn cancelled(worker: Option<WorkerId>) -> JoinError {
         JoinError {
             repr: Repr::Cancelled,
-            worker,
+            worker: encode(worker),
+            timed_out: false,
+        }
+    }
+
+    pub(crate) fn timed_out(worker: Option<WorkerId>) -> JoinError {
+        JoinError {
+            repr: Repr::Cancelled,
+            worker: encode(worker),
+            timed_out: true,
         }
     }
 
     pub(crate) fn panic(worker: WorkerId, payload: Box<dyn Any + Send + 'static>) -> JoinError {
         JoinError {
             repr: Repr::Panic(Box::new(Mutex::new(payload))),
-            worker: Some(worker),
+            worker: worker.0,
+            timed_out: false,
         }
     }
 
@@ -71,7 +94,41 @@ impl JoinError {
     /// # }
     /// ```
     pub fn is_cancelled(&self) -> bool {
-        matches!(self.repr, Repr::Cancelled)
+        matches!(self.repr, Repr::Cancelled) && !self.timed_out
+    }
+
+    /// Returns true if the item ended by a time limit: it ran past its
+    /// [`timeout`](crate::TaskBuilder::timeout), or it was still queued at its
+    /// [`deadline`](crate::TaskBuilder::deadline) (or past its
+    /// [`queue_timeout`](crate::TaskBuilder::queue_timeout)).
+    ///
+    /// A timed-out item is not [cancelled](Self::is_cancelled): the two are told apart, and so
+    /// are their counters in [`Metrics`](crate::Metrics). An item that timed out while running
+    /// reports the worker it ran on in [`worker_id`](Self::worker_id); one that timed out while
+    /// queued reports none.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use task_limiter::Limiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let limiter = Limiter::new(1);
+    /// let err = limiter
+    ///     .build_task()
+    ///     .timeout(Duration::from_millis(10))
+    ///     .spawn(std::future::pending::<()>())
+    ///     .await
+    ///     .unwrap_err();
+    /// assert!(err.is_timeout());
+    /// assert!(!err.is_cancelled());
+    /// assert_eq!(err.worker_id().map(|id| id.index()), Some(0));
+    /// # }
+    /// ```
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.repr, Repr::Cancelled) && self.timed_out
     }
 
     /// Returns true if the item panicked.
@@ -145,8 +202,8 @@ impl JoinError {
         }
     }
 
-    /// Returns the worker slot the item ran under, or `None` if it was cancelled before it
-    /// started.
+    /// Returns the worker slot the item ran under, or `None` if it was cancelled (or timed out)
+    /// before it started.
     ///
     /// # Examples
     ///
@@ -161,7 +218,7 @@ impl JoinError {
     /// # }
     /// ```
     pub fn worker_id(&self) -> Option<WorkerId> {
-        self.worker
+        (self.worker != NO_WORKER).then_some(WorkerId(self.worker))
     }
 }
 
@@ -176,10 +233,11 @@ fn panic_message(payload: &(dyn Any + Send)) -> Option<&str> {
 impl fmt::Display for JoinError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("item ")?;
-        if let Some(worker) = self.worker {
+        if let Some(worker) = self.worker_id() {
             write!(f, "on {worker} ")?;
         }
         match &self.repr {
+            Repr::Cancelled if self.timed_out => f.write_str("timed out"),
             Repr::Cancelled => f.write_str("was cancelled"),
             Repr::Panic(payload) => match panic_message(&**lock(payload)) {
                 Some(msg) => write!(f, "panicked with message {msg:?}"),
@@ -193,13 +251,14 @@ impl fmt::Debug for JoinError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut s = f.debug_struct("JoinError");
         match &self.repr {
+            Repr::Cancelled if self.timed_out => s.field("reason", &"timed out"),
             Repr::Cancelled => s.field("reason", &"cancelled"),
             Repr::Panic(payload) => match panic_message(&**lock(payload)) {
                 Some(msg) => s.field("reason", &"panic").field("message", &msg),
                 None => s.field("reason", &"panic"),
             },
         };
-        s.field("worker", &self.worker).finish()
+        s.field("worker", &self.worker_id()).finish()
     }
 }
 

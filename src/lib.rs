@@ -79,6 +79,12 @@
 //!   more than one unit; [`key_metrics`](Limiter::key_metrics) shows one key.
 //! - **Expiring limits**: [`set_limit_until`](Limiter::set_limit_until), for slots leased from a
 //!   budget shared with other processes.
+//! - **Time limits and cancellation**: [`TaskBuilder::timeout`] bounds an item's run,
+//!   [`TaskBuilder::deadline`] and [`TaskBuilder::queue_timeout`] drop work still queued at its
+//!   deadline ([`JoinError::is_timeout`]), [`TaskBuilder::cancel_on`] and [`Builder::cancel_on`]
+//!   take tokio-util's `CancellationToken`, and [`Limiter::shutdown_timeout`] stops in bounded
+//!   time. One timer per limiter serves every queued deadline; a running item with a timeout has
+//!   one of its own; items without them pay nothing.
 //!
 //! # Observability
 //!
@@ -129,9 +135,11 @@ mod key;
 mod limiter;
 mod metrics;
 mod permit;
+mod shutdown;
 mod state;
 mod sync;
 mod task_builder;
+mod timeout;
 mod trace;
 mod worker_id;
 
@@ -144,6 +152,7 @@ pub use key::Key;
 pub use limiter::{Limiter, Shutdown, Wait};
 pub use metrics::{KeyMetrics, Metrics};
 pub use permit::Permit;
+pub use shutdown::{ShutdownReport, ShutdownTimeout};
 pub use task_builder::TaskBuilder;
 pub use worker_id::WorkerId;
 
@@ -180,6 +189,8 @@ mod tests {
         assert_send_sync_unpin::<ReserveError>();
         assert_send_sync_unpin::<Wait<'static>>();
         assert_send_sync_unpin::<Shutdown<'static>>();
+        assert_send_sync_unpin::<ShutdownTimeout<'static>>();
+        assert_send_sync_unpin::<ShutdownReport>();
 
         fn assert_unwind_safe<T: std::panic::UnwindSafe + std::panic::RefUnwindSafe>() {}
         assert_unwind_safe::<JoinHandle<std::cell::Cell<u8>>>();

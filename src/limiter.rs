@@ -232,7 +232,7 @@ impl<S> Limiter<S> {
     }
 
     /// Wakes `reserve` waiters once the limiter closes.
-    fn close_room(&self) {
+    pub(crate) fn close_room(&self) {
         if let Some(room) = &self.extras.room {
             room.close();
         }

@@ -2,7 +2,8 @@
 ///
 /// The counters are read one by one while work goes on, so a snapshot taken under load may be
 /// off by the items that moved between two reads; once the limiter is drained,
-/// `submitted == completed + panicked + cancelled`.
+/// `submitted == completed + panicked + cancelled + timed_out`: every item is counted in exactly
+/// one of the four.
 ///
 /// # Examples
 ///
@@ -41,9 +42,15 @@ pub struct Metrics {
     pub completed: u64,
     /// Items that panicked.
     pub panicked: u64,
-    /// Items cancelled: aborted, dropped by `shutdown` or with the runtime, or refused because
-    /// the limiter was closed.
+    /// Items cancelled: aborted, dropped by `shutdown` or with the runtime, refused because the
+    /// limiter was closed, or cancelled by their token. Timeouts are not in it: see `timed_out`.
     pub cancelled: u64,
+    /// Items that ended by a time limit ([`JoinError::is_timeout`](crate::JoinError::is_timeout)):
+    /// they ran past their [`timeout`](crate::TaskBuilder::timeout), or were still queued at
+    /// their [`deadline`](crate::TaskBuilder::deadline). Counted apart from `cancelled`. An item
+    /// that timed out while queued has its work dropped at its deadline, but, like an aborted
+    /// one, stays in `queued` until the queue next passes its entry.
+    pub timed_out: u64,
     /// The most items ever running at once.
     pub max_running: usize,
     /// Worker tasks spawned so far. Workers run item after item and park between them, so in

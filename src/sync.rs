@@ -12,13 +12,13 @@ pub(crate) use ::shuttle_tokio as rt;
 
 #[cfg(not(feature = "shuttle"))]
 pub(crate) use std::sync::{
-    atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering},
     Mutex, MutexGuard,
 };
 
 #[cfg(feature = "shuttle")]
 pub(crate) use shuttle::sync::{
-    atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering},
     Mutex, MutexGuard,
 };
 

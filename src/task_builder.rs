@@ -1,11 +1,17 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 use crate::blocking::{blocking, blocking_with_state, BLOCKING};
-use crate::core::{Props, Weighed, Work};
+use crate::core::{Cut, Props, Weighed, Work};
 use crate::state::with_state;
 use crate::sync::rt::sync::OwnedSemaphorePermit;
+use crate::sync::rt::time::Instant;
+use crate::timeout::Limits;
 use crate::{JoinHandle, Key, Limiter, WorkerId};
 
 /// Sets options for one item, then submits it: returned by
@@ -39,6 +45,9 @@ pub struct TaskBuilder<'a, S = ()> {
     key: Option<Key>,
     /// A place in the queue, when the builder came from a `Permit`.
     room: Option<OwnedSemaphorePermit>,
+    /// Time limits and a token (`timeout`, `deadline`, `cancel_on`); boxed, so a builder
+    /// without them stays small.
+    limits: Option<Box<Limits>>,
 }
 
 /// Work that holds a place in a bounded queue (`Builder::max_queued`) until it starts. The
@@ -57,6 +66,11 @@ impl<W: Work> Work for Placed<W> {
         drop(self.place);
         self.work.start(worker)
     }
+
+    #[inline(always)]
+    fn poll_cut(future: Pin<&mut W::Future>, cx: &mut Context<'_>) -> Poll<Cut> {
+        W::poll_cut(future, cx)
+    }
 }
 
 impl<'a, S> TaskBuilder<'a, S> {
@@ -67,6 +81,7 @@ impl<'a, S> TaskBuilder<'a, S> {
             weight: 1,
             key: None,
             room,
+            limits: None,
         }
     }
 
@@ -76,6 +91,9 @@ impl<'a, S> TaskBuilder<'a, S> {
             ..props
         };
         if self.weight == 1 && self.key.is_none() {
+            if let Some(limits) = self.limits {
+                return limits.submit(self.limiter, self.room, work, props, ());
+            }
             match self.room {
                 None => self.limiter.submit(work, props),
                 Some(place) => self.limiter.submit(Placed { work, place }, props),
@@ -85,6 +103,9 @@ impl<'a, S> TaskBuilder<'a, S> {
                 weight: self.weight,
                 key: self.key,
             };
+            if let Some(limits) = self.limits {
+                return limits.submit(self.limiter, self.room, work, props, charge);
+            }
             match self.room {
                 None => self.limiter.submit_charged(work, props, charge),
                 Some(place) => self
@@ -135,6 +156,188 @@ impl<'a, S> TaskBuilder<'a, S> {
         self.priority = priority;
         self
     }
+
+    // --- time limits and cancellation (issue 11) ---
+
+    fn limits(&mut self) -> &mut Limits {
+        self.limits.get_or_insert_with(Default::default)
+    }
+
+    /// Limits how long the item may run: once it has run for `timeout` (counted from its start
+    /// on a worker, not from its submission), it is cancelled: its future is dropped, its worker
+    /// ID is freed for the next item, and its handle resolves to a [`JoinError`] for which
+    /// [`is_timeout`](crate::JoinError::is_timeout) is true (and
+    /// [`is_cancelled`](crate::JoinError::is_cancelled) false), with the worker ID it ran on.
+    ///
+    /// The timer is the item's own, one `Sleep` polled by its worker inside the item's poll,
+    /// after the item's future: a value that is ready when the time runs out is kept, as with
+    /// [`tokio::time::timeout`]. The timeout is as precise as tokio's timer (a millisecond), and
+    /// paused time (`tokio::time::pause`) drives it. Time spent queued does not count; use
+    /// [`deadline`](Self::deadline) or [`queue_timeout`](Self::queue_timeout) to bound that.
+    /// A `timeout` too large for the clock never ends the item.
+    ///
+    /// A [blocking item](Self::spawn_blocking) cannot be stopped once its closure runs, so the
+    /// timeout does not apply to it.
+    ///
+    /// # Panics
+    ///
+    /// Panics if the limiter's runtime was built without its time driver (no `enable_time`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use task_limiter::Limiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let limiter = Limiter::new(1);
+    /// let slow = limiter
+    ///     .build_task()
+    ///     .timeout(Duration::from_secs(1))
+    ///     .spawn(tokio::time::sleep(Duration::from_secs(60)));
+    /// let fast = limiter
+    ///     .build_task()
+    ///     .timeout(Duration::from_secs(1))
+    ///     .spawn(async { "in time" });
+    /// assert!(slow.await.unwrap_err().is_timeout());
+    /// assert_eq!(fast.await.unwrap(), "in time");
+    /// # }
+    /// ```
+    ///
+    /// [`JoinError`]: crate::JoinError
+    #[track_caller]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.limiter.assert_timer("TaskBuilder::timeout");
+        self.limits().timeout = Some(timeout);
+        self
+    }
+
+    /// Sets the latest the item may start: if it is still queued at `deadline`, it never
+    /// starts. Its work (future or closure) is dropped at the deadline, not when the queue
+    /// would have reached it, and its handle resolves to a [`JoinError`] for which
+    /// [`is_timeout`](crate::JoinError::is_timeout) is true, with no worker ID. An item that has started
+    /// by then runs on; bound its run with [`timeout`](Self::timeout).
+    ///
+    /// The limiter keeps one timer for all its queued deadlines (the manager task's, armed for
+    /// the earliest), not one per item, so thousands of items with deadlines of their own cost
+    /// one heap entry each. The deadline is a [`tokio::time::Instant`], as for
+    /// [`tokio::time::sleep_until`], so paused time drives it. A deadline that has passed
+    /// already resolves the item timed out at once, without queueing it. With
+    /// [`queue_timeout`](Self::queue_timeout) as well, the earlier of the two holds.
+    ///
+    /// # Panics
+    ///
+    /// Panics if the limiter's runtime was built without its time driver (no `enable_time`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use task_limiter::Limiter;
+    /// use tokio::time::Instant;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let limiter = Limiter::new(1);
+    /// let busy = limiter.spawn(tokio::time::sleep(Duration::from_secs(10)));
+    /// // The only worker is busy for 10 s: this one would wait longer than it may.
+    /// let late = limiter
+    ///     .build_task()
+    ///     .deadline(Instant::now() + Duration::from_secs(1))
+    ///     .spawn(async { "never runs" });
+    /// let err = late.await.unwrap_err();
+    /// assert!(err.is_timeout());
+    /// assert_eq!(err.worker_id(), None);
+    /// busy.await.unwrap();
+    /// # }
+    /// ```
+    ///
+    /// [`JoinError`]: crate::JoinError
+    #[track_caller]
+    pub fn deadline(mut self, deadline: Instant) -> Self {
+        self.limiter.assert_timer("TaskBuilder::deadline");
+        self.limits().deadline_at(deadline);
+        self
+    }
+
+    /// Sets how long the item may wait in the queue: [`deadline`](Self::deadline) at now plus
+    /// `timeout`. A `timeout` too large for the clock sets no deadline.
+    ///
+    /// # Panics
+    ///
+    /// Panics if the limiter's runtime was built without its time driver (no `enable_time`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use task_limiter::Limiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let limiter = Limiter::new(1);
+    /// let busy = limiter.spawn(tokio::time::sleep(Duration::from_secs(10)));
+    /// let waiting = limiter
+    ///     .build_task()
+    ///     .queue_timeout(Duration::from_millis(100))
+    ///     .spawn(async {});
+    /// assert!(waiting.await.unwrap_err().is_timeout());
+    /// assert_eq!(limiter.metrics().running, 1);
+    /// busy.await.unwrap();
+    /// # }
+    /// ```
+    #[track_caller]
+    pub fn queue_timeout(mut self, timeout: Duration) -> Self {
+        self.limiter.assert_timer("TaskBuilder::queue_timeout");
+        if let Some(at) = Instant::now().checked_add(timeout) {
+            self.limits().deadline_at(at);
+        }
+        self
+    }
+
+    /// Cancels the item when `token` is cancelled, wherever it is then: queued, its work is
+    /// dropped at once and it never starts; running, its future is dropped and its worker ID
+    /// freed. Its handle resolves to a [`JoinError`] for which
+    /// [`is_cancelled`](crate::JoinError::is_cancelled) is true, as an abort does. A token cancelled
+    /// already cancels the item at once, without queueing it.
+    ///
+    /// Running, the item waits on the token inside its own poll. Queued, the limiter's manager
+    /// watches the token with a small future (no task per item); items without a token pay
+    /// for neither. A started [blocking item](Self::spawn_blocking) cannot be stopped, so the
+    /// token cancels it only while it is queued.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::Limiter;
+    /// use tokio_util::sync::CancellationToken;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::new(1);
+    /// let request = CancellationToken::new();
+    /// let running = limiter
+    ///     .build_task()
+    ///     .cancel_on(request.clone())
+    ///     .spawn(std::future::pending::<()>());
+    /// let queued = limiter
+    ///     .build_task()
+    ///     .cancel_on(request.clone())
+    ///     .spawn(async { "never runs" });
+    /// request.cancel();
+    /// assert!(running.await.unwrap_err().is_cancelled());
+    /// assert!(queued.await.unwrap_err().is_cancelled());
+    /// # }
+    /// ```
+    ///
+    /// [`JoinError`]: crate::JoinError
+    pub fn cancel_on(mut self, token: CancellationToken) -> Self {
+        self.limits().token = Some(token);
+        self
+    }
+
+    // --- keys and weights (issue 10) ---
 
     /// Gives the item a key: a host, a tenant, a model. At most the key's limit
     /// ([`Builder::per_key_limit`](crate::Builder::per_key_limit),
@@ -361,6 +564,7 @@ impl<S> fmt::Debug for TaskBuilder<'_, S> {
             .field("limiter", &self.limiter.name())
             .field("priority", &self.priority)
             .field("holds_place", &self.room.is_some())
+            .field("limits", &self.limits)
             .finish()
     }
 }

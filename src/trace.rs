@@ -59,6 +59,12 @@ impl<W: Work> Work for Traced<W> {
     type Output = W::Output;
     type Future = TracedFuture<W::Future>;
 
+    // The item's own limits (`TaskBuilder::timeout`, `cancel_on`) are the inner work's.
+    #[inline(always)]
+    fn poll_cut(future: Pin<&mut Self::Future>, cx: &mut Context<'_>) -> Poll<crate::core::Cut> {
+        W::poll_cut(future.project().future, cx)
+    }
+
     fn start(mut self, worker: WorkerId) -> Self::Future {
         let work = self.work.take().expect("an item starts once");
         let span = tracing::debug_span!(

@@ -461,6 +461,51 @@ async fn keys_and_weights_go_with_every_shape_of_work() {
     assert!(limiter.key_metrics(&key).is_none());
 }
 
+#[tokio::test(start_paused = true)]
+async fn queue_deadlines_hold_for_keyed_weighted_and_set_aside_items_under_set_limit() {
+    let limiter = Limiter::builder().limit(2).per_key_limit(1).build();
+    let load = Load::default();
+    let running = spawn_keyed(&limiter, &load, "a", 1, Duration::from_secs(10));
+    let (flag, dropped) = DropFlag::new();
+    // Waits for its key, then times out in the queue: its work is dropped at the deadline.
+    let waits_for_key = limiter
+        .build_task()
+        .key("a")
+        .queue_timeout(Duration::from_secs(1))
+        .spawn(async move { drop(flag) });
+    // Too heavy for the room left: set aside, then timed out while set aside.
+    let set_aside = limiter
+        .build_task()
+        .key("b")
+        .weight(2)
+        .queue_timeout(Duration::from_secs(2))
+        .spawn(async {});
+    let light = spawn_keyed(&limiter, &load, "c", 1, Duration::from_secs(1));
+    settle().await;
+    limiter.set_limit(1);
+    sleep(Duration::from_millis(1500)).await;
+    assert!(
+        dropped.load(std::sync::atomic::Ordering::SeqCst),
+        "dropped at its deadline"
+    );
+    assert!(waits_for_key.await.unwrap_err().is_timeout());
+    assert!(set_aside.await.unwrap_err().is_timeout());
+    light.await.unwrap();
+    running.await.unwrap();
+    limiter.close();
+    limiter.wait().await;
+    let m = limiter.metrics();
+    assert_eq!(
+        (m.completed, m.timed_out, m.queued, m.weight_running),
+        (2, 2, 0, 0)
+    );
+    assert_eq!(
+        m.submitted,
+        m.completed + m.panicked + m.cancelled + m.timed_out
+    );
+    assert!(limiter.key_metrics(&Key::from("b")).is_none());
+}
+
 #[test]
 #[should_panic(expected = "weight must be at least 1")]
 fn weight_zero_panics() {

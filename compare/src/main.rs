@@ -62,6 +62,8 @@ const ALL_PATTERNS: &[&str] = &[
     "joinset",
     "buffered",
     "unlimited",
+    "timeout",
+    "deadline",
 ];
 /// The default set: every pattern submitting from `block_on`, plus task-limiter and `JoinSet`
 /// submitting from a spawned task. A submitter that waits (`JoinSet`, `acquire_owned`) is much
@@ -280,6 +282,32 @@ async fn run_unlimited<W: Work>(m: u64, _n: usize) -> (u64, Extra) {
     (sum, Extra::default())
 }
 
+/// task-limiter with a time limit on every item that never runs out: a run `timeout` (a timer
+/// per running item) or a queue `deadline` (one heap entry per item, one timer per limiter).
+/// Against `limiter`, what the limits cost items that use them; `limiter` itself is what they
+/// cost items that do not (compare it with a run of the previous commit).
+async fn run_limited<W: Work>(m: u64, n: usize, run_timeout: bool) -> (u64, Extra) {
+    let limiter = Limiter::new(n);
+    let far = std::time::Duration::from_secs(3600);
+    let handles: Vec<_> = (0..m)
+        .map(|i| {
+            let task = limiter.build_task();
+            let task = match run_timeout {
+                true => task.timeout(far),
+                false => task.queue_timeout(far),
+            };
+            task.spawn(W::job(i))
+        })
+        .collect();
+    let mut sum = 0;
+    for handle in handles {
+        sum += handle.await.expect("item failed");
+    }
+    limiter.close();
+    limiter.wait().await;
+    (sum, Extra::default())
+}
+
 async fn run_pattern<W: Work>(pattern: &str, m: u64, n: usize) -> (u64, Extra) {
     match pattern {
         "limiter" => run_limiter::<W>(m, n).await,
@@ -290,6 +318,8 @@ async fn run_pattern<W: Work>(pattern: &str, m: u64, n: usize) -> (u64, Extra) {
         "joinset" => run_joinset::<W>(m, n).await,
         "buffered" => run_buffered::<W>(m, n).await,
         "unlimited" => run_unlimited::<W>(m, n).await,
+        "timeout" => run_limited::<W>(m, n, true).await,
+        "deadline" => run_limited::<W>(m, n, false).await,
         other => panic!("unknown pattern {other:?}"),
     }
 }
@@ -808,6 +838,8 @@ fn pattern_title(p: &str) -> String {
         "unlimited" => "`tokio::spawn`, no limit",
         "keyed" => "**task-limiter**, 1,000 keys, `per_key_limit(N/8)`",
         "keyed-semaphores" => "`HashMap` of per-key `Semaphore`s + global, spawn per item",
+        "timeout" => "**task-limiter**, every item with a run `timeout`",
+        "deadline" => "**task-limiter**, every item with a queue deadline",
         other => other,
     };
     if in_task {

@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::cell::{Job, Outcome, RawTask};
-use super::lanes::Lanes;
+use super::lanes::{Lanes, Skipped};
 use crate::sync::rt::sync::mpsc::UnboundedSender;
 use crate::sync::rt::sync::Notify;
 use crate::sync::{lock, Arc, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
@@ -75,6 +75,12 @@ struct Counters {
     /// Items that left the limiter without starting: aborted while queued (counted when the
     /// queue passes their entry), refused after close, or cancelled by shutdown.
     dropped_unstarted: u64,
+    /// Items that ended by a time limit: run timeouts, and queue deadlines of items that had
+    /// been admitted (counted as started).
+    timed_out_running: u64,
+    /// Items that left the queue unstarted at their deadline (counted, like aborted ones, when
+    /// the queue passes their entry).
+    timed_out_queued: u64,
     max_running: usize,
     workers_spawned: u64,
 }
@@ -314,11 +320,12 @@ impl State {
         }
         // Entries of items aborted while queued are passed and counted: their work is gone
         // already, and dropping the entry does nothing more.
-        let mut skipped = 0;
+        let mut skipped = Skipped::default();
         let popped = self
             .lanes
             .pop(self.limit, self.weight_running, &mut skipped);
-        self.counters.dropped_unstarted += skipped;
+        self.counters.dropped_unstarted += skipped.cancelled;
+        self.counters.timed_out_queued += skipped.timed_out;
         if !self.refill_asked
             && !self.lanes.keyed()
             && self.lanes.unkeyed().at_low_water(self.limit)
@@ -363,6 +370,7 @@ impl State {
             Outcome::Completed => &mut self.counters.completed,
             Outcome::Panicked => &mut self.counters.panicked,
             Outcome::Cancelled => &mut self.counters.cancelled_running,
+            Outcome::TimedOut => &mut self.counters.timed_out_running,
         };
         *counter += 1;
     }
@@ -656,6 +664,20 @@ impl State {
         self.counters.dropped_unstarted += n as u64;
     }
 
+    /// Counts queue entries of items that timed out while queued, found by a shutdown.
+    pub(crate) fn count_timed_out_queued(&mut self, n: usize) {
+        self.counters.timed_out_queued += n as u64;
+    }
+
+    /// Cancelled items that never started and cancelled running ones, apart (`metrics()` adds
+    /// them up), for `shutdown_timeout`'s report.
+    pub(crate) fn cancelled_apart(&self) -> (u64, u64) {
+        (
+            self.counters.dropped_unstarted,
+            self.counters.cancelled_running,
+        )
+    }
+
     /// The limit in force.
     pub(crate) fn limit(&mut self) -> usize {
         self.expire_limit();
@@ -703,13 +725,15 @@ impl State {
         let c = &self.counters;
         Metrics {
             limit: self.limit,
-            queued: submitted.saturating_sub(c.started + c.dropped_unstarted) as usize,
+            queued: submitted.saturating_sub(c.started + c.dropped_unstarted + c.timed_out_queued)
+                as usize,
             running: self.busy,
             weight_running: self.weight_running,
             submitted,
             completed: c.completed,
             panicked: c.panicked,
             cancelled: c.cancelled_running + c.dropped_unstarted,
+            timed_out: c.timed_out_running + c.timed_out_queued,
             max_running: c.max_running,
             workers_spawned: c.workers_spawned,
             workers: self.workers(),

@@ -13,7 +13,7 @@ use std::task::{Context, Poll, Waker};
 
 use pin_project_lite::pin_project;
 
-use crate::sync::{lock, Arc, AtomicBool, Mutex, Ordering};
+use crate::sync::{lock, Arc, AtomicBool, AtomicU8, Mutex, Ordering};
 use crate::{JoinError, Key, WorkerId};
 
 /// What the core runs: made into a future on the worker ID the item starts under.
@@ -27,6 +27,23 @@ pub(crate) trait Work: Send + 'static {
 
     /// Makes the item's future. Called once, on the worker, when the item starts.
     fn start(self, worker: WorkerId) -> Self::Future;
+
+    /// Polled by the core each time the item's future returns `Pending`: `Ready` when the item
+    /// must end before its future does (its run timeout passed, or its token was cancelled).
+    /// Work without such a limit keeps this default, which inlines to `Pending`: it costs those
+    /// items nothing, not a field and not a branch.
+    #[inline(always)]
+    fn poll_cut(future: Pin<&mut Self::Future>, cx: &mut Context<'_>) -> Poll<Cut> {
+        let _ = (future, cx);
+        Poll::Pending
+    }
+}
+
+/// Why a started item ends before its future does (see [`Work::poll_cut`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Cut {
+    TimedOut,
+    Cancelled,
 }
 
 impl<C, Fut> Work for C
@@ -114,7 +131,13 @@ pub(crate) enum Outcome {
     Completed,
     Panicked,
     Cancelled,
+    /// Ended by a time limit: its run timeout, or its queue deadline.
+    TimedOut,
 }
+
+/// Why a cell was aborted, in its `aborted` byte: 0 while it is not.
+const ABORT_CANCELLED: u8 = 1;
+const ABORT_TIMED_OUT: u8 = 2;
 
 /// A started item, ready for its worker to poll.
 pub(crate) type Run = Pin<Box<dyn Future<Output = Outcome> + Send>>;
@@ -133,7 +156,7 @@ impl Job {
         charge: C,
     ) -> (Job, Arc<Cell<W, C>>) {
         let cell = Arc::new(Cell {
-            aborted: AtomicBool::new(false),
+            aborted: AtomicU8::new(0),
             detached: AtomicBool::new(false),
             runs_to_end: props.runs_to_end,
             priority: props.priority,
@@ -143,9 +166,17 @@ impl Job {
         (Job(Some(cell.clone())), cell)
     }
 
-    /// Moves the item to running on `worker`, or returns `None` if it was cancelled while queued.
-    pub(crate) fn start(mut self, worker: WorkerId) -> Option<Run> {
-        self.0.take().and_then(|raw| raw.start(worker))
+    /// Moves the item to running on `worker`, or returns how it ended if it was cancelled (or
+    /// timed out) while queued.
+    pub(crate) fn start(mut self, worker: WorkerId) -> Result<Run, Outcome> {
+        self.0
+            .take()
+            .map_or(Err(Outcome::Cancelled), |raw| raw.start(worker))
+    }
+
+    /// Whether the item left the queue by its deadline (for the counters).
+    pub(crate) fn timed_out(&self) -> bool {
+        self.0.as_ref().is_some_and(|raw| raw.timed_out())
     }
 
     /// Whether the item, once started, runs to its end whatever happens to its worker.
@@ -189,8 +220,13 @@ impl Drop for Job {
 
 /// The type-erased face of a cell that the queue and the workers see.
 pub(crate) trait RawTask: Send + Sync {
-    fn start(self: Arc<Self>, worker: WorkerId) -> Option<Run>;
+    fn start(self: Arc<Self>, worker: WorkerId) -> Result<Run, Outcome>;
     fn cancel_queued(&self) -> bool;
+    /// Resolves a queued item as timed out (its queue deadline passed); false if it had left
+    /// the queue already.
+    fn time_out_queued(&self) -> bool;
+    /// Whether the item was aborted by a time limit.
+    fn timed_out(&self) -> bool;
     fn is_queued(&self) -> bool;
     /// The item's weight, if it was not cancelled while queued: the one call admission makes
     /// on each queued entry.
@@ -222,7 +258,9 @@ pub(crate) struct Cell<W: Work, C: Charge = ()> {
     /// Set by `abort`, of a running item or of a queued one. Read without the lock on every poll
     /// of the item (so an item that finishes in one poll never takes the lock for it) and by
     /// admission (to skip an item cancelled while queued).
-    aborted: AtomicBool,
+    /// 0, or why: `ABORT_CANCELLED`, `ABORT_TIMED_OUT` (a byte, as the flag it was, so the cell
+    /// keeps its size).
+    aborted: AtomicU8,
     /// The `JoinHandle` was dropped: nobody will take the output. Only read and written under
     /// the lock; an atomic beside it rather than a field in it, because it fits in the padding
     /// beside `aborted` and keeps the cell (one allocation per queued item) a size class smaller.
@@ -304,7 +342,7 @@ impl<W: Work, C: Charge> Cell<W, C> {
     }
 
     fn is_aborted(&self) -> bool {
-        self.aborted.load(Ordering::Acquire)
+        self.aborted.load(Ordering::Acquire) != 0
     }
 
     /// Stores the worker's waker so that `abort` can reach the pending item; returns true if
@@ -328,16 +366,20 @@ impl<W: Work, C: Charge> Cell<W, C> {
 
     /// Resolves a queued item as cancelled. Its work is dropped before the handle resolves, and
     /// now, not when the queue reaches its entry. Returns false if it had already started.
-    fn cancel_if_queued(&self) -> bool {
+    fn cancel_if_queued(&self, reason: u8) -> bool {
         let mut stage = lock(&self.stage);
         let Some(work) = stage.leave_queue() else {
             return false;
         };
-        // Tells admission, without the lock, to skip the entry left in the queue.
-        self.aborted.store(true, Ordering::Release);
+        // Tells admission, without the lock, to skip the entry left in the queue (and why, for
+        // its counters). Only the one caller that took the work out of the queue stores it.
+        self.aborted.store(reason, Ordering::Release);
         drop(stage);
         drop_quietly(|| drop(work));
-        self.finish(Err(JoinError::cancelled(None)));
+        self.finish(Err(match reason {
+            ABORT_TIMED_OUT => JoinError::timed_out(None),
+            _ => JoinError::cancelled(None),
+        }));
         true
     }
 
@@ -361,10 +403,10 @@ impl<W: Work, C: Charge> Abort for Cell<W, C> {
         match &mut *stage {
             Stage::Queued(..) => {
                 drop(stage);
-                self.cancel_if_queued();
+                self.cancel_if_queued(ABORT_CANCELLED);
             }
             Stage::Running { waker, .. } if !self.runs_to_end => {
-                self.aborted.store(true, Ordering::Release);
+                self.aborted.store(ABORT_CANCELLED, Ordering::Release);
                 let waker = waker.take();
                 drop(stage);
                 if let Some(waker) = waker {
@@ -422,9 +464,14 @@ impl<W: Work, C: Charge> Join<W::Output> for Cell<W, C> {
 }
 
 impl<W: Work, C: Charge> RawTask for Cell<W, C> {
-    fn start(self: Arc<Self>, worker: WorkerId) -> Option<Run> {
-        let work = lock(&self.stage).leave_queue()?;
-        Some(Box::pin(RunItem {
+    fn start(self: Arc<Self>, worker: WorkerId) -> Result<Run, Outcome> {
+        let Some(work) = lock(&self.stage).leave_queue() else {
+            return Err(match self.timed_out() {
+                true => Outcome::TimedOut,
+                false => Outcome::Cancelled,
+            });
+        };
+        Ok(Box::pin(RunItem {
             cell: self,
             worker,
             work: Some(work),
@@ -434,7 +481,15 @@ impl<W: Work, C: Charge> RawTask for Cell<W, C> {
     }
 
     fn cancel_queued(&self) -> bool {
-        self.cancel_if_queued()
+        self.cancel_if_queued(ABORT_CANCELLED)
+    }
+
+    fn time_out_queued(&self) -> bool {
+        self.cancel_if_queued(ABORT_TIMED_OUT)
+    }
+
+    fn timed_out(&self) -> bool {
+        self.aborted.load(Ordering::Acquire) == ABORT_TIMED_OUT
     }
 
     fn is_queued(&self) -> bool {
@@ -518,15 +573,15 @@ impl<W: Work, C: Charge> Future for RunItem<W, C> {
         let mut this = self.project();
         let worker = *this.worker;
         let runs_to_end = this.cell.runs_to_end;
-        // `None`: aborted.
+        // `Err`: aborted, cut short or timed out.
         let result = 'result: {
             if !runs_to_end && this.cell.is_aborted() {
-                break 'result None;
+                break 'result Err(Cut::Cancelled);
             }
             if let Some(work) = this.work.take() {
                 match panic::catch_unwind(AssertUnwindSafe(|| work.start(worker))) {
                     Ok(future) => this.future.set(Some(future)),
-                    Err(payload) => break 'result Some(Err(payload)),
+                    Err(payload) => break 'result Ok(Err(payload)),
                 }
             }
             let polled = panic::catch_unwind(AssertUnwindSafe(|| {
@@ -539,13 +594,27 @@ impl<W: Work, C: Charge> Future for RunItem<W, C> {
                     .poll(cx)
             }));
             match polled {
-                Ok(Poll::Ready(value)) => Some(Ok(value)),
-                Err(payload) => Some(Err(payload)),
+                Ok(Poll::Ready(value)) => Ok(Ok(value)),
+                Err(payload) => Ok(Err(payload)),
                 Ok(Poll::Pending) if runs_to_end => return Poll::Pending,
-                // `abort` sets its flag, then wakes the waker registered here; check the flag
-                // once more after registering so that an abort in between is not missed.
-                Ok(Poll::Pending) if !this.cell.register_worker(cx) => return Poll::Pending,
-                Ok(Poll::Pending) => None,
+                Ok(Poll::Pending) => {
+                    // The item's own limits (a run timeout, a token), after its future: a
+                    // value ready at the deadline wins, as with `tokio::time::timeout`.
+                    // Written so that, for work that keeps the default `poll_cut`, the whole
+                    // block compiles away.
+                    if let Some(future) = this.future.as_mut().as_pin_mut() {
+                        if let Poll::Ready(cut) = W::poll_cut(future, cx) {
+                            break 'result Err(cut);
+                        }
+                    }
+                    // `abort` sets its flag, then wakes the waker registered here; check the
+                    // flag once more after registering so that an abort in between is not
+                    // missed.
+                    if !this.cell.register_worker(cx) {
+                        return Poll::Pending;
+                    }
+                    Err(Cut::Cancelled)
+                }
             }
         };
         *this.finished = true;
@@ -553,11 +622,14 @@ impl<W: Work, C: Charge> Future for RunItem<W, C> {
         // completed item a panicked one, as it would inside the item.
         let dropped = panic::catch_unwind(AssertUnwindSafe(|| this.future.set(None)));
         let (result, outcome) = match (result, dropped) {
-            (Some(Ok(_)), Err(payload)) | (Some(Err(payload)), _) => {
+            (Ok(Ok(_)), Err(payload)) | (Ok(Err(payload)), _) => {
                 (Err(JoinError::panic(worker, payload)), Outcome::Panicked)
             }
-            (Some(Ok(value)), Ok(())) => (Ok(value), Outcome::Completed),
-            (None, _) => (Err(JoinError::cancelled(Some(worker))), Outcome::Cancelled),
+            (Ok(Ok(value)), Ok(())) => (Ok(value), Outcome::Completed),
+            (Err(Cut::Cancelled), _) => {
+                (Err(JoinError::cancelled(Some(worker))), Outcome::Cancelled)
+            }
+            (Err(Cut::TimedOut), _) => (Err(JoinError::timed_out(Some(worker))), Outcome::TimedOut),
         };
         this.cell.finish(result);
         Poll::Ready(outcome)

@@ -87,6 +87,23 @@ pub(crate) struct Lanes {
     keyed: bool,
 }
 
+/// Queue entries passed because their items left the queue without starting: cancelled
+/// (aborted, a token) or timed out (a queue deadline), counted apart.
+#[derive(Default)]
+pub(crate) struct Skipped {
+    pub(crate) cancelled: u64,
+    pub(crate) timed_out: u64,
+}
+
+impl Skipped {
+    fn count(&mut self, job: &Job) {
+        match job.timed_out() {
+            true => self.timed_out += 1,
+            false => self.cancelled += 1,
+        }
+    }
+}
+
 /// A popped item and its weight.
 pub(crate) type Popped = (Job, u32);
 
@@ -139,10 +156,15 @@ impl Lanes {
     /// Takes the next item that fits, given the global `limit` and the weight `used` of the
     /// running items; counts in `skipped` the entries of items cancelled while queued that it
     /// passed.
-    pub(crate) fn pop(&mut self, limit: usize, used: usize, skipped: &mut u64) -> Option<Popped> {
+    pub(crate) fn pop(
+        &mut self,
+        limit: usize,
+        used: usize,
+        skipped: &mut Skipped,
+    ) -> Option<Popped> {
         if let Some(aside) = &mut self.aside {
             if !aside.job.is_queued() {
-                *skipped += 1;
+                skipped.count(&aside.job);
                 self.drop_aside();
             } else if fits(aside.weight, used, limit) {
                 let aside = self.aside.take().expect("checked above");
@@ -177,7 +199,7 @@ impl Lanes {
         key: Option<Key>,
         limit: usize,
         used: usize,
-        skipped: &mut u64,
+        skipped: &mut Skipped,
     ) -> Option<Popped> {
         let Lanes {
             unkeyed,
@@ -197,8 +219,8 @@ impl Lanes {
                 None => break None,
                 Some(Some(weight)) => break Some(weight),
                 Some(None) => {
-                    queue.pop();
-                    *skipped += 1;
+                    let job = queue.pop().expect("peeked");
+                    skipped.count(&job);
                 }
             }
         };

@@ -11,6 +11,7 @@ use futures_util::FutureExt;
 
 use super::admission::{Lifecycle, Shared};
 use super::cell::Job;
+use super::deadline::{Fired, Watcher, Watches};
 use super::worker::{self, IdGuard};
 use crate::sync::rt::sync::mpsc::UnboundedReceiver;
 use crate::sync::{recv_batch, rt, Arc, Ordering};
@@ -45,7 +46,12 @@ impl Drop for ExitGuard {
 pub(crate) fn cancel_unstarted(shared: &Shared, jobs: impl IntoIterator<Item = Job>) {
     let jobs: Vec<Job> = jobs.into_iter().collect();
     if !jobs.is_empty() {
-        shared.state().count_dropped(jobs.len());
+        // Entries of items that already timed out in the queue count as timed out.
+        let timed_out = jobs.iter().filter(|job| job.timed_out()).count();
+        let mut state = shared.state();
+        state.count_dropped(jobs.len() - timed_out);
+        state.count_timed_out_queued(timed_out);
+        drop(state);
         drop(jobs);
     }
 }
@@ -55,6 +61,9 @@ struct Manager {
     work_rx: UnboundedReceiver<Job>,
     done_rx: UnboundedReceiver<WorkerId>,
     work_open: bool,
+    /// Queue deadlines and tokens (see `deadline.rs`); polled only once one is in use.
+    watches: Arc<Watches>,
+    watcher: Watcher,
     /// Reused from wake-up to wake-up.
     wake: Vec<Waker>,
     spawn: Vec<WorkerId>,
@@ -66,12 +75,16 @@ pub(crate) fn run(
     exit: ExitGuard,
     work_rx: UnboundedReceiver<Job>,
     done_rx: UnboundedReceiver<WorkerId>,
+    watches: Arc<Watches>,
+    watcher: Watcher,
 ) -> impl std::future::Future<Output = ()> + Send {
     let mut manager = Manager {
         exit,
         work_rx,
         done_rx,
         work_open: true,
+        watches,
+        watcher,
         wake: Vec::new(),
         spawn: Vec::new(),
     };
@@ -101,6 +114,7 @@ impl Manager {
             // A full FIFO queue leaves the rest in the channel until workers bring the queue
             // down to its low-water mark and wake the manager through `control`.
             let take_work = self.work_open && shared.state().take_work();
+            let watching = self.watcher.active(&self.watches);
             rt::select! {
                 // IDs first: they are what lets queued work start on new workers.
                 biased;
@@ -111,6 +125,16 @@ impl Manager {
                     }
                 }
                 () = shared.control.notified() => self.on_control(&shared),
+                fired = std::future::poll_fn(|cx| self.watcher.poll(&self.watches, cx)), if watching => {
+                    match fired {
+                        // `Builder::cancel_on`: as `Limiter::shutdown` would.
+                        Fired::Shutdown => {
+                            shared.advance(Lifecycle::ShuttingDown);
+                            self.on_control(&shared);
+                        }
+                        Fired::Look => self.watcher.look(&self.watches),
+                    }
+                }
                 n = recv_batch(&mut self.work_rx, &mut jobs, BATCH), if take_work => {
                     if n == 0 {
                         // Every `Limiter` is gone (or `close` closed the channel) and the

@@ -13,6 +13,7 @@
 
 mod admission;
 pub(crate) mod cell;
+mod deadline;
 mod lanes;
 mod manager;
 mod queue;
@@ -25,14 +26,15 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 pub(crate) use admission::Lifecycle;
-pub(crate) use cell::{Cell, Charge, Props, Weighed, Work};
+pub(crate) use cell::{Cell, Charge, Cut, Props, Weighed, Work};
 pub use queue::QueueOrder;
 
 #[cfg(feature = "shuttle")]
 pub use worker::planted::__plant_id_mixup;
 
 use admission::Shared;
-use cell::Job;
+use cell::{Job, RawTask};
+use deadline::{Watcher, Watches};
 use lanes::Lanes;
 use manager::{cancel_unstarted, ExitGuard};
 
@@ -49,6 +51,11 @@ pub(crate) struct Config {
     pub(crate) order: QueueOrder,
     pub(crate) keep_alive: Option<Duration>,
     pub(crate) per_key_limit: usize,
+    /// `Builder::cancel_on`: the limiter shuts down when this is cancelled.
+    pub(crate) cancel_on: Option<tokio_util::sync::CancellationToken>,
+    /// Run when that token shuts the limiter down, as `Limiter::shutdown` would run it (the
+    /// features' own closing: the bounded queue's places).
+    pub(crate) on_cancel: Option<Box<dyn FnOnce() + Send>>,
 }
 
 /// A running core: what every `Limiter` clone holds.
@@ -56,6 +63,10 @@ pub(crate) struct Core {
     shared: Arc<Shared>,
     /// The work channel. The manager sees it close when every `Core` is dropped.
     work_tx: UnboundedSender<Job>,
+    /// Queued items' deadlines and tokens, for the manager to watch.
+    watches: Arc<Watches>,
+    /// False only when the runtime is known to have no time driver.
+    timer: bool,
 }
 
 impl Clone for Core {
@@ -63,6 +74,8 @@ impl Clone for Core {
         Core {
             shared: self.shared.clone(),
             work_tx: self.work_tx.clone(),
+            watches: self.watches.clone(),
+            timer: self.timer,
         }
     }
 }
@@ -74,6 +87,7 @@ impl Core {
         // A keep-alive needs the runtime's timer; without one, parked workers wait until close,
         // shutdown or a smaller limit ends them.
         let keep_alive = config.keep_alive.filter(|_| timer::available(handle));
+        let timer = keep_alive.is_some() || !timer::known_missing(handle);
         let (work_tx, work_rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared::new(
@@ -86,8 +100,16 @@ impl Core {
         let exit = ExitGuard {
             shared: shared.clone(),
         };
-        manager::spawn(handle, &shared.name, manager::run(exit, work_rx, done_rx));
-        Core { shared, work_tx }
+        let watches = Arc::new(Watches::new());
+        let watcher = Watcher::new(config.cancel_on, config.on_cancel);
+        let manager = manager::run(exit, work_rx, done_rx, watches.clone(), watcher);
+        manager::spawn(handle, &shared.name, manager);
+        Core {
+            shared,
+            work_tx,
+            watches,
+            timer,
+        }
     }
 
     /// Queues an item: the one path of every `spawn` method. Returns its cell, for its handle.
@@ -118,6 +140,53 @@ impl Core {
             cancel_unstarted(shared, [refused]);
         }
         cell
+    }
+
+    /// Queues an item with a queue deadline and/or a token: the manager times it out at `at`,
+    /// or cancels it when `token` fires, if it is still queued then. An item whose deadline has
+    /// passed already never reaches the queue: it resolves timed out at once.
+    pub(crate) fn submit_watched<W: Work, C: Charge>(
+        &self,
+        work: W,
+        props: Props,
+        charge: C,
+        at: Option<crate::sync::rt::time::Instant>,
+        token: Option<tokio_util::sync::CancellationToken>,
+    ) -> Arc<Cell<W, C>> {
+        let expired = at.is_some_and(|at| at <= crate::sync::rt::time::Instant::now());
+        if expired || token.as_ref().is_some_and(|token| token.is_cancelled()) {
+            let (job, cell) = Job::new(work, props, charge);
+            self.shared.submitted.fetch_add(1, Ordering::Relaxed);
+            match expired {
+                true => cell.time_out_queued(),
+                false => cell.cancel_queued(),
+            };
+            // Counted by how the cell ended: timed out, or cancelled.
+            cancel_unstarted(&self.shared, [job]);
+            return cell;
+        }
+        let cell = self.submit(work, props, charge);
+        // Registered after the submission, so the item may have started (or ended) already:
+        // the manager then finds it no longer queued and leaves it be.
+        let task: std::sync::Weak<dyn RawTask> = Arc::downgrade(&cell) as _;
+        if let Some(at) = at {
+            self.watches.deadline(at, task.clone());
+        }
+        if let Some(token) = token {
+            self.watches.token(token, task);
+        }
+        cell
+    }
+
+    /// Whether the limiter's runtime has a time driver (`enable_time`). True where that cannot
+    /// be known (a `panic = "abort"` build).
+    pub(crate) fn has_timer(&self) -> bool {
+        self.timer
+    }
+
+    /// Cancelled items that never started, and cancelled running ones, apart.
+    pub(crate) fn cancelled_apart(&self) -> (u64, u64) {
+        self.shared.state().cancelled_apart()
     }
 
     /// Queues an item unless the limiter is closed, in which case its work comes back.

@@ -50,3 +50,16 @@ pub(super) fn available(_: &Handle) -> bool {
 pub(super) fn available(_: &Handle) -> bool {
     false
 }
+
+/// Whether `handle`'s runtime is known to have no time driver: only a probe that can catch the
+/// panic knows it. Without one (`panic = "abort"`), a time limit on such a runtime panics where
+/// tokio makes its timer, with tokio's own message naming `enable_time`.
+#[cfg(all(not(feature = "shuttle"), panic = "unwind"))]
+pub(super) fn known_missing(handle: &Handle) -> bool {
+    !available(handle)
+}
+
+#[cfg(any(feature = "shuttle", not(panic = "unwind")))]
+pub(super) fn known_missing(_: &Handle) -> bool {
+    false
+}

@@ -38,7 +38,7 @@ impl Drop for IdGuard {
         let handed = self.shared.state().worker_gone(self.id);
         // A job handed to a worker that never took it was admitted on this ID: it resolves
         // cancelled on it, its work dropped unstarted.
-        drop(handed.and_then(|job| job.start(self.id)));
+        drop(handed.and_then(|job| job.start(self.id).ok()));
         // Fails only when the manager is gone with its runtime: nobody needs the ID then.
         let _ = self.shared.done_tx.send(self.id);
     }
@@ -53,9 +53,10 @@ pub(crate) async fn work(guard: IdGuard) {
     while let Some(job) = keep_alive.next(shared, id, ended.take()).await {
         let runs_to_end = job.runs_to_end();
         let outcome = match job.start(planted::item_id(id)) {
-            Some(run) => Running::new(run, runs_to_end).await,
-            // Aborted between its admission and its start: its work is already dropped.
-            None => Outcome::Cancelled,
+            Ok(run) => Running::new(run, runs_to_end).await,
+            // Aborted (or timed out) between its admission and its start: its work is already
+            // dropped.
+            Err(outcome) => outcome,
         };
         ended = Some(outcome);
         // A worker that finds ready items in a row must still let other tasks on its thread run.

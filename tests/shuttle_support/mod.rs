@@ -52,6 +52,10 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
 pub fn assert_drained<S>(limiter: &Limiter<S>) {
     let m = limiter.metrics();
     assert_eq!((m.queued, m.running), (0, 0), "{m:?}");
-    assert_eq!(m.submitted, m.completed + m.panicked + m.cancelled, "{m:?}");
+    assert_eq!(
+        m.submitted,
+        m.completed + m.panicked + m.cancelled + m.timed_out,
+        "{m:?}"
+    );
     assert!(limiter.busy_workers().is_empty(), "{m:?}");
 }
