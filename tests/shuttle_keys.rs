@@ -10,36 +10,42 @@
 mod shuttle_support;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use shuttle::sync::Mutex;
 
 use shuttle_support::{assert_drained, block_on, explore};
 use shuttle_tokio::task::yield_now;
 use task_limiter::{Key, Limiter};
 
 /// The weight running, in all and per key, as the items see it: each enters at its first poll
-/// and leaves when its future is dropped, inside the span admission counts it for.
+/// and leaves when its future is dropped, inside the span admission counts it for. A shuttle
+/// lock, so that the limits can be read while it is held: read before it, a limit may be
+/// stale by the time the total is taken.
 #[derive(Clone, Default)]
 struct Load(Arc<Mutex<(usize, HashMap<u64, usize>)>>);
 
 struct Held(Load, u64, usize);
 
 impl Load {
-    /// Enters an item and checks the limits in force now. Limits in these checks only grow, so
-    /// the limit in force now is at least the one the item was admitted under.
+    /// Enters an item and checks the limits in force now, read while no other item can enter
+    /// or leave. Limits in these checks only grow, so the limit in force now is at least the
+    /// one under which any running item was admitted.
     fn enter(&self, limiter: &Limiter, key: u64, weight: usize) -> Held {
-        // Read before the lock below: reading them is a scheduling point under shuttle, and a
-        // task switched out while holding a std lock would block every other.
-        let limit = limiter.limit();
-        let key_limit = limiter.key_limit(&Key::from(key));
         let mut load = self.0.lock().unwrap();
         load.0 += weight;
         let total = load.0;
         let per_key = load.1.entry(key).or_default();
         *per_key += weight;
         let per_key = *per_key;
+        let limit = limiter.limit();
+        let key_limit = limiter.key_limit(&Key::from(key));
+        let metrics = limiter.metrics();
         assert!(
             total <= limit || total == weight,
-            "weight {total} running under a limit of {limit}"
+            "weight {total} running under a limit of {limit} (this item: key {key}, weight \
+             {weight}; per key {:?}; {metrics:?})",
+            load.1
         );
         assert!(
             per_key <= key_limit || per_key == weight,

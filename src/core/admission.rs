@@ -228,18 +228,10 @@ impl Shared {
         let lifecycle = self.lifecycle();
         let mut state = self.state();
         let poll = state.poll_next(id, ended, cx, lifecycle);
-        let mut wake = Vec::new();
         let mut due = mem::take(&mut state.refill_due);
-        if mem::take(&mut state.dispatch_due) {
-            // Hand what else may start now to parked workers; should more be startable than
-            // are parked, the manager spawns workers for it.
-            while state.has_parked_below_limit() {
-                match state.hand_to_parked(lifecycle) {
-                    Some(waker) => wake.extend(waker),
-                    None => break,
-                }
-            }
-            due |= state.may_start_more();
+        let mut wake = Vec::new();
+        if state.dispatch_due {
+            due |= state.dispatch_more(lifecycle, &mut wake);
         }
         drop(state);
         wake.into_iter().for_each(Waker::wake);
@@ -294,10 +286,10 @@ fn charge_back(
     weight_running: &mut usize,
     task: &dyn RawTask,
 ) -> bool {
-    let weight = task.weight();
+    let (weight, key) = task.charge();
     *busy -= 1;
     *weight_running -= weight as usize;
-    let key_ready = match task.key() {
+    let key_ready = match key {
         Some(key) => lanes.finish(key, weight),
         None => false,
     };
@@ -339,6 +331,22 @@ impl State {
         self.counters.started += 1;
         self.counters.max_running = self.counters.max_running.max(self.busy);
         Some(job)
+    }
+
+    /// After an item that gave back more room than its worker's next item takes (or let its key
+    /// start again): hands what else may start to parked workers, whose wakers go to `wake`
+    /// for the caller to wake outside the lock. Returns true if more may start than were
+    /// parked: the manager then spawns workers for it.
+    #[cold]
+    fn dispatch_more(&mut self, lifecycle: Lifecycle, wake: &mut Vec<Waker>) -> bool {
+        self.dispatch_due = false;
+        while self.has_parked_below_limit() {
+            match self.hand_to_parked(lifecycle) {
+                Some(waker) => wake.extend(waker),
+                None => break,
+            }
+        }
+        self.may_start_more()
     }
 
     /// Whether an item may be startable beyond what parked workers took: room under the limit

@@ -191,7 +191,7 @@ impl Job {
 
     /// The item's key, if it has one.
     pub(crate) fn key(&self) -> Option<&Key> {
-        self.0.as_ref().and_then(|raw| raw.key())
+        self.0.as_ref().and_then(|raw| raw.charge().1)
     }
 
     /// The item's weight while it still waits to start; `None` once cancelled while queued.
@@ -231,8 +231,8 @@ pub(crate) trait RawTask: Send + Sync {
     /// The item's weight, if it was not cancelled while queued: the one call admission makes
     /// on each queued entry.
     fn queued_weight(&self) -> Option<u32>;
-    fn weight(&self) -> u32;
-    fn key(&self) -> Option<&Key>;
+    /// The item's weight and key, for the end of its run: one call.
+    fn charge(&self) -> (u32, Option<&Key>);
     fn priority(&self) -> i32;
     fn runs_to_end(&self) -> bool;
     /// Cancels the item wherever it is (`shutdown`): queued, it is dropped now; running, its
@@ -502,12 +502,8 @@ impl<W: Work, C: Charge> RawTask for Cell<W, C> {
         (!self.is_aborted()).then(|| self.charge.weight())
     }
 
-    fn weight(&self) -> u32 {
-        self.charge.weight()
-    }
-
-    fn key(&self) -> Option<&Key> {
-        self.charge.key()
+    fn charge(&self) -> (u32, Option<&Key>) {
+        (self.charge.weight(), self.charge.key())
     }
 
     fn priority(&self) -> i32 {

@@ -125,13 +125,19 @@ impl Lanes {
     pub(crate) fn push(&mut self, job: Job) {
         let Some(key) = job.key() else {
             self.unkeyed.push(job);
-            if !self.unkeyed_in_ring {
+            // Without keys the unkeyed lane is the only one and takes no turns (the fast path of
+            // `pop`); it joins the ring once a key has a lane.
+            if !self.keys.is_empty() && !self.unkeyed_in_ring {
                 self.unkeyed_in_ring = true;
                 self.ring.push_back(None);
             }
             return;
         };
         self.keyed = true;
+        if self.keys.is_empty() && !self.unkeyed_in_ring && !self.unkeyed.is_empty() {
+            self.unkeyed_in_ring = true;
+            self.ring.push_back(None);
+        }
         let lane = match self.keys.get_mut(key) {
             Some(lane) => lane,
             None => {
@@ -180,6 +186,13 @@ impl Lanes {
                 return None;
             }
         }
+        if self.keys.is_empty() {
+            let popped = self.pop_unkeyed(limit, used, skipped);
+            if let (Some(_), Some(aside)) = (&popped, &mut self.aside) {
+                aside.passes_left = aside.passes_left.saturating_sub(1);
+            }
+            return popped;
+        }
         for _ in 0..self.ring.len() {
             let lane = self.ring.pop_front()?;
             if let Some(popped) = self.pop_lane(lane, limit, used, skipped) {
@@ -190,6 +203,32 @@ impl Lanes {
             }
         }
         None
+    }
+
+    /// `pop` while no key has a lane: the unkeyed lane alone, without turns. A head item too
+    /// heavy for the room is set aside, and the next may pass it.
+    fn pop_unkeyed(&mut self, limit: usize, used: usize, skipped: &mut Skipped) -> Option<Popped> {
+        loop {
+            let weight = self.unkeyed.peek()?.queued_weight();
+            let Some(weight) = weight else {
+                let job = self.unkeyed.pop().expect("peeked");
+                skipped.count(&job);
+                continue;
+            };
+            if fits(weight, used, limit) {
+                return Some((self.unkeyed.pop().expect("peeked"), weight));
+            }
+            if self.aside.is_some() {
+                return None;
+            }
+            let job = self.unkeyed.pop().expect("peeked");
+            self.aside = Some(SetAside {
+                job,
+                key: None,
+                weight,
+                passes_left: limit,
+            });
+        }
     }
 
     /// Tries the head of one lane just taken off the ring's front; puts the lane back at the

@@ -147,7 +147,11 @@ impl Queue {
     }
 
     pub(crate) fn push(&mut self, job: Job) {
-        self.extend(std::iter::once(job));
+        match self {
+            Queue::Fifo(queue) => queue.push_back(job),
+            Queue::Lifo(stack) => stack.push(job),
+            Queue::Priority { .. } => self.extend(std::iter::once(job)),
+        }
     }
 
     /// The entry that `pop` would take.
