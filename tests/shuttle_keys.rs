@@ -16,7 +16,7 @@ use shuttle::sync::Mutex;
 
 use shuttle_support::{assert_drained, block_on, explore};
 use shuttle_tokio::task::yield_now;
-use task_limiter::{Key, Limiter};
+use task_limiter::{JoinHandle, Key, Limiter};
 
 /// The weight running, in all and per key, as the items see it: each enters at its first poll
 /// and leaves when its future is dropped, inside the span admission counts it for. A shuttle
@@ -114,25 +114,30 @@ fn keyed_weights_hold_the_limits() {
     explore(keyed_weights_hold_the_limits_while_they_grow);
 }
 
+/// Submits one item per `(key, weight)`, each yielding once and returning its weight.
+fn spawn_charged(limiter: &Limiter, items: &[(u64, u32)]) -> Vec<JoinHandle<u32>> {
+    items
+        .iter()
+        .map(|&(key, weight)| {
+            limiter
+                .build_task()
+                .key(key)
+                .weight(weight)
+                .spawn(async move {
+                    yield_now().await;
+                    weight
+                })
+        })
+        .collect()
+}
+
 /// Keyed and heavy items (one heavier than every limit) while other tasks shrink both limits,
 /// abort one item and shut the limiter down: every handle resolves (a value, or cancelled),
 /// `shutdown` returns, and the counters add up with nothing left running.
 fn keyed_items_resolve_through_shrink_abort_and_shutdown(limit: usize) {
     block_on(async move {
         let limiter = Limiter::builder().limit(limit).per_key_limit(2).build();
-        let mut handles = Vec::new();
-        for (key, weight) in [(0_u64, 1), (0, 4), (1, 2), (0, 1)] {
-            handles.push(
-                limiter
-                    .build_task()
-                    .key(key)
-                    .weight(weight)
-                    .spawn(async move {
-                        yield_now().await;
-                        weight
-                    }),
-            );
-        }
+        let handles = spawn_charged(&limiter, &[(0_u64, 1), (0, 4), (1, 2), (0, 1)]);
         let heavy = limiter.build_task().weight(5).spawn(async { 5 });
         let shrinker = shuttle_tokio::spawn({
             let limiter = limiter.clone();
@@ -178,19 +183,7 @@ fn keyed_items_resolve_through_shrink_abort_shutdown() {
 fn heavy_items_are_never_stranded(limit: usize) {
     block_on(async move {
         let limiter = Limiter::builder().limit(limit).per_key_limit(1).build();
-        let mut handles = Vec::new();
-        for (key, weight) in [(7_u64, 1), (7, 3), (8, 9), (7, 1)] {
-            handles.push(
-                limiter
-                    .build_task()
-                    .key(key)
-                    .weight(weight)
-                    .spawn(async move {
-                        yield_now().await;
-                        weight
-                    }),
-            );
-        }
+        let mut handles = spawn_charged(&limiter, &[(7_u64, 1), (7, 3), (8, 9), (7, 1)]);
         handles.push(limiter.build_task().weight(9).spawn(async { 9 }));
         let shrinker = shuttle_tokio::spawn({
             let limiter = limiter.clone();

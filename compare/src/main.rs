@@ -134,9 +134,11 @@ struct Extra {
     limiter: Option<(usize, u64)>,
 }
 
-async fn run_limiter<W: Work>(m: u64, n: usize) -> (u64, Extra) {
-    let limiter = Limiter::new(n);
-    let handles: Vec<_> = (0..m).map(|i| limiter.spawn(W::job(i))).collect();
+/// Awaits every handle of a task-limiter pattern, then closes the limiter and reads its counters.
+async fn drain_limiter(
+    limiter: &Limiter,
+    handles: Vec<task_limiter::JoinHandle<u64>>,
+) -> (u64, Extra) {
     let mut sum = 0;
     for handle in handles {
         sum += handle.await.expect("item failed");
@@ -148,6 +150,12 @@ async fn run_limiter<W: Work>(m: u64, n: usize) -> (u64, Extra) {
         limiter: Some((metrics.max_running, metrics.workers_spawned)),
     };
     (sum, extra)
+}
+
+async fn run_limiter<W: Work>(m: u64, n: usize) -> (u64, Extra) {
+    let limiter = Limiter::new(n);
+    let handles: Vec<_> = (0..m).map(|i| limiter.spawn(W::job(i))).collect();
+    drain_limiter(&limiter, handles).await
 }
 
 /// The keys of the keyed patterns, and each key's limit under a global limit of `n`.
@@ -171,17 +179,7 @@ async fn run_keyed<W: Work>(m: u64, n: usize) -> (u64, Extra) {
                 .spawn(W::job(i))
         })
         .collect();
-    let mut sum = 0;
-    for handle in handles {
-        sum += handle.await.expect("item failed");
-    }
-    limiter.close();
-    limiter.wait().await;
-    let metrics = limiter.metrics();
-    let extra = Extra {
-        limiter: Some((metrics.max_running, metrics.workers_spawned)),
-    };
-    (sum, extra)
+    drain_limiter(&limiter, handles).await
 }
 
 async fn run_keyed_semaphores<W: Work>(m: u64, n: usize) -> (u64, Extra) {
