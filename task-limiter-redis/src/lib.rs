@@ -109,7 +109,8 @@ mod tests {
         check::<crate::Builder>();
         check::<crate::Error>();
         check::<crate::Lease>();
-        check::<crate::Connect>();
+        fn send<T: Send + Unpin>() {}
+        send::<crate::Connect>();
         check::<crate::Release>();
     }
 }
