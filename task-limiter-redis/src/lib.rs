@@ -1,0 +1,118 @@
+#![warn(
+    missing_debug_implementations,
+    missing_docs,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![doc(test(
+    no_crate_inject,
+    attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))
+))]
+
+//! A cluster-wide budget for [`task_limiter::Limiter`] on Redis: at most `budget` items
+//! running at once across every process that uses one name, with leases that expire when a
+//! process dies.
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use task_limiter::Limiter;
+//! use task_limiter_redis::ClusterBudget;
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), task_limiter_redis::Error> {
+//! let limiter = Limiter::new(1); // its limit is managed by the budget from now on
+//! let budget = ClusterBudget::builder("redis://127.0.0.1/", "downstream-api")
+//!     .budget(50)
+//!     .ttl(Duration::from_secs(6))
+//!     .connect(&limiter)
+//!     .await?; // an error if Redis is unreachable or the configuration is refused
+//!
+//! let handle = limiter.spawn(async { "one of at most 50 across the cluster" });
+//! handle.await.unwrap();
+//! budget.release().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # How it works
+//!
+//! A process leases slots of the budget in blocks and sets its limiter's limit to the slots
+//! it holds. Items start and finish locally at full speed; Redis sees one call per renewal
+//! (about every TTL / 3) plus calls when demand changes, never one per item. Each call runs
+//! one Lua script, atomically, which reads Redis's clock (`TIME`), drops the leases whose TTL
+//! has passed, computes this process's fair share and grants slots.
+//!
+//! - **Shared by demand.** A process reports its demand (running + queued items, capped at
+//!   the budget; the highest of the last hysteresis period). Shares are max-min fair over the
+//!   processes with demand: a process with demand `d` is entitled to at least
+//!   `min(d, budget / n)` slots when `n` processes have demand. A process grows only into
+//!   slots nobody holds and shrinks to its share at its next renewal, so a process gets its
+//!   share within about two renewal periods plus the time the items of the processes above
+//!   their share take to finish.
+//! - **Counted for what may run.** Redis counts a process for `max(granted, items it may still
+//!   be running)`: a process that shrinks frees its slots for others only as its items finish.
+//! - **Leases expire.** A process that stops renewing (crashed, paused, cut off) loses its
+//!   slots in Redis after the TTL; the others take them at their next call, within TTL + one
+//!   renewal period.
+//! - **A lost lease stops new starts.** The process considers its lease gone at
+//!   `renewal sent + TTL - safety margin` on its own monotonic clock, before Redis does, and
+//!   its limit falls to the floor (0 by default). Running items finish; queued items wait.
+//! - **Fencing tokens.** Each new lease gets a token from a counter that only grows
+//!   ([`ClusterBudget::fencing_token`]).
+//! - **A fresh Redis state** (first start, or a restart that lost the data) grants nobody more
+//!   than it already runs for one TTL, so that processes still running items re-register them
+//!   before anyone grows into their slots.
+//!
+//! # What is guaranteed, and what is not
+//!
+//! While Redis keeps its data and every process's clock runs at the rate Redis's does (within
+//! the safety margin), the items running at once across all processes never exceed the
+//! budget, plus, for each process with a floor above 0, its floor while it holds no lease.
+//!
+//! Not guaranteed:
+//! - **A paused or cut-off process** (SIGSTOP, a long GC-like stall, a network partition)
+//!   keeps running the items it had started; once its lease expires in Redis, others take its
+//!   slots. Over-admission is bounded by the items such processes were running when they were
+//!   cut off; they start nothing new until they hold a lease again.
+//! - **A Redis failover** to a replica that missed the last writes (replication is
+//!   asynchronous) can grant slots twice until the next renewals. There is no Redlock: it does
+//!   not preserve a count across nodes either. Use one primary and accept that window, or
+//!   fence the downstream with the fencing token.
+//! - **Clocks:** a host suspended (not paused) stops the monotonic clock while Redis's runs on.
+//! - A budget that differs between processes is refused at `connect`, but only against the
+//!   processes alive then.
+//!
+//! # Status
+//!
+//! Work in progress (issue 13 is open): tested against a real server with two limiters in one
+//! process (a busy one takes the budget, the limits never add up past it), but the
+//! multi-process tests (global concurrency, kill -9, SIGSTOP, a Redis restart) are not written.
+//! Do not rely on it yet.
+
+mod budget;
+mod builder;
+mod error;
+mod renewer;
+
+pub use budget::{BudgetMetrics, ClusterBudget, Connect, Lease, Release};
+pub use builder::Builder;
+pub use error::Error;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bounds() {
+        fn check<T: Send + Sync + Unpin>() {}
+        check::<crate::ClusterBudget>();
+        check::<crate::Builder>();
+        check::<crate::Error>();
+        check::<crate::Lease>();
+        fn send<T: Send + Unpin>() {}
+        send::<crate::Connect>();
+        check::<crate::Release>();
+    }
+}

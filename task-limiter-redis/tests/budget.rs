@@ -1,0 +1,141 @@
+//! Against a real Redis server, started by the test on a free port (no persistence).
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use task_limiter::Limiter;
+use task_limiter_redis::ClusterBudget;
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start() -> Server {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (apt-get install redis-server)");
+        let url = format!("redis://127.0.0.1:{port}/");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Server { child, url }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn refused_configurations() {
+    let limiter = Limiter::new(1);
+    let err = ClusterBudget::builder("redis://127.0.0.1/", "t")
+        .budget(0)
+        .connect(&limiter)
+        .await
+        .unwrap_err();
+    assert!(err.is_config(), "{err}");
+    let err = ClusterBudget::builder("nonsense://x", "t")
+        .budget(2)
+        .connect(&limiter)
+        .await
+        .unwrap_err();
+    assert!(err.is_config(), "{err}");
+    let err = ClusterBudget::builder("redis://127.0.0.1/", "t")
+        .budget(2)
+        .ttl(Duration::from_secs(1))
+        .renew_every(Duration::from_millis(600))
+        .connect(&limiter)
+        .await
+        .unwrap_err();
+    assert!(
+        err.is_config() && err.to_string().contains("too short"),
+        "{err}"
+    );
+    let err = ClusterBudget::builder("redis://127.0.0.1:1/", "t")
+        .budget(2)
+        .ttl(Duration::from_secs(1))
+        .connect(&limiter)
+        .await
+        .unwrap_err();
+    assert!(err.is_redis(), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_takes_the_budget_and_sum_stays_within_it() {
+    let server = Server::start();
+    let ttl = Duration::from_secs(1);
+    let busy = Limiter::new(1);
+    let idle = Limiter::new(1);
+    let b1 = ClusterBudget::builder(&server.url, "t")
+        .budget(6)
+        .ttl(ttl)
+        .process_id("busy")
+        .connect(&busy)
+        .await
+        .unwrap();
+    let b2 = ClusterBudget::builder(&server.url, "t")
+        .budget(6)
+        .ttl(ttl)
+        .process_id("idle")
+        .connect(&idle)
+        .await
+        .unwrap();
+    // A different budget on the same name is refused while these live.
+    let other = Limiter::new(1);
+    let err = ClusterBudget::builder(&server.url, "t")
+        .budget(7)
+        .ttl(ttl)
+        .connect(&other)
+        .await
+        .unwrap_err();
+    assert!(err.is_config(), "{err}");
+    for _ in 0..2000 {
+        busy.spawn(tokio::time::sleep(Duration::from_millis(5)));
+    }
+    let mut max_busy = 0;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (a, b) = (busy.limit(), idle.limit());
+        // The limits in force never add up to more than the budget.
+        assert!(a + b <= 6, "limits {a} + {b}");
+        max_busy = max_busy.max(a);
+    }
+    assert!(
+        max_busy >= 5,
+        "busy process reached only {max_busy} of 6: {:?} {:?}",
+        b1.metrics(),
+        b1.lease()
+    );
+    assert!(b1.fencing_token().is_some());
+    assert_ne!(b1.fencing_token(), b2.fencing_token());
+    let calls = b1.metrics().redis_calls;
+    println!("busy: {calls} redis calls in 4 s");
+    assert!(calls < 100, "{calls} calls");
+    b2.release().await.unwrap();
+    drop(b1);
+}
