@@ -152,6 +152,15 @@ async fn drain_limiter(
     (sum, extra)
 }
 
+/// Awaits every `tokio::spawn` handle of a baseline pattern.
+async fn drain_tasks(handles: Vec<tokio::task::JoinHandle<u64>>) -> (u64, Extra) {
+    let mut sum = 0;
+    for handle in handles {
+        sum += handle.await.expect("task failed");
+    }
+    (sum, Extra::default())
+}
+
 async fn run_limiter<W: Work>(m: u64, n: usize) -> (u64, Extra) {
     let limiter = Limiter::new(n);
     let handles: Vec<_> = (0..m).map(|i| limiter.spawn(W::job(i))).collect();
@@ -200,11 +209,7 @@ async fn run_keyed_semaphores<W: Work>(m: u64, n: usize) -> (u64, Extra) {
             })
         })
         .collect();
-    let mut sum = 0;
-    for handle in handles {
-        sum += handle.await.expect("task failed");
-    }
-    (sum, Extra::default())
+    drain_tasks(handles).await
 }
 
 async fn run_semaphore<W: Work>(m: u64, n: usize) -> (u64, Extra) {
@@ -218,11 +223,7 @@ async fn run_semaphore<W: Work>(m: u64, n: usize) -> (u64, Extra) {
             })
         })
         .collect();
-    let mut sum = 0;
-    for handle in handles {
-        sum += handle.await.expect("task failed");
-    }
-    (sum, Extra::default())
+    drain_tasks(handles).await
 }
 
 async fn run_acquire<W: Work>(m: u64, n: usize) -> (u64, Extra) {
@@ -236,11 +237,7 @@ async fn run_acquire<W: Work>(m: u64, n: usize) -> (u64, Extra) {
             value
         }));
     }
-    let mut sum = 0;
-    for handle in handles {
-        sum += handle.await.expect("task failed");
-    }
-    (sum, Extra::default())
+    drain_tasks(handles).await
 }
 
 async fn run_joinset<W: Work>(m: u64, n: usize) -> (u64, Extra) {
@@ -273,11 +270,7 @@ async fn run_buffered<W: Work>(m: u64, n: usize) -> (u64, Extra) {
 
 async fn run_unlimited<W: Work>(m: u64, _n: usize) -> (u64, Extra) {
     let handles: Vec<_> = (0..m).map(|i| tokio::spawn(W::job(i))).collect();
-    let mut sum = 0;
-    for handle in handles {
-        sum += handle.await.expect("task failed");
-    }
-    (sum, Extra::default())
+    drain_tasks(handles).await
 }
 
 /// task-limiter with a time limit on every item that never runs out: a run `timeout` (a timer

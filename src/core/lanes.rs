@@ -186,19 +186,22 @@ impl Lanes {
                 return None;
             }
         }
-        if self.keys.is_empty() {
-            let popped = self.pop_unkeyed(limit, used, skipped);
-            if let (Some(_), Some(aside)) = (&popped, &mut self.aside) {
-                aside.passes_left = aside.passes_left.saturating_sub(1);
-            }
-            return popped;
+        let popped = if self.keys.is_empty() {
+            self.pop_unkeyed(limit, used, skipped)
+        } else {
+            self.pop_ring(limit, used, skipped)
+        };
+        if let (Some(_), Some(aside)) = (&popped, &mut self.aside) {
+            aside.passes_left = aside.passes_left.saturating_sub(1);
         }
+        popped
+    }
+
+    /// `pop` over the lanes in turn: the first whose head fits goes to the ring's back.
+    fn pop_ring(&mut self, limit: usize, used: usize, skipped: &mut Skipped) -> Option<Popped> {
         for _ in 0..self.ring.len() {
             let lane = self.ring.pop_front()?;
             if let Some(popped) = self.pop_lane(lane, limit, used, skipped) {
-                if let Some(aside) = &mut self.aside {
-                    aside.passes_left = aside.passes_left.saturating_sub(1);
-                }
                 return Some(popped);
             }
         }
