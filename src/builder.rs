@@ -1,6 +1,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::adaptive::{Algorithm, Controller, MakeAlgorithm, DEFAULT_MAX_LIMIT};
 use crate::core::{Config, Core, QueueOrder};
 use crate::limiter::Extras;
 use crate::state::{MakeState, States};
@@ -46,6 +47,9 @@ pub struct Builder<S = ()> {
     pub(crate) per_key_limit: usize,
     pub(crate) make: MakeState<S>,
     pub(crate) cancel_on: Option<CancellationToken>,
+    pub(crate) adaptive: Option<MakeAlgorithm>,
+    pub(crate) min_limit: Option<usize>,
+    pub(crate) max_limit: Option<usize>,
 }
 
 impl Builder {
@@ -59,6 +63,9 @@ impl Builder {
             per_key_limit: usize::MAX,
             make: Arc::new(|_| ()),
             cancel_on: None,
+            adaptive: None,
+            min_limit: None,
+            max_limit: None,
         }
     }
 }
@@ -74,6 +81,9 @@ impl<S> Clone for Builder<S> {
             per_key_limit: self.per_key_limit,
             make: self.make.clone(),
             cancel_on: self.cancel_on.clone(),
+            adaptive: self.adaptive.clone(),
+            min_limit: self.min_limit,
+            max_limit: self.max_limit,
         }
     }
 }
@@ -283,6 +293,117 @@ impl<S> Builder<S> {
         self
     }
 
+    // --- adaptive limits (issue 12) ---
+
+    /// Lets `algorithm` set the limit from what the items measure: one
+    /// [`Sample`](crate::adaptive::Sample) per finished item (see the [`adaptive`](crate::adaptive)
+    /// module for which items give one, and the algorithms that come with the crate).
+    ///
+    /// [`limit`](Self::limit) is then the limit it starts from (by default the number of CPUs,
+    /// within the bounds), and the limit stays within [`min_limit`](Self::min_limit) (default
+    /// 1) and [`max_limit`](Self::max_limit) (default 1,000). Each limit the algorithm chooses
+    /// is put in force as [`Limiter::set_limit`](crate::Limiter::set_limit) puts it: growing it
+    /// starts queued items at once, shrinking it lets running items finish. A user's
+    /// `set_limit` still works: it sets the limit in force, and the algorithm goes on from it.
+    /// [`Limiter::limit`](crate::Limiter::limit) and [`Limiter::metrics`](crate::Limiter::metrics)
+    /// report the limit in force.
+    ///
+    /// The builder keeps `algorithm` as given; each limiter it builds gets a clone of it.
+    ///
+    /// # Panics
+    ///
+    /// [`build`](Self::build) panics if `max_limit < min_limit`, or if a `limit` given is
+    /// outside them.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::adaptive::Aimd;
+    /// use task_limiter::Limiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::builder()
+    ///     .adaptive(Aimd::new())
+    ///     .limit(8)
+    ///     .min_limit(2)
+    ///     .max_limit(100)
+    ///     .build();
+    /// assert_eq!(limiter.limit(), 8);
+    /// # }
+    /// ```
+    pub fn adaptive<A>(mut self, algorithm: A) -> Builder<S>
+    where
+        A: Algorithm + Clone + Sync,
+    {
+        self.adaptive = Some(Arc::new(move || Box::new(algorithm.clone())));
+        self
+    }
+
+    /// The lowest limit an adaptive limit may take (default 1). Without
+    /// [`adaptive`](Self::adaptive) it has no effect.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `limit` is 0.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::adaptive::Gradient;
+    /// use task_limiter::Limiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::builder().adaptive(Gradient::new()).min_limit(4).build();
+    /// assert!(limiter.limit() >= 4);
+    /// # }
+    /// ```
+    #[track_caller]
+    pub fn min_limit(mut self, limit: usize) -> Builder<S> {
+        assert!(limit > 0, "task_limiter: `min_limit` must be at least 1");
+        self.min_limit = Some(limit);
+        self
+    }
+
+    /// The highest limit an adaptive limit may take (default 1,000). Without
+    /// [`adaptive`](Self::adaptive) it has no effect.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `limit` is 0.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::adaptive::Gradient;
+    /// use task_limiter::Limiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::builder().adaptive(Gradient::new()).max_limit(2).build();
+    /// assert!(limiter.limit() <= 2);
+    /// # }
+    /// ```
+    #[track_caller]
+    pub fn max_limit(mut self, limit: usize) -> Builder<S> {
+        assert!(limit > 0, "task_limiter: `max_limit` must be at least 1");
+        self.max_limit = Some(limit);
+        self
+    }
+
+    /// `min_limit`..=`max_limit` of an adaptive limiter, with their defaults.
+    #[track_caller]
+    fn adaptive_bounds(&self) -> (usize, usize) {
+        let min = self.min_limit.unwrap_or(1);
+        let max = self.max_limit.unwrap_or(DEFAULT_MAX_LIMIT.max(min));
+        assert!(
+            min <= max,
+            "task_limiter: `max_limit` ({max}) is below `min_limit` ({min})"
+        );
+        (min, max)
+    }
+
     /// Gives every worker ID a value of type `T`, made by `make` on the first item that needs
     /// it and lent to the items submitted with
     /// [`spawn_with_state`](Limiter::spawn_with_state) and
@@ -331,6 +452,9 @@ impl<S> Builder<S> {
             per_key_limit: self.per_key_limit,
             make: Arc::new(make),
             cancel_on: self.cancel_on,
+            adaptive: self.adaptive,
+            min_limit: self.min_limit,
+            max_limit: self.max_limit,
         }
     }
 
@@ -383,9 +507,27 @@ impl<S> Builder<S> {
     where
         S: Send + 'static,
     {
-        let limit = self.limit.unwrap_or_else(|| {
+        let default = || {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-        });
+        };
+        let (limit, bounds) = match &self.adaptive {
+            None => (self.limit.unwrap_or_else(default), None),
+            Some(_) => {
+                let (min, max) = self.adaptive_bounds();
+                let limit = match self.limit {
+                    Some(limit) => {
+                        assert!(
+                            (min..=max).contains(&limit),
+                            "task_limiter: the starting limit {limit} is outside \
+                             `min_limit`..=`max_limit` ({min}..={max})"
+                        );
+                        limit
+                    }
+                    None => default().clamp(min, max),
+                };
+                (limit, Some((min, max)))
+            }
+        };
         let config = Config {
             name: self.name.into(),
             limit,
@@ -395,11 +537,13 @@ impl<S> Builder<S> {
             cancel_on: None,
             on_cancel: None,
         };
+        let adaptive = self.adaptive.zip(bounds);
         let extras = Extras {
             states: Box::new(Arc::new(States::new(self.make))),
             room: self
                 .max_queued
                 .map(|max| Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS)))),
+            adaptive: None,
         };
         let config = Config {
             // `reserve` waiters learn of the shutdown as they do from `Limiter::shutdown`.
@@ -410,7 +554,11 @@ impl<S> Builder<S> {
             cancel_on: self.cancel_on,
             ..config
         };
-        Limiter::from_parts(Core::start(config, handle), extras)
+        let core = Core::start(config, handle);
+        let adaptive = adaptive.map(|(make, (min, max))| {
+            Arc::new(Controller::new(make(), limit, min, max, core.limit_handle()))
+        });
+        Limiter::from_parts(core, Extras { adaptive, ..extras })
     }
 }
 
@@ -423,6 +571,9 @@ impl<S> fmt::Debug for Builder<S> {
             .field("max_queued", &self.max_queued)
             .field("keep_alive", &self.keep_alive)
             .field("cancel_on", &self.cancel_on.is_some())
+            .field("adaptive", &self.adaptive.is_some())
+            .field("min_limit", &self.min_limit)
+            .field("max_limit", &self.max_limit)
             .finish()
     }
 }

@@ -125,6 +125,7 @@
 //! [`JoinSet`]: tokio::task::JoinSet
 //! [`StreamExt::buffer_unordered`]: https://docs.rs/futures/latest/futures/stream/trait.StreamExt.html#method.buffer_unordered
 
+pub mod adaptive;
 mod batch;
 mod blocking;
 mod builder;

@@ -5,6 +5,7 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::adaptive::{Controller, Overload};
 use crate::builder::Builder;
 use crate::core::{Cell, Charge, Core, Exited, Lifecycle, Props, Work};
 use crate::sync::rt::sync::Semaphore;
@@ -61,6 +62,8 @@ pub(crate) struct Extras {
     pub(crate) states: Box<dyn Any + Send + Sync>,
     /// Places in the queue for `try_spawn` and `reserve`, with `Builder::max_queued`.
     pub(crate) room: Option<Arc<Semaphore>>,
+    /// The adaptive limit's controller, when the limiter has one.
+    pub(crate) adaptive: Option<Arc<Controller>>,
 }
 
 impl<S> Clone for Limiter<S> {
@@ -192,12 +195,26 @@ impl<S> Limiter<S> {
     /// While a subscriber listens, the item carries its submitter's span into its work.
     #[inline]
     pub(crate) fn submit<W: Work>(&self, work: W, props: Props) -> JoinHandle<W::Output> {
-        self.submit_charged(work, props, ())
+        self.submit_charged(work, props, (), ())
     }
 
     /// [`submit`](Self::submit), for an item that counts `charge` against the limits.
     #[inline]
-    pub(crate) fn submit_charged<W: Work, C: Charge>(
+    pub(crate) fn submit_charged<W: Work, C: Charge, O: Overload<W::Output>>(
+        &self,
+        work: W,
+        props: Props,
+        charge: C,
+        overload: O,
+    ) -> JoinHandle<W::Output> {
+        match &self.extras.adaptive {
+            None => self.submit_traced(work, props, charge),
+            Some(adaptive) => self.submit_traced(adaptive.measure(work, overload), props, charge),
+        }
+    }
+
+    #[inline]
+    fn submit_traced<W: Work, C: Charge>(
         &self,
         work: W,
         props: Props,
@@ -213,6 +230,19 @@ impl<S> Limiter<S> {
 
     /// Queues an item unless the limiter is closed, in which case its work comes back.
     pub(crate) fn try_submit<W: Work>(
+        &self,
+        work: W,
+        props: Props,
+    ) -> Result<JoinHandle<W::Output>, W> {
+        match &self.extras.adaptive {
+            None => self.try_submit_traced(work, props),
+            Some(adaptive) => self
+                .try_submit_traced(adaptive.measure(work, ()), props)
+                .map_err(|work| work.into_inner()),
+        }
+    }
+
+    fn try_submit_traced<W: Work>(
         &self,
         work: W,
         props: Props,
@@ -397,7 +427,10 @@ impl<S> Limiter<S> {
     #[track_caller]
     pub fn set_limit(&self, limit: usize) {
         assert!(limit > 0, "task_limiter: the limit must be at least 1");
-        self.core.set_limit(limit, None);
+        match &self.extras.adaptive {
+            None => self.core.set_limit(limit, None),
+            Some(adaptive) => adaptive.set_limit(limit),
+        }
     }
 
     /// Sets a limit that holds until `until`, and `fallback` from then on, unless the limit is
@@ -443,6 +476,11 @@ impl<S> Limiter<S> {
     #[track_caller]
     pub fn set_limit_until(&self, limit: usize, until: tokio::time::Instant, fallback: usize) {
         assert!(limit > 0, "task_limiter: the limit must be at least 1");
+        assert!(
+            self.extras.adaptive.is_none(),
+            "task_limiter: `set_limit_until` on an adaptive limiter: its algorithm would set \
+             the limit again before the expiry; build the limiter without `adaptive`"
+        );
         self.core.set_limit(limit, Some((until, fallback)));
     }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::adaptive::Overload;
 use crate::blocking::{blocking, blocking_with_state, BLOCKING};
 use crate::core::{Cut, Props, Weighed, Work};
 use crate::state::with_state;
@@ -38,7 +39,7 @@ use crate::{JoinHandle, Key, Limiter, WorkerId};
 /// # }
 /// ```
 #[must_use = "a task builder does nothing until one of its `spawn` methods is called"]
-pub struct TaskBuilder<'a, S = ()> {
+pub struct TaskBuilder<'a, S = (), O = ()> {
     limiter: &'a Limiter<S>,
     priority: i32,
     weight: u32,
@@ -48,6 +49,7 @@ pub struct TaskBuilder<'a, S = ()> {
     /// Time limits and a token (`timeout`, `deadline`, `cancel_on`); boxed, so a builder
     /// without them stays small.
     limits: Option<Box<Limits>>,
+    overload: O,
 }
 
 /// Work that holds a place in a bounded queue (`Builder::max_queued`) until it starts. The
@@ -82,35 +84,48 @@ impl<'a, S> TaskBuilder<'a, S> {
             key: None,
             room,
             limits: None,
+            overload: (),
         }
     }
+}
 
-    fn submit<W: Work>(self, work: W, props: Props) -> JoinHandle<W::Output> {
+impl<'a, S, O> TaskBuilder<'a, S, O> {
+
+    fn submit<W: Work>(self, work: W, props: Props) -> JoinHandle<W::Output>
+    where
+        O: Overload<W::Output>,
+    {
         let props = Props {
             priority: self.priority,
             ..props
         };
         if self.weight == 1 && self.key.is_none() {
+            let overload = self.overload;
             if let Some(limits) = self.limits {
-                return limits.submit(self.limiter, self.room, work, props, ());
+                return limits.submit(self.limiter, self.room, work, props, (), overload);
             }
             match self.room {
-                None => self.limiter.submit(work, props),
-                Some(place) => self.limiter.submit(Placed { work, place }, props),
+                None => self.limiter.submit_charged(work, props, (), overload),
+                Some(place) => {
+                    let work = Placed { work, place };
+                    self.limiter.submit_charged(work, props, (), overload)
+                }
             }
         } else {
             let charge = Weighed {
                 weight: self.weight,
                 key: self.key,
             };
+            let overload = self.overload;
             if let Some(limits) = self.limits {
-                return limits.submit(self.limiter, self.room, work, props, charge);
+                return limits.submit(self.limiter, self.room, work, props, charge, overload);
             }
             match self.room {
-                None => self.limiter.submit_charged(work, props, charge),
-                Some(place) => self
-                    .limiter
-                    .submit_charged(Placed { work, place }, props, charge),
+                None => self.limiter.submit_charged(work, props, charge, overload),
+                Some(place) => {
+                    let work = Placed { work, place };
+                    self.limiter.submit_charged(work, props, charge, overload)
+                }
             }
         }
     }
@@ -421,6 +436,47 @@ impl<'a, S> TaskBuilder<'a, S> {
         self
     }
 
+    // --- adaptive limits (issue 12) ---
+
+    /// Marks the item's output as an overload when `overload` says so, for the limiter's
+    /// [adaptive limit](crate::Builder::adaptive): an `Err` that stands for a 429 or a 503, a
+    /// "too busy" reply. Its sample then backs the limit off, however fast the reply came (a
+    /// refusal is often the fastest answer a downstream gives).
+    ///
+    /// Write the argument's type out (`|reply: &Result<Body, Error>| ...`): the builder learns
+    /// the output's type only at `spawn`. A limiter without `adaptive` ignores it. A panicking
+    /// item is never an overload, and a cancelled one gives no sample (see
+    /// [`adaptive`](crate::adaptive)); a retry is a new item with a sample of its own.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::adaptive::Aimd;
+    /// use task_limiter::Limiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::builder().adaptive(Aimd::new()).limit(10).build();
+    /// let reply = limiter
+    ///     .build_task()
+    ///     .overload_if(|status: &u16| *status == 429)
+    ///     .spawn(async { 429u16 });
+    /// assert_eq!(reply.await.unwrap(), 429);
+    /// assert_eq!(limiter.limit(), 9); // backed off by Aimd's 0.9
+    /// # }
+    /// ```
+    pub fn overload_if<F>(self, overload: F) -> TaskBuilder<'a, S, F> {
+        TaskBuilder {
+            limiter: self.limiter,
+            priority: self.priority,
+            weight: self.weight,
+            key: self.key,
+            room: self.room,
+            limits: self.limits,
+            overload,
+        }
+    }
+
     /// Submits a future with these options, as [`Limiter::spawn`] does.
     ///
     /// # Examples
@@ -440,6 +496,7 @@ impl<'a, S> TaskBuilder<'a, S> {
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
+        O: Overload<F::Output>,
     {
         self.submit(move |_: WorkerId| future, Props::default())
     }
@@ -465,6 +522,7 @@ impl<'a, S> TaskBuilder<'a, S> {
         C: FnOnce(WorkerId) -> Fut + Send + 'static,
         Fut: Future + Send + 'static,
         Fut::Output: Send + 'static,
+        O: Overload<Fut::Output>,
     {
         self.submit(make, Props::default())
     }
@@ -488,12 +546,13 @@ impl<'a, S> TaskBuilder<'a, S> {
     where
         F: FnOnce(WorkerId) -> R + Send + 'static,
         R: Send + 'static,
+        O: Overload<R>,
     {
         self.submit(blocking(f), BLOCKING)
     }
 }
 
-impl<S: Send + 'static> TaskBuilder<'_, S> {
+impl<S: Send + 'static, O> TaskBuilder<'_, S, O> {
     /// Submits an item that borrows its worker's state, with these options, as
     /// [`Limiter::spawn_with_state`] does.
     ///
@@ -521,6 +580,7 @@ impl<S: Send + 'static> TaskBuilder<'_, S> {
             + Send
             + 'static,
         T: Send + 'static,
+        O: Overload<T>,
     {
         let home = self.limiter.states();
         self.submit(with_state(home, f), Props::default())
@@ -552,19 +612,21 @@ impl<S: Send + 'static> TaskBuilder<'_, S> {
     where
         F: FnOnce(&mut S, WorkerId) -> R + Send + 'static,
         R: Send + 'static,
+        O: Overload<R>,
     {
         let home = self.limiter.states();
         self.submit(blocking_with_state(home, f), BLOCKING)
     }
 }
 
-impl<S> fmt::Debug for TaskBuilder<'_, S> {
+impl<S, O> fmt::Debug for TaskBuilder<'_, S, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TaskBuilder")
             .field("limiter", &self.limiter.name())
             .field("priority", &self.priority)
             .field("holds_place", &self.room.is_some())
             .field("limits", &self.limits)
+            .field("overload_if", &(std::any::type_name::<O>() != "()"))
             .finish()
     }
 }

@@ -20,6 +20,7 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use crate::adaptive::Overload;
 use crate::core::Charge;
 use crate::core::{Cut, Props, Work};
 use crate::sync::rt::sync::OwnedSemaphorePermit;
@@ -46,13 +47,14 @@ impl Limits {
 
     /// Submits `work` under these limits: the queued phase is registered with the manager, the
     /// running phase rides in the work.
-    pub(crate) fn submit<S, W: Work, C: Charge>(
+    pub(crate) fn submit<S, W: Work, C: Charge, O: Overload<W::Output>>(
         self,
         limiter: &Limiter<S>,
         room: Option<OwnedSemaphorePermit>,
         work: W,
         props: Props,
         charge: C,
+        overload: O,
     ) -> JoinHandle<W::Output> {
         // A started blocking closure cannot be stopped: its limits end with the queue.
         let running = !props.runs_to_end && (self.timeout.is_some() || self.token.is_some());
@@ -65,11 +67,12 @@ impl Limits {
             timeout,
             token: run_token,
         };
+        let (at, token) = (self.deadline, self.token);
         match room {
-            None => limiter.submit_watched(work, props, charge, self.deadline, self.token),
+            None => limiter.submit_watched(work, props, charge, overload, at, token),
             Some(place) => {
                 let work = Placed { work, place };
-                limiter.submit_watched(work, props, charge, self.deadline, self.token)
+                limiter.submit_watched(work, props, charge, overload, at, token)
             }
         }
     }
@@ -77,7 +80,25 @@ impl Limits {
 
 impl<S> Limiter<S> {
     /// `submit`, for an item with a queue deadline or a token.
-    fn submit_watched<W: Work, C: Charge>(
+    fn submit_watched<W: Work, C: Charge, O: Overload<W::Output>>(
+        &self,
+        work: W,
+        props: Props,
+        charge: C,
+        overload: O,
+        at: Option<Instant>,
+        token: Option<CancellationToken>,
+    ) -> JoinHandle<W::Output> {
+        match &self.extras.adaptive {
+            None => self.submit_watched_traced(work, props, charge, at, token),
+            Some(adaptive) => {
+                let work = adaptive.measure(work, overload);
+                self.submit_watched_traced(work, props, charge, at, token)
+            }
+        }
+    }
+
+    fn submit_watched_traced<W: Work, C: Charge>(
         &self,
         work: W,
         props: Props,

@@ -14,7 +14,7 @@ use std::time::Instant;
 use pin_project_lite::pin_project;
 use tracing::Span;
 
-use crate::core::Work;
+use crate::core::{Load, Work};
 use crate::sync::Arc;
 use crate::WorkerId;
 
@@ -65,7 +65,12 @@ impl<W: Work> Work for Traced<W> {
         W::poll_cut(future.project().future, cx)
     }
 
-    fn start(mut self, worker: WorkerId) -> Self::Future {
+    fn start(self, worker: WorkerId) -> Self::Future {
+        self.start_under(worker, Load::default())
+    }
+
+    // Passes the load on: the adaptive limit's measuring sits inside the span.
+    fn start_under(mut self, worker: WorkerId, load: Load) -> Self::Future {
         let work = self.work.take().expect("an item starts once");
         let span = tracing::debug_span!(
             target: TARGET,
@@ -80,7 +85,7 @@ impl<W: Work> Work for Traced<W> {
             tracing::trace!(target: TARGET, waited_us, "item started");
             // Made inside the span: work that captures `Span::current()` (a blocking item
             // taking it to its thread) gets the item's span.
-            work.start(worker)
+            work.start_under(worker, load)
         };
         TracedFuture {
             future,

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::cell::{Job, Outcome, RawTask};
+use super::cell::{Job, Load, Outcome, RawTask};
 use super::lanes::{Lanes, Skipped};
 use crate::sync::rt::sync::mpsc::UnboundedSender;
 use crate::sync::rt::sync::Notify;
@@ -56,7 +56,7 @@ enum Slot {
     /// Its worker runs this item (or is about to start it). Kept so that `shutdown` can cancel it.
     Busy(Arc<dyn RawTask>),
     /// The manager admitted this job for the parked worker, which has yet to wake and take it.
-    Handed(Job),
+    Handed(Job, Load),
     /// Its worker waits for work, holding the ID.
     Parked(Option<Waker>),
     /// Its worker is on its way out; the ID comes back to the manager on the done channel.
@@ -224,7 +224,7 @@ impl Shared {
         id: WorkerId,
         ended: Option<Outcome>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Job>> {
+    ) -> Poll<Option<(Job, Load)>> {
         let lifecycle = self.lifecycle();
         let mut state = self.state();
         let poll = state.poll_next(id, ended, cx, lifecycle);
@@ -301,8 +301,9 @@ impl State {
     ///
     /// Only while the limiter is not shutting down, `id` is below the limit in force, and fewer
     /// than `limit` items run. Items aborted while queued are skipped here, before anything is
-    /// spawned or woken for them. An admitted item counts as running from here on.
-    fn admit(&mut self, id: WorkerId, lifecycle: Lifecycle) -> Option<Job> {
+    /// spawned or woken for them. An admitted item counts as running from here on; it starts
+    /// told the load it was admitted under.
+    fn admit(&mut self, id: WorkerId, lifecycle: Lifecycle) -> Option<(Job, Load)> {
         self.expire_limit();
         if lifecycle >= Lifecycle::ShuttingDown
             || id.index() >= self.limit
@@ -330,7 +331,11 @@ impl State {
         self.weight_running += weight as usize;
         self.counters.started += 1;
         self.counters.max_running = self.counters.max_running.max(self.busy);
-        Some(job)
+        let load = Load {
+            running: self.weight_running,
+            limit: self.limit,
+        };
+        Some((job, load))
     }
 
     /// After an item that gave back more room than its worker's next item takes (or let its key
@@ -389,19 +394,20 @@ impl State {
         ended: Option<Outcome>,
         cx: &mut Context<'_>,
         lifecycle: Lifecycle,
-    ) -> Poll<Option<Job>> {
+    ) -> Poll<Option<(Job, Load)>> {
         if let Some(outcome) = ended {
             self.end_item(id, outcome);
         }
         let was_parked = match &self.slots[id.index()] {
             // Handed over by the manager, a submitter, or (for a new worker) at its spawn.
-            Slot::Handed(job) => {
+            Slot::Handed(job, _) => {
                 let task = job.task().expect("a handed job is queued");
-                let Slot::Handed(job) = mem::replace(&mut self.slots[id.index()], Slot::Busy(task))
+                let Slot::Handed(job, load) =
+                    mem::replace(&mut self.slots[id.index()], Slot::Busy(task))
                 else {
                     unreachable!("matched above")
                 };
-                return Poll::Ready(Some(job));
+                return Poll::Ready(Some((job, load)));
             }
             Slot::Busy(_) => {
                 debug_assert!(
@@ -413,12 +419,12 @@ impl State {
             Slot::Parked(_) => true,
             Slot::Free | Slot::Exiting => unreachable!("{id} asks for work without holding its ID"),
         };
-        if let Some(job) = self.admit(id, lifecycle) {
+        if let Some((job, load)) = self.admit(id, lifecycle) {
             if was_parked {
                 self.unpark(id);
             }
             self.slots[id.index()] = Slot::Busy(job.task().expect("an admitted job is queued"));
-            Poll::Ready(Some(job))
+            Poll::Ready(Some((job, load)))
         } else if self.should_exit(id, lifecycle) {
             if was_parked {
                 self.unpark(id);
@@ -464,7 +470,7 @@ impl State {
                 self.counters.cancelled_running += 1;
                 None
             }
-            Slot::Handed(job) => {
+            Slot::Handed(job, _) => {
                 if let Some(task) = job.task() {
                     self.dispatch_due |= charge_back(
                         &mut self.lanes,
@@ -514,12 +520,12 @@ impl State {
             let Some(id) = self.lowest_free() else {
                 return;
             };
-            let Some(job) = self.admit(id, lifecycle) else {
+            let Some((job, load)) = self.admit(id, lifecycle) else {
                 return;
             };
             // The new worker takes its first job from its slot, as a woken parked worker does:
             // a worker dropped before its first poll then resolves the job on its ID.
-            self.take_free(id, Slot::Handed(job));
+            self.take_free(id, Slot::Handed(job, load));
             self.counters.workers_spawned += 1;
             spawn.push(id);
         }
@@ -546,9 +552,9 @@ impl State {
     /// wake outside the lock.
     fn hand_to_parked(&mut self, lifecycle: Lifecycle) -> Option<Option<Waker>> {
         let id = self.parked_below_limit()?;
-        let job = self.admit(id, lifecycle)?;
+        let (job, load) = self.admit(id, lifecycle)?;
         self.unpark(id);
-        match mem::replace(&mut self.slots[id.index()], Slot::Handed(job)) {
+        match mem::replace(&mut self.slots[id.index()], Slot::Handed(job, load)) {
             Slot::Parked(waker) => Some(waker),
             _ => unreachable!("the parked index lists only parked slots"),
         }
@@ -661,7 +667,7 @@ impl State {
             .iter()
             .filter_map(|slot| match slot {
                 Slot::Busy(task) => Some(task.clone()),
-                Slot::Handed(job) => job.task(),
+                Slot::Handed(job, _) => job.task(),
                 _ => None,
             })
             .collect()

@@ -28,6 +28,17 @@ pub(crate) trait Work: Send + 'static {
     /// Makes the item's future. Called once, on the worker, when the item starts.
     fn start(self, worker: WorkerId) -> Self::Future;
 
+    /// [`start`](Self::start), told the load the item was admitted under. Only work that
+    /// measures itself (adaptive limits) overrides it; the rest keep this default.
+    #[inline(always)]
+    fn start_under(self, worker: WorkerId, load: Load) -> Self::Future
+    where
+        Self: Sized,
+    {
+        let _ = load;
+        self.start(worker)
+    }
+
     /// Polled by the core each time the item's future returns `Pending`: `Ready` when the item
     /// must end before its future does (its run timeout passed, or its token was cancelled).
     /// Work without such a limit keeps this default, which inlines to `Pending`: it costs those
@@ -37,6 +48,14 @@ pub(crate) trait Work: Send + 'static {
         let _ = (future, cx);
         Poll::Pending
     }
+}
+
+/// What admission saw as it let an item start: the weight running, the item's own included, and
+/// the limit in force.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Load {
+    pub(crate) running: usize,
+    pub(crate) limit: usize,
 }
 
 /// Why a started item ends before its future does (see [`Work::poll_cut`]).
@@ -166,12 +185,12 @@ impl Job {
         (Job(Some(cell.clone())), cell)
     }
 
-    /// Moves the item to running on `worker`, or returns how it ended if it was cancelled (or
-    /// timed out) while queued.
-    pub(crate) fn start(mut self, worker: WorkerId) -> Result<Run, Outcome> {
+    /// Moves the item to running on `worker`, admitted under `load`, or returns how it ended
+    /// if it was cancelled (or timed out) while queued.
+    pub(crate) fn start(mut self, worker: WorkerId, load: Load) -> Result<Run, Outcome> {
         self.0
             .take()
-            .map_or(Err(Outcome::Cancelled), |raw| raw.start(worker))
+            .map_or(Err(Outcome::Cancelled), |raw| raw.start(worker, load))
     }
 
     /// Whether the item left the queue by its deadline (for the counters).
@@ -220,7 +239,7 @@ impl Drop for Job {
 
 /// The type-erased face of a cell that the queue and the workers see.
 pub(crate) trait RawTask: Send + Sync {
-    fn start(self: Arc<Self>, worker: WorkerId) -> Result<Run, Outcome>;
+    fn start(self: Arc<Self>, worker: WorkerId, load: Load) -> Result<Run, Outcome>;
     fn cancel_queued(&self) -> bool;
     /// Resolves a queued item as timed out (its queue deadline passed); false if it had left
     /// the queue already.
@@ -464,7 +483,7 @@ impl<W: Work, C: Charge> Join<W::Output> for Cell<W, C> {
 }
 
 impl<W: Work, C: Charge> RawTask for Cell<W, C> {
-    fn start(self: Arc<Self>, worker: WorkerId) -> Result<Run, Outcome> {
+    fn start(self: Arc<Self>, worker: WorkerId, load: Load) -> Result<Run, Outcome> {
         let Some(work) = lock(&self.stage).leave_queue() else {
             return Err(match self.timed_out() {
                 true => Outcome::TimedOut,
@@ -474,6 +493,7 @@ impl<W: Work, C: Charge> RawTask for Cell<W, C> {
         Ok(Box::pin(RunItem {
             cell: self,
             worker,
+            load,
             work: Some(work),
             future: None,
             finished: false,
@@ -530,6 +550,7 @@ pin_project! {
     struct RunItem<W: Work, C: Charge> {
         cell: Arc<Cell<W, C>>,
         worker: WorkerId,
+        load: Load,
         work: Option<W>,
         #[pin]
         future: Option<W::Future>,
@@ -575,7 +596,8 @@ impl<W: Work, C: Charge> Future for RunItem<W, C> {
                 break 'result Err(Cut::Cancelled);
             }
             if let Some(work) = this.work.take() {
-                match panic::catch_unwind(AssertUnwindSafe(|| work.start(worker))) {
+                let load = *this.load;
+                match panic::catch_unwind(AssertUnwindSafe(|| work.start_under(worker, load))) {
                     Ok(future) => this.future.set(Some(future)),
                     Err(payload) => break 'result Ok(Err(payload)),
                 }

@@ -26,7 +26,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 pub(crate) use admission::Lifecycle;
-pub(crate) use cell::{Cell, Charge, Cut, Props, Weighed, Work};
+pub(crate) use cell::{Cell, Charge, Cut, Load, Props, Weighed, Work};
 pub use queue::QueueOrder;
 
 #[cfg(feature = "shuttle")]
@@ -271,6 +271,11 @@ impl Core {
         self.shared.control.notify_one();
     }
 
+    /// A handle that sets the limit without keeping the limiter alive (its items may hold it).
+    pub(crate) fn limit_handle(&self) -> LimitHandle {
+        LimitHandle(Arc::downgrade(&self.shared))
+    }
+
     pub(crate) fn key_limit(&self, key: &Key) -> usize {
         self.shared.state().key_limit(key)
     }
@@ -299,6 +304,21 @@ impl Core {
 }
 
 /// Resolves once the manager has exited (`Limiter::wait`).
+/// Sets a limiter's limit from inside its own items (the adaptive limit's controller, which
+/// every measured item holds): a weak reference, so that queued items holding it never keep
+/// the limiter's state alive.
+pub(crate) struct LimitHandle(std::sync::Weak<Shared>);
+
+impl LimitHandle {
+    /// [`Core::set_limit`] with no expiry; does nothing once the limiter is gone.
+    pub(crate) fn set_limit(&self, limit: usize) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.state().set_limit(limit, None);
+            shared.control.notify_one();
+        }
+    }
+}
+
 pub(crate) struct Exited<'a> {
     shared: &'a Shared,
     /// Made before the first check: `notify_waiters` reaches every `Notified` made before it.

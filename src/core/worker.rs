@@ -15,7 +15,7 @@ use std::task::Context;
 use std::task::Poll;
 
 use super::admission::Shared;
-use super::cell::{Job, Outcome, Run};
+use super::cell::{Job, Load, Outcome, Run};
 use crate::sync::{rt, Arc};
 use crate::WorkerId;
 
@@ -38,7 +38,7 @@ impl Drop for IdGuard {
         let handed = self.shared.state().worker_gone(self.id);
         // A job handed to a worker that never took it was admitted on this ID: it resolves
         // cancelled on it, its work dropped unstarted.
-        drop(handed.and_then(|job| job.start(self.id).ok()));
+        drop(handed.and_then(|job| job.start(self.id, Load::default()).ok()));
         // Fails only when the manager is gone with its runtime: nobody needs the ID then.
         let _ = self.shared.done_tx.send(self.id);
     }
@@ -50,9 +50,9 @@ pub(crate) async fn work(guard: IdGuard) {
     let id = guard.id;
     let mut keep_alive = KeepAlive::new(shared);
     let mut ended = None;
-    while let Some(job) = keep_alive.next(shared, id, ended.take()).await {
+    while let Some((job, load)) = keep_alive.next(shared, id, ended.take()).await {
         let runs_to_end = job.runs_to_end();
-        let outcome = match job.start(planted::item_id(id)) {
+        let outcome = match job.start(planted::item_id(id), load) {
             Ok(run) => Running::new(run, runs_to_end).await,
             // Aborted (or timed out) between its admission and its start: its work is already
             // dropped.
@@ -169,7 +169,7 @@ impl KeepAlive {
         shared: &Shared,
         id: WorkerId,
         mut ended: Option<Outcome>,
-    ) -> Option<Job> {
+    ) -> Option<(Job, Load)> {
         // Set when the worker first finds no work: it has been idle since.
         #[cfg(not(feature = "shuttle"))]
         let mut expires = None;

@@ -1,0 +1,169 @@
+//! A simulated downstream for adaptive limits: shared by `examples/adaptive.rs` and
+//! `tests/adaptive.rs`.
+//!
+//! A call takes `base × max(1, in_flight / capacity)` with ±10 % noise, where `in_flight`
+//! counts the call itself: past its capacity the downstream queues, and every call slows
+//! down. With `refuses`, a call that would go past the capacity is refused at once instead
+//! (a 429 that takes a tenth of `base`). Capacity and base time can change while it runs.
+#![allow(dead_code)] // each user takes what it needs
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use task_limiter::Limiter;
+use tokio::time::Instant;
+
+/// The downstream refused a call: it was at its capacity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Busy;
+
+pub struct Downstream {
+    in_flight: AtomicUsize,
+    capacity: AtomicUsize,
+    base_ns: AtomicU64,
+    refuses: bool,
+    rng: AtomicU64,
+}
+
+impl Downstream {
+    pub fn new(capacity: usize, base: Duration, refuses: bool) -> Arc<Downstream> {
+        Arc::new(Downstream {
+            in_flight: AtomicUsize::new(0),
+            capacity: AtomicUsize::new(capacity),
+            base_ns: AtomicU64::new(base.as_nanos() as u64),
+            refuses,
+            rng: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
+        })
+    }
+
+    pub fn set_capacity(&self, capacity: usize) {
+        self.capacity.store(capacity, Ordering::Relaxed);
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity.load(Ordering::Relaxed)
+    }
+
+    pub fn set_base(&self, base: Duration) {
+        self.base_ns.store(base.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// A factor in 0.9..1.1, from a xorshift: the same sequence on every run.
+    fn noise(&self) -> f64 {
+        let step = |mut x: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let old = self
+            .rng
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |x| Some(step(x)))
+            .unwrap();
+        0.9 + 0.2 * (step(old) % 1000) as f64 / 1000.0
+    }
+
+    /// One call.
+    pub async fn call(&self) -> Result<(), Busy> {
+        let base = Duration::from_nanos(self.base_ns.load(Ordering::Relaxed));
+        let capacity = self.capacity();
+        let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.refuses && now > capacity {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            tokio::time::sleep(base.mul_f64(0.1 * self.noise())).await;
+            return Err(Busy);
+        }
+        let factor = (now as f64 / capacity as f64).max(1.0);
+        tokio::time::sleep(base.mul_f64(factor * self.noise())).await;
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// What a run saw, one entry per finished item, in the order they finished.
+#[derive(Default)]
+pub struct Trace {
+    /// When it finished, since the run began.
+    pub at: Vec<Duration>,
+    /// The limit in force when it finished.
+    pub limits: Vec<usize>,
+    /// The downstream's capacity when it finished.
+    pub capacities: Vec<usize>,
+    /// Its latency as its caller saw it: queue wait plus run time.
+    pub latencies: Vec<Duration>,
+    /// Whether the downstream refused it.
+    pub refused: Vec<bool>,
+}
+
+impl Trace {
+    /// Items per second of the run's (simulated) time.
+    pub fn throughput(&self) -> f64 {
+        let took = self.at.last().copied().unwrap_or_default().as_secs_f64();
+        let served = self.refused.iter().filter(|refused| !**refused).count();
+        served as f64 / took.max(f64::MIN_POSITIVE)
+    }
+
+    /// The `q` quantile (0..=1) of the latencies.
+    pub fn latency_quantile(&self, q: f64) -> Duration {
+        let mut sorted = self.latencies.clone();
+        sorted.sort();
+        sorted
+            .get(((sorted.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+/// Runs `phases` of `(capacity, items)` one after the other, with `clients` callers that each
+/// submit one call through `limiter` and await it, again and again (a caller whose call is
+/// refused goes on with its next one, as a retry would). Returns the trace.
+pub async fn run(
+    limiter: &Limiter,
+    downstream: &Arc<Downstream>,
+    clients: usize,
+    phases: &[(usize, usize)],
+) -> Trace {
+    let start = Instant::now();
+    let trace = Arc::new(std::sync::Mutex::new(Trace::default()));
+    for &(capacity, items) in phases {
+        downstream.set_capacity(capacity);
+        let left = Arc::new(AtomicUsize::new(items));
+        let mut callers = tokio::task::JoinSet::new();
+        for _ in 0..clients {
+            let (limiter, downstream, trace, left) = (
+                limiter.clone(),
+                downstream.clone(),
+                trace.clone(),
+                left.clone(),
+            );
+            callers.spawn(async move {
+                while left
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok()
+                {
+                    let asked = Instant::now();
+                    let downstream2 = downstream.clone();
+                    let reply = limiter
+                        .build_task()
+                        .overload_if(|reply: &Result<(), Busy>| reply.is_err())
+                        .spawn(async move { downstream2.call().await })
+                        .await
+                        .expect("a call never panics");
+                    let mut trace = trace.lock().unwrap();
+                    trace.at.push(start.elapsed());
+                    trace.limits.push(limiter.limit());
+                    trace.capacities.push(downstream.capacity());
+                    trace.latencies.push(asked.elapsed());
+                    trace.refused.push(reply.is_err());
+                }
+            });
+        }
+        while callers.join_next().await.is_some() {}
+    }
+    Arc::try_unwrap(trace)
+        .ok()
+        .expect("the callers are gone")
+        .into_inner()
+        .unwrap()
+}

@@ -1,0 +1,562 @@
+//! Adaptive limits: the limiter sets its own limit from what its items measure.
+//!
+//! A fixed limit is a guess: too low leaves a downstream's capacity unused, too high queues
+//! work inside the downstream and inflates every latency. With
+//! [`Builder::adaptive`](crate::Builder::adaptive) the limiter feeds one [`Sample`] per
+//! finished item to an [`Algorithm`], which returns the limit to use next; the limiter puts it
+//! in force as [`Limiter::set_limit`](crate::Limiter::set_limit) does, within
+//! [`Builder::min_limit`](crate::Builder::min_limit) and
+//! [`Builder::max_limit`](crate::Builder::max_limit).
+//!
+//! Two algorithms come with the crate:
+//!
+//! - [`Aimd`]: loss based. The limit backs off by a factor when an item reports an overload
+//!   (see [`TaskBuilder::overload_if`](crate::TaskBuilder::overload_if), a run
+//!   [`timeout`](crate::TaskBuilder::timeout), or an optional latency bound), and grows while
+//!   the limit is what holds items back.
+//! - [`Gradient`]: latency based, in the family of Netflix's Gradient2 and Envoy's adaptive
+//!   concurrency filter. It compares recent run times with a baseline measured at low
+//!   concurrency, and shrinks the limit as run times grow past it.
+//!
+//! Both grow the limit only from samples of items that found the limit full (the limiter
+//! knows exactly how many items ran when each one started), so a limiter that is handed less
+//! work than its limit never drifts upwards. Users can bring their own algorithm by
+//! implementing [`Algorithm`].
+//!
+//! # What is sampled
+//!
+//! | the item | its sample |
+//! |---|---|
+//! | returned a value | run time, queue wait, load; an overload if `overload_if` says so |
+//! | ended by its run [`timeout`](crate::TaskBuilder::timeout) | an overload |
+//! | panicked | [`Sample::panicked`]: not an overload; the built-in algorithms skip it |
+//! | cancelled (abort, shutdown, a token), or timed out while queued | no sample |
+//!
+//! A retry is a new item: submitted again, it gives a sample of its own.
+//!
+//! # Examples
+//!
+//! ```
+//! use std::time::Duration;
+//! use task_limiter::adaptive::Gradient;
+//! use task_limiter::Limiter;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let limiter = Limiter::builder()
+//!     .adaptive(Gradient::new())
+//!     .limit(4) // where it starts
+//!     .min_limit(2)
+//!     .max_limit(64)
+//!     .build();
+//! let handles: Vec<_> = (0..100)
+//!     .map(|_| limiter.spawn(tokio::time::sleep(Duration::from_millis(10))))
+//!     .collect();
+//! for handle in handles {
+//!     handle.await.unwrap();
+//! }
+//! let limit = limiter.limit();
+//! assert!((2..=64).contains(&limit));
+//! # }
+//! ```
+
+mod aimd;
+mod gradient;
+
+use std::fmt;
+use std::future::Future;
+use std::panic::{self, AssertUnwindSafe};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+
+pub use aimd::Aimd;
+pub use gradient::Gradient;
+
+use crate::core::{Cut, LimitHandle, Load, Work};
+use crate::sync::rt::time::Instant;
+use crate::sync::{lock, Arc, Mutex};
+use crate::WorkerId;
+
+/// What one finished item measured, as an [`Algorithm`] receives it.
+///
+/// The limiter makes one per finished item (see the [module docs](self) for which items give
+/// one). [`Sample::new`] and its `with_` methods make samples by hand, for testing an
+/// algorithm.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use task_limiter::adaptive::Sample;
+///
+/// let sample = Sample::new(Duration::from_millis(20), 8, 8).with_overload(true);
+/// assert_eq!(sample.run_time(), Duration::from_millis(20));
+/// assert!(sample.found_limit_full());
+/// assert!(sample.is_overload());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sample {
+    run_time: Duration,
+    queue_wait: Duration,
+    running: usize,
+    limit: usize,
+    overload: bool,
+    panicked: bool,
+}
+
+impl Sample {
+    /// A sample of an item that ran for `run_time`, started while `running` items (its own
+    /// included) ran under `limit`; no queue wait, no overload, no panic.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use task_limiter::adaptive::Sample;
+    ///
+    /// let sample = Sample::new(Duration::from_millis(5), 3, 8);
+    /// assert!(!sample.found_limit_full());
+    /// ```
+    pub fn new(run_time: Duration, running: usize, limit: usize) -> Sample {
+        Sample {
+            run_time,
+            queue_wait: Duration::ZERO,
+            running,
+            limit,
+            overload: false,
+            panicked: false,
+        }
+    }
+
+    /// The sample with its queue wait set.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use task_limiter::adaptive::Sample;
+    ///
+    /// let sample = Sample::new(Duration::from_millis(5), 8, 8).with_queue_wait(Duration::from_millis(1));
+    /// assert_eq!(sample.queue_wait(), Duration::from_millis(1));
+    /// ```
+    pub fn with_queue_wait(self, queue_wait: Duration) -> Sample {
+        Sample { queue_wait, ..self }
+    }
+
+    /// The sample with its overload mark set.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use task_limiter::adaptive::Sample;
+    ///
+    /// assert!(Sample::new(Duration::ZERO, 1, 1).with_overload(true).is_overload());
+    /// ```
+    pub fn with_overload(self, overload: bool) -> Sample {
+        Sample { overload, ..self }
+    }
+
+    /// The sample with its panic mark set.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use task_limiter::adaptive::Sample;
+    ///
+    /// assert!(Sample::new(Duration::ZERO, 1, 1).with_panicked(true).panicked());
+    /// ```
+    pub fn with_panicked(self, panicked: bool) -> Sample {
+        Sample { panicked, ..self }
+    }
+
+    /// How long the item ran: from its first poll on its worker to its end, without its queue
+    /// wait.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use task_limiter::adaptive::Sample;
+    ///
+    /// assert_eq!(Sample::new(Duration::from_millis(3), 1, 1).run_time(), Duration::from_millis(3));
+    /// ```
+    pub fn run_time(&self) -> Duration {
+        self.run_time
+    }
+
+    /// How long the item waited to start: from its submission to its first poll.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use task_limiter::adaptive::Sample;
+    ///
+    /// assert_eq!(Sample::new(Duration::ZERO, 1, 1).queue_wait(), Duration::ZERO);
+    /// ```
+    pub fn queue_wait(&self) -> Duration {
+        self.queue_wait
+    }
+
+    /// What was running when the item was let start, the item included: the number of items,
+    /// or their weight where items have a [`weight`](crate::TaskBuilder::weight) (what the
+    /// limit counts).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use task_limiter::adaptive::Sample;
+    ///
+    /// assert_eq!(Sample::new(Duration::ZERO, 3, 8).running(), 3);
+    /// ```
+    pub fn running(&self) -> usize {
+        self.running
+    }
+
+    /// The limit in force when the item was let start.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use task_limiter::adaptive::Sample;
+    ///
+    /// assert_eq!(Sample::new(Duration::ZERO, 3, 8).limit(), 8);
+    /// ```
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Whether the item started with the limit full (`running() >= limit()`): the limit, not
+    /// the work handed to the limiter, was what held items back. An algorithm that grows the
+    /// limit only on such samples never grows it past what the work needs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use task_limiter::adaptive::Sample;
+    ///
+    /// assert!(Sample::new(Duration::ZERO, 8, 8).found_limit_full());
+    /// assert!(!Sample::new(Duration::ZERO, 2, 8).found_limit_full());
+    /// ```
+    pub fn found_limit_full(&self) -> bool {
+        self.running >= self.limit
+    }
+
+    /// Whether the item reported an overload: its output, by its
+    /// [`overload_if`](crate::TaskBuilder::overload_if), or its run timeout.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use task_limiter::adaptive::Sample;
+    ///
+    /// assert!(!Sample::new(Duration::ZERO, 1, 1).is_overload());
+    /// ```
+    pub fn is_overload(&self) -> bool {
+        self.overload
+    }
+
+    /// Whether the item panicked. Its run time then says little about the downstream, and a
+    /// panic is not an overload.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use task_limiter::adaptive::Sample;
+    ///
+    /// assert!(!Sample::new(Duration::ZERO, 1, 1).panicked());
+    /// ```
+    pub fn panicked(&self) -> bool {
+        self.panicked
+    }
+}
+
+/// An algorithm that sets an adaptive limiter's limit, one finished item at a time.
+///
+/// The limiter calls [`update`](Self::update) once per [`Sample`], one call at a time (under a
+/// lock of the limiter's own, on the worker whose item just ended), and puts the limit it
+/// returns in force, clamped to [`Builder::min_limit`](crate::Builder::min_limit) and
+/// [`Builder::max_limit`](crate::Builder::max_limit). Keep `update` short: it runs once per
+/// item. A panic in it is caught: that sample is dropped and the limit stays as it is.
+///
+/// # Examples
+///
+/// An algorithm that halves the limit on an overload and adds one on an item that found the
+/// limit full:
+///
+/// ```
+/// use task_limiter::adaptive::{Algorithm, Sample};
+///
+/// #[derive(Clone, Debug)]
+/// struct Halve;
+///
+/// impl Algorithm for Halve {
+///     fn update(&mut self, sample: &Sample, limit: usize) -> usize {
+///         if sample.is_overload() {
+///             limit / 2
+///         } else if sample.found_limit_full() {
+///             limit + 1
+///         } else {
+///             limit
+///         }
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let limiter = task_limiter::Limiter::builder().adaptive(Halve).limit(4).build();
+/// let handle = limiter.build_task().overload_if(|busy: &bool| *busy).spawn(async { true });
+/// handle.await.unwrap();
+/// assert_eq!(limiter.limit(), 2);
+/// # }
+/// ```
+pub trait Algorithm: Send + 'static {
+    /// Takes one finished item's sample and returns the limit to use from now on.
+    ///
+    /// `limit` is the limit in force. It is what this algorithm returned last (after
+    /// clamping), unless the user has set the limit since with
+    /// [`Limiter::set_limit`](crate::Limiter::set_limit): an algorithm that keeps its own
+    /// estimate should start again from `limit` when the two differ.
+    fn update(&mut self, sample: &Sample, limit: usize) -> usize;
+}
+
+/// Tells whether an item's output means that the downstream was overloaded: what
+/// [`TaskBuilder::overload_if`](crate::TaskBuilder::overload_if) takes.
+///
+/// Implemented for every `Fn(&T) -> bool`, and for `()`, which calls no output an overload.
+///
+/// # Examples
+///
+/// ```
+/// use task_limiter::adaptive::Overload;
+///
+/// fn busy(reply: &Result<u32, u16>) -> bool {
+///     matches!(reply, Err(429 | 503))
+/// }
+/// assert!(busy.is_overload(&Err(503)));
+/// assert!(!().is_overload(&Err::<u32, u16>(503)));
+/// ```
+pub trait Overload<T>: Send + 'static {
+    /// Whether `output` means an overload.
+    fn is_overload(&self, output: &T) -> bool;
+}
+
+impl<T> Overload<T> for () {
+    #[inline(always)]
+    fn is_overload(&self, _: &T) -> bool {
+        false
+    }
+}
+
+impl<T, F> Overload<T> for F
+where
+    F: Fn(&T) -> bool + Send + 'static,
+{
+    fn is_overload(&self, output: &T) -> bool {
+        self(output)
+    }
+}
+
+// === the limiter's side ===
+
+/// How a builder makes the algorithm for each limiter it builds (a builder can be cloned and
+/// built twice; each limiter gets an algorithm of its own).
+pub(crate) type MakeAlgorithm = Arc<dyn Fn() -> Box<dyn Algorithm> + Send + Sync>;
+
+/// The default [`Builder::max_limit`](crate::Builder::max_limit) of an adaptive limiter.
+pub(crate) const DEFAULT_MAX_LIMIT: usize = 1000;
+
+/// An adaptive limiter's controller: its algorithm, the limit it last put in force, and its
+/// bounds. Every measured item holds it, and reports to it as it ends.
+pub(crate) struct Controller {
+    inner: Mutex<Inner>,
+    handle: LimitHandle,
+    min: usize,
+    max: usize,
+}
+
+struct Inner {
+    algorithm: Box<dyn Algorithm>,
+    /// The limit in force, as the controller (or the user, through `set_limit`) last set it.
+    limit: usize,
+}
+
+impl Controller {
+    pub(crate) fn new(
+        algorithm: Box<dyn Algorithm>,
+        limit: usize,
+        min: usize,
+        max: usize,
+        handle: LimitHandle,
+    ) -> Controller {
+        Controller {
+            inner: Mutex::new(Inner { algorithm, limit }),
+            handle,
+            min,
+            max,
+        }
+    }
+
+    /// Wraps an item's work so that it reports a sample when it ends.
+    pub(crate) fn measure<W: Work, O: Overload<W::Output>>(
+        self: &Arc<Self>,
+        work: W,
+        overload: O,
+    ) -> Measured<W, O> {
+        Measured {
+            work,
+            overload,
+            controller: self.clone(),
+            submitted: Instant::now(),
+        }
+    }
+
+    /// Feeds one sample to the algorithm and puts the limit it returns in force.
+    fn record(&self, sample: Sample) {
+        let mut inner = lock(&self.inner);
+        let Inner { algorithm, limit } = &mut *inner;
+        let current = *limit;
+        // User code: a panic in it loses this sample, nothing else (no lock is poisoned, as
+        // the guard is not dropped by the unwind).
+        let Ok(next) = panic::catch_unwind(AssertUnwindSafe(|| algorithm.update(&sample, current)))
+        else {
+            return;
+        };
+        let next = next.clamp(self.min, self.max);
+        if next != current {
+            *limit = next;
+            // Under the controller's lock, so that the limits reach the core in the order
+            // the algorithm chose them.
+            self.handle.set_limit(next);
+            tracing::trace!(target: "task_limiter", limit = next, "adaptive limit changed");
+        }
+    }
+
+    /// The user's `set_limit`: the controller goes on from `limit`.
+    pub(crate) fn set_limit(&self, limit: usize) {
+        let mut inner = lock(&self.inner);
+        inner.limit = limit;
+        self.handle.set_limit(limit);
+    }
+}
+
+impl fmt::Debug for Controller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Controller")
+            .field("min", &self.min)
+            .field("max", &self.max)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An item's work on an adaptive limiter: it takes its submission time with it, and its
+/// future reports the item's sample.
+pub(crate) struct Measured<W, O> {
+    work: W,
+    overload: O,
+    controller: Arc<Controller>,
+    submitted: Instant,
+}
+
+impl<W, O> Measured<W, O> {
+    /// The work as it was given (for a refused `try_` call to give it back).
+    pub(crate) fn into_inner(self) -> W {
+        self.work
+    }
+}
+
+pin_project! {
+    /// A measured item's future. Reports its sample when it returns, when its run timeout cuts
+    /// it, or when a panic unwinds through it; dropped otherwise (cancelled), it reports none.
+    pub(crate) struct MeasuredFuture<F, O> {
+        #[pin]
+        future: F,
+        overload: O,
+        started: Instant,
+        queue_wait: Duration,
+        load: Load,
+        // Taken when the sample is reported (or when the item is cut without one).
+        controller: Option<Arc<Controller>>,
+    }
+
+    impl<F, O> PinnedDrop for MeasuredFuture<F, O> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(controller) = this.controller.take() {
+                // Dropped by the unwind of a panic in the item's poll: a sample, marked.
+                if std::thread::panicking() {
+                    let sample = sample(*this.started, *this.queue_wait, *this.load);
+                    controller.record(sample.with_panicked(true));
+                }
+            }
+        }
+    }
+}
+
+fn sample(started: Instant, queue_wait: Duration, load: Load) -> Sample {
+    Sample::new(started.elapsed(), load.running, load.limit).with_queue_wait(queue_wait)
+}
+
+impl<F, O> MeasuredFuture<F, O> {
+    fn report(self: Pin<&mut Self>, overload: bool) {
+        let this = self.project();
+        if let Some(controller) = this.controller.take() {
+            let sample = sample(*this.started, *this.queue_wait, *this.load);
+            controller.record(sample.with_overload(overload));
+        }
+    }
+}
+
+impl<F: Future, O: Overload<F::Output>> Future for MeasuredFuture<F, O> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.as_mut().project();
+        let output = std::task::ready!(this.future.poll(cx));
+        let overload = this.overload.is_overload(&output);
+        self.report(overload);
+        Poll::Ready(output)
+    }
+}
+
+impl<W: Work, O: Overload<W::Output>> Work for Measured<W, O> {
+    type Output = W::Output;
+    type Future = MeasuredFuture<W::Future, O>;
+
+    fn start(self, worker: WorkerId) -> Self::Future {
+        self.start_under(worker, Load::default())
+    }
+
+    fn start_under(self, worker: WorkerId, load: Load) -> Self::Future {
+        let started = Instant::now();
+        MeasuredFuture {
+            future: self.work.start_under(worker, load),
+            overload: self.overload,
+            started,
+            queue_wait: started.saturating_duration_since(self.submitted),
+            load,
+            controller: Some(self.controller),
+        }
+    }
+
+    fn poll_cut(mut future: Pin<&mut Self::Future>, cx: &mut Context<'_>) -> Poll<Cut> {
+        let cut = std::task::ready!(W::poll_cut(future.as_mut().project().future, cx));
+        match cut {
+            // A run timeout is the downstream not answering in time: an overload.
+            Cut::TimedOut => future.report(true),
+            // Cancelled: no sample.
+            Cut::Cancelled => drop(future.project().controller.take()),
+        }
+        Poll::Ready(cut)
+    }
+}
