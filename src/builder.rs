@@ -507,9 +507,8 @@ impl<S> Builder<S> {
     where
         S: Send + 'static,
     {
-        let default = || {
-            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-        };
+        let default =
+            || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         let (limit, bounds) = match &self.adaptive {
             None => (self.limit.unwrap_or_else(default), None),
             Some(_) => {
@@ -556,7 +555,13 @@ impl<S> Builder<S> {
         };
         let core = Core::start(config, handle);
         let adaptive = adaptive.map(|(make, (min, max))| {
-            Arc::new(Controller::new(make(), limit, min, max, core.limit_handle()))
+            Arc::new(Controller::new(
+                make(),
+                limit,
+                min,
+                max,
+                core.limit_handle(),
+            ))
         });
         Limiter::from_parts(core, Extras { adaptive, ..extras })
     }

@@ -90,7 +90,6 @@ impl<'a, S> TaskBuilder<'a, S> {
 }
 
 impl<'a, S, O> TaskBuilder<'a, S, O> {
-
     fn submit<W: Work>(self, work: W, props: Props) -> JoinHandle<W::Output>
     where
         O: Overload<W::Output>,

@@ -46,7 +46,8 @@ impl Downstream {
     }
 
     pub fn set_base(&self, base: Duration) {
-        self.base_ns.store(base.as_nanos() as u64, Ordering::Relaxed);
+        self.base_ns
+            .store(base.as_nanos() as u64, Ordering::Relaxed);
     }
 
     /// A factor in 0.9..1.1, from a xorshift: the same sequence on every run.

@@ -9,9 +9,10 @@ use super::{Algorithm, Sample};
 /// - **On an overload** (an item's [`overload_if`](crate::TaskBuilder::overload_if) said so,
 ///   its run [`timeout`](crate::TaskBuilder::timeout) ended it, or it ran longer than
 ///   [`latency_limit`](Self::latency_limit)), the limit is multiplied by
-///   [`backoff`](Self::backoff), once per round: the overloads of the items that were already
-///   running when it backed off (the next `limit` samples) do not back it off again, so one
-///   burst of errors is one decrease, not a collapse to the minimum.
+///   [`backoff`](Self::backoff), once per round: the overloads of items that were let start
+///   under a higher limit than the one in force (they started before the last back-off) do
+///   not back it off again, so one burst of errors is one decrease, not a collapse to the
+///   minimum.
 /// - **On a sample of an item that found the limit full** and was no overload, the limit grows
 ///   by `step / limit`: by `step` per round of `limit` items. The step starts at
 ///   [`increase`](Self::increase) and doubles after every round without an overload, up to the
@@ -56,8 +57,6 @@ pub struct Aimd {
     step: f64,
     /// Saturated samples without an overload since the step last changed.
     calm: usize,
-    /// Samples left whose overloads do not back off again (the round after a decrease).
-    quiet: usize,
 }
 
 impl Aimd {
@@ -79,7 +78,6 @@ impl Aimd {
             estimate: 0.0,
             step: 1.0,
             calm: 0,
-            quiet: 0,
         }
     }
 
@@ -169,11 +167,11 @@ impl Algorithm for Aimd {
             || self
                 .latency_limit
                 .is_some_and(|most| sample.run_time() > most);
-        self.quiet = self.quiet.saturating_sub(1);
         if overload {
-            if self.quiet == 0 {
+            // An item let start under a higher limit than the one in force started before
+            // the last back-off: its overload is already answered.
+            if sample.limit() <= limit {
                 self.estimate = (self.estimate * self.backoff).max(1.0);
-                self.quiet = limit;
             }
             self.step = self.increase;
             self.calm = 0;

@@ -15,14 +15,16 @@ use super::{Algorithm, Sample};
 ///   against Gradient2 and Envoy), and a latency spike does not pollute it. A downstream that
 ///   really got slower is seen at the next probe, which also lifts a limit that sank to the
 ///   minimum.
-/// - **Each sample** updates a short moving average of run times (over about
-///   [`window`](Self::window) samples) and the gradient
+/// - **Each round** of [`window`](Self::window) samples (default 10) of items let start under
+///   the limit in force (the items admitted under an earlier limit are still draining and say
+///   nothing of this one) gives the mean run time of the round, and the gradient
 ///   `clamp(tolerance × baseline / average, 0.5, 1)`. The limit moves towards
-///   `limit × gradient + √limit` by [`smoothing`](Self::smoothing) per sample: without
-///   queueing (gradient 1) it grows by about `smoothing × √limit` per sample; with the
-///   downstream queueing it settles where the queue is about `√limit` items; at worst it
-///   halves.
-/// - **It grows only on samples of items that found the limit full**, so a limiter that is
+///   `(limit + √limit) × gradient`: down at once, up by [`smoothing`](Self::smoothing) of the
+///   way. Without queueing (gradient 1) it grows by `smoothing × √limit` per round, and that
+///   growth doubles each round while the downstream does not queue (as in TCP's slow
+///   start); with the downstream queueing it settles a few items past the downstream's
+///   capacity (about `√capacity`); at worst it halves per round.
+/// - **It grows only in rounds with items that found the limit full**, so a limiter that is
 ///   handed less work than its limit does not drift upwards.
 /// - **An overload** (see [`overload_if`](crate::TaskBuilder::overload_if)) backs the limit
 ///   off by [`backoff`](Self::backoff), once per round, as [`Aimd`](super::Aimd) does, even
@@ -67,7 +69,6 @@ pub struct Gradient {
     probe: Probe,
     /// Samples since the last probe ended.
     since_probe: usize,
-    quiet: usize,
 }
 
 /// The samples of one round: items let start under the limit in force.
@@ -77,6 +78,8 @@ struct Round {
     samples: usize,
     /// Some item of the round found the limit full.
     full: bool,
+    /// Some item reported an overload during the round.
+    overloaded: bool,
 }
 
 /// Where the baseline probe stands.
@@ -94,7 +97,7 @@ enum Probe {
 }
 
 impl Gradient {
-    /// `Gradient` with its defaults: smoothing 0.2, tolerance 1.0, window 10, backoff 0.9,
+    /// `Gradient` with its defaults: smoothing 0.5, tolerance 1.0, window 10, backoff 0.9,
     /// probes at 4 items for 16 samples every 2,000 samples.
     ///
     /// # Examples
@@ -120,12 +123,11 @@ impl Gradient {
             baseline: None,
             probe: Probe::Due,
             since_probe: 0,
-            quiet: 0,
         }
     }
 
-    /// How far the limit moves towards its target per sample, from 0 (not at all) to 1 (all
-    /// the way); default 0.2.
+    /// How far the limit grows towards its target per round, from 0 (not at all) to 1 (all
+    /// the way); default 0.5. It falls to its target at once.
     ///
     /// # Panics
     ///
@@ -175,7 +177,7 @@ impl Gradient {
         self
     }
 
-    /// About how many samples the moving average of run times spans (default 10).
+    /// How many samples make a round, the unit the limit is recomputed in (default 10).
     ///
     /// # Panics
     ///
@@ -191,7 +193,10 @@ impl Gradient {
     /// ```
     #[track_caller]
     pub fn window(mut self, samples: usize) -> Gradient {
-        assert!(samples > 0, "task_limiter: `Gradient::window` must be at least 1");
+        assert!(
+            samples > 0,
+            "task_limiter: `Gradient::window` must be at least 1"
+        );
         self.window = samples;
         self
     }
@@ -238,7 +243,10 @@ impl Gradient {
     /// ```
     #[track_caller]
     pub fn probe_limit(mut self, limit: usize) -> Gradient {
-        assert!(limit > 0, "task_limiter: `Gradient::probe_limit` must be at least 1");
+        assert!(
+            limit > 0,
+            "task_limiter: `Gradient::probe_limit` must be at least 1"
+        );
         self.probe_limit = limit;
         self
     }
@@ -357,13 +365,15 @@ impl Algorithm for Gradient {
         if self.since_probe >= self.probe_every {
             self.probe = Probe::Due;
         }
-        self.quiet = self.quiet.saturating_sub(1);
         if sample.is_overload() {
-            if self.quiet == 0 {
+            // Once per round, as `Aimd` does: an item let start under a higher limit started
+            // before the last back-off.
+            if sample.limit() <= limit {
                 self.estimate = (self.estimate * self.backoff).max(1.0);
-                self.quiet = limit;
-                self.round = Round::default();
             }
+            // Nor may the round it fell in grow the limit.
+            self.round.overloaded = true;
+            self.growth = 0.0;
             return self.estimate as usize;
         }
         // Only items let start under the limit in force say what it does to run times; the
@@ -379,9 +389,11 @@ impl Algorithm for Gradient {
             return self.estimate as usize;
         }
         let average = round.sum / round.samples as f64;
-        let full = round.full;
+        let full = round.full && !round.overloaded;
         self.round = Round::default();
-        let baseline = self.baseline.map_or(average, |baseline| baseline.min(average));
+        let baseline = self
+            .baseline
+            .map_or(average, |baseline| baseline.min(average));
         self.baseline = Some(baseline);
         let gradient = if average > 0.0 {
             (self.tolerance * baseline / average).clamp(0.5, 1.0)
@@ -398,7 +410,9 @@ impl Algorithm for Gradient {
             true => (self.growth * 2.0).clamp(room, self.estimate),
             false => room,
         };
-        let mut target = self.estimate * gradient + self.growth;
+        // The growth is scaled by the gradient too, so that a downstream that queues at
+        // any limit drives the limit all the way down to the minimum.
+        let mut target = (self.estimate + self.growth) * gradient;
         if !full {
             // The limiter had less work than its limit: never grow on that.
             target = target.min(self.estimate);
