@@ -62,7 +62,9 @@
 //!   `renewal sent + TTL - safety margin` on its own monotonic clock, before Redis does, and
 //!   its limit falls to the floor (0 by default). Running items finish; queued items wait.
 //! - **Fencing tokens.** Each new lease gets a token from a counter that only grows
-//!   ([`ClusterBudget::fencing_token`]).
+//!   ([`ClusterBudget::fencing_token`]), across processes and across a Redis that lost its
+//!   data: a fresh state starts the counter at Redis's clock in microseconds, above every
+//!   token issued before (as long as that clock does not go back).
 //! - **A fresh Redis state** (first start, or a restart that lost the data) grants nobody more
 //!   than it already runs for one TTL, so that processes still running items re-register them
 //!   before anyone grows into their slots.
