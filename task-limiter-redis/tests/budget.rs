@@ -72,7 +72,8 @@ async fn busy_takes_the_budget_and_sum_stays_within_it() {
         .unwrap_err();
     assert!(err.is_config(), "{err}");
     for _ in 0..2000 {
-        busy.spawn(tokio::time::sleep(Duration::from_millis(5)));
+        // The sleep is made when the item starts: a `Sleep` made here would count from now.
+        busy.spawn(async { tokio::time::sleep(Duration::from_millis(5)).await });
     }
     let mut max_busy = 0;
     for _ in 0..40 {
