@@ -97,3 +97,43 @@ async fn busy_takes_the_budget_and_sum_stays_within_it() {
     b2.release().await.unwrap();
     drop(b1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_items_in_bursts_keep_a_slot() {
+    // Items that are gone before the renewal task samples the demand (batches of tiny items
+    // every 5 ms, samples every 25 ms): the process still wants a slot while items come.
+    let server = Server::start();
+    let ttl = Duration::from_millis(300);
+    let limiter = Limiter::new(1);
+    let budget = ClusterBudget::builder(&server.url, "bursts")
+        .budget(4)
+        .ttl(ttl)
+        .connect(&limiter)
+        .await
+        .unwrap();
+    // Past the first TTL of the fresh state, in which nobody grows.
+    tokio::time::sleep(ttl * 2).await;
+    let mut at_zero = 0;
+    let mut samples = 0;
+    let mut handles = Vec::new();
+    for round in 0..300 {
+        for _ in 0..50 {
+            handles.push(limiter.spawn(async {}));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Once the first batches have taken a slot.
+        if round >= 40 {
+            samples += 1;
+            at_zero += usize::from(limiter.limit() == 0);
+        }
+    }
+    for handle in handles {
+        handle.await.unwrap();
+    }
+    println!(
+        "bursts: limit 0 in {at_zero} of {samples} samples, {:?}",
+        budget.metrics()
+    );
+    assert_eq!(at_zero, 0, "the limit fell to 0 while items kept coming");
+    budget.release().await.unwrap();
+}
