@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 mod common;
-use common::{mono_ns, Server};
+use common::{die_with_parent, mono_ns, Server};
 
 const TTL: Duration = Duration::from_secs(1);
 const RENEW: Duration = Duration::from_nanos(1_000_000_000 / 3);
@@ -157,7 +157,7 @@ struct Worker {
 impl Worker {
     /// Starts a worker on `server`'s budget `budget_name` and waits until it is connected.
     fn start(server: &Server, budget_name: &str, name: &'static str) -> Worker {
-        let mut child = Command::new(std::env::current_exe().unwrap())
+        let mut child = die_with_parent(&mut Command::new(std::env::current_exe().unwrap()))
             .args(["worker", "--exact", "--nocapture", "--quiet"])
             .env("TLR_WORKER", &server.url)
             .env("TLR_NAME", budget_name)

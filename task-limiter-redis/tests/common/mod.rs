@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -43,7 +44,7 @@ impl Server {
     /// Starts a fresh server on the same port (after [`stop`](Self::stop)).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "the server is running");
-        let child = Command::new("redis-server")
+        let child = die_with_parent(&mut Command::new("redis-server"))
             .args([
                 "--port",
                 &self.port.to_string(),
@@ -88,4 +89,19 @@ pub fn mono_ns() -> u64 {
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC)");
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Makes the child get SIGKILL when the thread that spawned it ends (Linux), so a test that is
+/// killed or panics leaves no server or worker behind.
+pub fn die_with_parent(command: &mut Command) -> &mut Command {
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        })
+    }
 }
