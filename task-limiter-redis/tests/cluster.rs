@@ -459,6 +459,9 @@ fn kill_9_frees_the_slots_within_ttl_and_one_renewal() {
         Duration::from_secs(5),
         |l| l.iter().all(|&n| n == 2),
     );
+    // At some phase of a's renewal period, not always just after the renewal that put the
+    // limits at 2 each.
+    std::thread::sleep(Duration::from_nanos(mono_ns() % RENEW.as_nanos() as u64));
     let killed_at = a.signal(libc::SIGKILL);
     wait_limits(
         &[&*b, &*c],
@@ -486,9 +489,10 @@ fn kill_9_frees_the_slots_within_ttl_and_one_renewal() {
         "recovery took {recovery:?}"
     );
     // And not before a's lease could have ended: its slots were held by a lease, not freed by
-    // something else. Its last renewal was at most one period (plus a poll) before the kill.
+    // something else. Its last renewal was at most one period, plus a poll (RENEW / 4) and
+    // some slack, before the kill.
     assert!(
-        recovery >= TTL - RENEW - Duration::from_millis(100),
+        recovery >= TTL - RENEW - RENEW / 4 - Duration::from_millis(100),
         "recovery took only {recovery:?}"
     );
     let ended = HashMap::from([("a", killed_at)]);
