@@ -110,6 +110,11 @@ pub use budget::{BudgetMetrics, ClusterBudget, Connect, Lease, Release};
 pub use builder::Builder;
 pub use error::Error;
 
+/// The README's example compiles as a doctest, so it cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 #[cfg(test)]
 mod tests {
     #[test]
