@@ -733,6 +733,13 @@ fn rebalancing_busy_takes_most_then_shares_even_out() {
             })
             .collect()
     };
+    // b and c run out of work: after the hysteresis (one renewal period) they give their
+    // slots back and a grows into them, within 1.5 s.
+    let idle_from = mono_ns();
+    b.skip();
+    c.skip();
+    std::thread::sleep(WITHIN);
+    let back = first_time(&[&*a], idle_from, |l| l[0] >= BUDGET - 1);
     for w in [&mut *a, &mut *b, &mut *c] {
         w.skip();
         w.quit();
@@ -743,7 +750,7 @@ fn rebalancing_busy_takes_most_then_shares_even_out() {
     println!(
         "rebalancing: busy a reached {} slots {:?} after its items came (b, c idle), held {a_limit}; \
          all busy: every process at >= {fair} slots {:?} later; limits over the next second: a {:?}..{:?}, \
-         b {:?}..{:?}, c {:?}..{:?}",
+         b {:?}..{:?}, c {:?}..{:?}; b and c idle again: a back at >= {} slots {:?} later",
         BUDGET - 1,
         Duration::from_nanos(most - busy_from),
         even.map(|t| Duration::from_nanos(t - all_busy)),
@@ -753,6 +760,12 @@ fn rebalancing_busy_takes_most_then_shares_even_out() {
         samples[1].iter().max(),
         samples[2].iter().min(),
         samples[2].iter().max(),
+        BUDGET - 1,
+        back.map(|t| Duration::from_nanos(t - idle_from)),
+    );
+    assert!(
+        back.is_some(),
+        "a did not get the slots back from idle b and c"
     );
     assert!(
         a_limit >= BUDGET - 1,
