@@ -93,7 +93,7 @@
 //!
 //! Tested against a real `redis-server` with several OS processes on one budget (the crate's
 //! `tests/cluster.rs`; TTL 1 s): the items running at once across three processes never
-//! exceeded the budget; after `kill -9` of one, the others held its slots 0.85–1.16 s later
+//! exceeded the budget; after `kill -9` of one, the others held its slots 0.80–1.16 s later
 //! (bound: TTL + one renewal period, 1.33 s); a process stopped with SIGSTOP past its TTL lost its slots to
 //! the others and, resumed, started nothing until it held a new lease; through a Redis
 //! restart that lost the data, every process fell to its floor, came back after one TTL,
