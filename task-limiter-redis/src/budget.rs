@@ -148,6 +148,11 @@ impl Lease {
     /// the previous one expired or was released), never within one. Pass it to a downstream
     /// that refuses writes carrying a token older than the newest it saw.
     ///
+    /// Tokens are unique and ordered across all processes of the budget, also across a Redis
+    /// restart that lost the data: a fresh state starts the counter at Redis's clock in
+    /// microseconds (so tokens are large numbers), which is above every token issued before
+    /// unless that clock went back.
+    ///
     /// # Examples
     ///
     /// ```no_run

@@ -46,8 +46,9 @@
 //! one Lua script, atomically, which reads Redis's clock (`TIME`), drops the leases whose TTL
 //! has passed, computes this process's fair share and grants slots.
 //!
-//! - **Shared by demand.** A process reports its demand (running + queued items, capped at
-//!   the budget; the highest of the last hysteresis period). Shares are max-min fair over the
+//! - **Shared by demand.** A process reports its demand (running + queued items, at least 1
+//!   if items came since the last look, capped at the budget; the highest of the last
+//!   hysteresis period). Shares are max-min fair over the
 //!   processes with demand: a process with demand `d` is entitled to at least
 //!   `min(d, budget / n)` slots when `n` processes have demand. A process grows only into
 //!   slots nobody holds and shrinks to its share at its next renewal, so a process gets its
@@ -62,7 +63,9 @@
 //!   `renewal sent + TTL - safety margin` on its own monotonic clock, before Redis does, and
 //!   its limit falls to the floor (0 by default). Running items finish; queued items wait.
 //! - **Fencing tokens.** Each new lease gets a token from a counter that only grows
-//!   ([`ClusterBudget::fencing_token`]).
+//!   ([`ClusterBudget::fencing_token`]), across processes and across a Redis that lost its
+//!   data: a fresh state starts the counter at Redis's clock in microseconds, above every
+//!   token issued before (as long as that clock does not go back).
 //! - **A fresh Redis state** (first start, or a restart that lost the data) grants nobody more
 //!   than it already runs for one TTL, so that processes still running items re-register them
 //!   before anyone grows into their slots.
@@ -88,10 +91,15 @@
 //!
 //! # Status
 //!
-//! Work in progress (issue 13 is open): tested against a real server with two limiters in one
-//! process (a busy one takes the budget, the limits never add up past it), but the
-//! multi-process tests (global concurrency, kill -9, SIGSTOP, a Redis restart) are not written.
-//! Do not rely on it yet.
+//! Tested against a real `redis-server` with several OS processes on one budget (the crate's
+//! `tests/cluster.rs`; TTL 1 s): the items running at once across three processes never
+//! exceeded the budget; after `kill -9` of one, the others held its slots 0.80–1.16 s later
+//! (bound: TTL + one renewal period, 1.33 s); a process stopped with SIGSTOP past its TTL lost its slots to
+//! the others and, resumed, started nothing until it held a new lease; through a Redis
+//! restart that lost the data, every process fell to its floor, came back after one TTL,
+//! and every item ran exactly once; a busy process took the whole budget from idle ones and
+//! gave it back to an even split when they got busy. One process at 100,000 items/s made
+//! 0.5 Redis calls per second with the default TTL (see the crate README, "Measured").
 
 mod budget;
 mod builder;
@@ -101,6 +109,11 @@ mod renewer;
 pub use budget::{BudgetMetrics, ClusterBudget, Connect, Lease, Release};
 pub use builder::Builder;
 pub use error::Error;
+
+/// The README's example compiles as a doctest, so it cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 #[cfg(test)]
 mod tests {

@@ -73,6 +73,9 @@ pub(crate) struct Renewer<S> {
     valid_until: Option<Instant>,
     /// Demand samples of the last `idle_after`, for the hysteresis.
     samples: VecDeque<(Instant, usize)>,
+    /// `Metrics::submitted` at the last sample: items that came and went between two samples
+    /// leave no trace in `running + queued`.
+    submitted: u64,
     sent_want: usize,
     next_renewal: Instant,
     failing: bool,
@@ -103,6 +106,7 @@ impl<S: 'static> Renewer<S> {
             token: 0,
             valid_until: None,
             samples: VecDeque::new(),
+            submitted: 0,
             sent_want: 0,
             next_renewal: Instant::now(),
             failing: false,
@@ -115,9 +119,19 @@ impl<S: 'static> Renewer<S> {
 
     /// The demand to report: items running or queued, capped at the budget, and the highest
     /// of the last `idle_after` so that slots go back only after demand stayed low that long.
+    ///
+    /// A process that was given items since the last sample wants at least one slot even if
+    /// none is running or queued at the instant of the sample: short items submitted in
+    /// bursts (100k items/s in batches) are gone between two samples, and reporting no
+    /// demand then took the process down to 0 slots and stalled its next batch until the
+    /// following call.
     fn want(&mut self, now: Instant) -> usize {
         let m = self.limiter.metrics();
-        let demand = (m.running + m.queued).min(self.cfg.budget);
+        let active = m.submitted != self.submitted;
+        self.submitted = m.submitted;
+        let demand = (m.running + m.queued)
+            .max(usize::from(active))
+            .min(self.cfg.budget);
         self.samples.push_back((now, demand));
         while let Some(&(at, _)) = self.samples.front() {
             if now.duration_since(at) > self.cfg.idle_after {

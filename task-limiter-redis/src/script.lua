@@ -30,9 +30,12 @@ end
 redis.call('SET', KEYS[8], budget)
 
 -- The fence only grows, even across a Redis that lost its data: callers bring the highest
--- token they saw.
+-- token they saw (passed on as the string it came in, never as a Lua number).
 local fence = tonumber(redis.call('GET', KEYS[5]) or '0')
-if hint > fence then redis.call('SET', KEYS[5], hint) end
+if hint > fence then
+  redis.call('SET', KEYS[5], ARGV[7])
+  fence = hint
+end
 
 -- A state without the epoch marker is fresh (first start, or a restart that lost the data):
 -- the processes that still run items have not re-registered yet, so for one TTL nobody
@@ -40,6 +43,14 @@ if hint > fence then redis.call('SET', KEYS[5], hint) end
 if redis.call('EXISTS', KEYS[6]) == 0 then
   redis.call('SET', KEYS[6], 1)
   redis.call('SET', KEYS[7], 1, 'PX', ttl)
+  -- The caller's hint is only the highest token *it* saw: another process may hold a higher
+  -- one from before the loss. So the fence restarts at Redis's clock in microseconds, which
+  -- is above every token issued before: each epoch started at its own clock reading and
+  -- issued fewer tokens than microseconds passed since (one INCR per script run, and a run
+  -- takes longer than that), as long as Redis's clock does not go back. A decimal string
+  -- of 16 digits: exact as a Lua number (below 2^53), and never formatted by Lua.
+  local us = t[1] .. string.format('%06d', tonumber(t[2]))
+  if tonumber(us) > fence then redis.call('SET', KEYS[5], us) end
 end
 local grace = redis.call('EXISTS', KEYS[7]) == 1
 

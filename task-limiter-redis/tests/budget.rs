@@ -1,54 +1,11 @@
 //! Against a real Redis server, started by the test on a free port (no persistence).
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use task_limiter::Limiter;
 use task_limiter_redis::ClusterBudget;
 
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start() -> Server {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH (apt-get install redis-server)");
-        let url = format!("redis://127.0.0.1:{port}/");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Server { child, url }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod common;
+use common::Server;
 
 #[tokio::test]
 async fn refused_configurations() {
@@ -115,7 +72,8 @@ async fn busy_takes_the_budget_and_sum_stays_within_it() {
         .unwrap_err();
     assert!(err.is_config(), "{err}");
     for _ in 0..2000 {
-        busy.spawn(tokio::time::sleep(Duration::from_millis(5)));
+        // The sleep is made when the item starts: a `Sleep` made here would count from now.
+        busy.spawn(async { tokio::time::sleep(Duration::from_millis(5)).await });
     }
     let mut max_busy = 0;
     for _ in 0..40 {
@@ -138,4 +96,44 @@ async fn busy_takes_the_budget_and_sum_stays_within_it() {
     assert!(calls < 100, "{calls} calls");
     b2.release().await.unwrap();
     drop(b1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_items_in_bursts_keep_a_slot() {
+    // Items that are gone before the renewal task samples the demand (batches of tiny items
+    // every 5 ms, samples every 25 ms): the process still wants a slot while items come.
+    let server = Server::start();
+    let ttl = Duration::from_millis(300);
+    let limiter = Limiter::new(1);
+    let budget = ClusterBudget::builder(&server.url, "bursts")
+        .budget(4)
+        .ttl(ttl)
+        .connect(&limiter)
+        .await
+        .unwrap();
+    // Past the first TTL of the fresh state, in which nobody grows.
+    tokio::time::sleep(ttl * 2).await;
+    let mut at_zero = 0;
+    let mut samples = 0;
+    let mut handles = Vec::new();
+    for round in 0..300 {
+        for _ in 0..50 {
+            handles.push(limiter.spawn(async {}));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Once the first batches have taken a slot.
+        if round >= 40 {
+            samples += 1;
+            at_zero += usize::from(limiter.limit() == 0);
+        }
+    }
+    for handle in handles {
+        handle.await.unwrap();
+    }
+    println!(
+        "bursts: limit 0 in {at_zero} of {samples} samples, {:?}",
+        budget.metrics()
+    );
+    assert_eq!(at_zero, 0, "the limit fell to 0 while items kept coming");
+    budget.release().await.unwrap();
 }
