@@ -300,8 +300,9 @@ impl<S> Builder<S> {
     /// module for which items give one, and the algorithms that come with the crate).
     ///
     /// [`limit`](Self::limit) is then the limit it starts from (by default the number of CPUs,
-    /// within the bounds), and the limit stays within [`min_limit`](Self::min_limit) (default
-    /// 1) and [`max_limit`](Self::max_limit) (default 1,000). Each limit the algorithm chooses
+    /// within the bounds), and the limit stays within [`min_limit`](Self::min_limit) (by
+    /// default 1) and [`max_limit`](Self::max_limit) (by default 1,000). Each limit the
+    /// algorithm chooses
     /// is put in force as [`Limiter::set_limit`](crate::Limiter::set_limit) puts it: growing it
     /// starts queued items at once, shrinking it lets running items finish. A user's
     /// `set_limit` still works: it sets the limit in force, and the algorithm goes on from it.

@@ -59,10 +59,11 @@ fn assert_settles_within(
         let (low, high) = band(capacity);
         let settle = if i == 0 { settle } else { SETTLE };
         let settled = &trace.limits[from + settle..from + items];
-        let probing = settled.iter().filter(|&&l| l == 4 && low > 4).count();
+        let is_probe = |l: usize| l == 4 && low > 4;
+        let probing = settled.iter().filter(|&&l| is_probe(l)).count();
         let outside = settled
             .iter()
-            .filter(|&&l| !(low..=high).contains(&l) && !(l == 4 && low > 4))
+            .filter(|&&l| !(low..=high).contains(&l) && !is_probe(l))
             .count();
         assert!(
             outside == 0 && probing * 100 <= settled.len() * 8,

@@ -1,10 +1,13 @@
 //! A simulated downstream for adaptive limits: shared by `examples/adaptive.rs` and
 //! `tests/adaptive.rs`.
 //!
-//! A call takes `base × max(1, in_flight / capacity)` with ±10 % noise, where `in_flight`
-//! counts the call itself: past its capacity the downstream queues, and every call slows
-//! down. With `refuses`, a call that would go past the capacity is refused at once instead
-//! (a 429 that takes a tenth of `base`). Capacity and base time can change while it runs.
+//! A call takes `base × max(1, in_flight / capacity)^thrash` with ±10 % noise, where
+//! `in_flight` counts the call itself: past its capacity the downstream queues, and every call
+//! slows down. With `thrash` 1 (the default) it serves `capacity / base` calls a second at any
+//! concurrency past its capacity; above 1 it serves fewer the further it is pushed, as a real
+//! server does under contention. With `refuses`, a call that would go past the capacity is
+//! refused at once instead (a 429 that takes a tenth of `base`). Capacity and base time can
+//! change while it runs.
 #![allow(dead_code)] // each user takes what it needs
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -23,16 +26,28 @@ pub struct Downstream {
     capacity: AtomicUsize,
     base_ns: AtomicU64,
     refuses: bool,
+    thrash: f64,
     rng: AtomicU64,
 }
 
 impl Downstream {
     pub fn new(capacity: usize, base: Duration, refuses: bool) -> Arc<Downstream> {
+        Downstream::thrashing(capacity, base, refuses, 1.0)
+    }
+
+    /// A downstream whose calls slow down as `(in_flight / capacity)^thrash` past capacity.
+    pub fn thrashing(
+        capacity: usize,
+        base: Duration,
+        refuses: bool,
+        thrash: f64,
+    ) -> Arc<Downstream> {
         Arc::new(Downstream {
             in_flight: AtomicUsize::new(0),
             capacity: AtomicUsize::new(capacity),
             base_ns: AtomicU64::new(base.as_nanos() as u64),
             refuses,
+            thrash,
             rng: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
         })
     }
@@ -75,7 +90,7 @@ impl Downstream {
             tokio::time::sleep(base.mul_f64(0.1 * self.noise())).await;
             return Err(Busy);
         }
-        let factor = (now as f64 / capacity as f64).max(1.0);
+        let factor = (now as f64 / capacity as f64).max(1.0).powf(self.thrash);
         tokio::time::sleep(base.mul_f64(factor * self.noise())).await;
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         Ok(())
@@ -93,6 +108,8 @@ pub struct Trace {
     pub capacities: Vec<usize>,
     /// Its latency as its caller saw it: queue wait plus run time.
     pub latencies: Vec<Duration>,
+    /// Its run time: the time the call spent in the downstream.
+    pub run_times: Vec<Duration>,
     /// Whether the downstream refused it.
     pub refused: Vec<bool>,
 }
@@ -143,20 +160,7 @@ pub async fn run(
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
                     .is_ok()
                 {
-                    let asked = Instant::now();
-                    let downstream2 = downstream.clone();
-                    let reply = limiter
-                        .build_task()
-                        .overload_if(|reply: &Result<(), Busy>| reply.is_err())
-                        .spawn(async move { downstream2.call().await })
-                        .await
-                        .expect("a call never panics");
-                    let mut trace = trace.lock().unwrap();
-                    trace.at.push(start.elapsed());
-                    trace.limits.push(limiter.limit());
-                    trace.capacities.push(downstream.capacity());
-                    trace.latencies.push(asked.elapsed());
-                    trace.refused.push(reply.is_err());
+                    call(&limiter, &downstream, start, &trace).await;
                 }
             });
         }
@@ -167,4 +171,66 @@ pub async fn run(
         .expect("the callers are gone")
         .into_inner()
         .unwrap()
+}
+
+/// Runs `phases` of `(capacity, duration)` with calls arriving at 80 % of the capacity each
+/// phase (`0.8 × capacity / base` a second, evenly spaced), each submitted through `limiter`
+/// on arrival and awaited by a task of its own: a service whose callers do not wait for each
+/// other. Returns the trace, in the order the calls finished.
+pub async fn run_open(
+    limiter: &Limiter,
+    downstream: &Arc<Downstream>,
+    base: Duration,
+    phases: &[(usize, Duration)],
+) -> Trace {
+    let start = Instant::now();
+    let trace = Arc::new(std::sync::Mutex::new(Trace::default()));
+    let mut calls = tokio::task::JoinSet::new();
+    for &(capacity, duration) in phases {
+        downstream.set_capacity(capacity);
+        let every = base.div_f64(0.8 * capacity as f64);
+        let phase_end = Instant::now() + duration;
+        let mut next = Instant::now();
+        while next < phase_end {
+            tokio::time::sleep_until(next).await;
+            next += every;
+            let (limiter, downstream, trace) = (limiter.clone(), downstream.clone(), trace.clone());
+            calls.spawn(async move { call(&limiter, &downstream, start, &trace).await });
+            // Reap as we go, so that a long run does not hold every finished task.
+            while calls.try_join_next().is_some() {}
+        }
+    }
+    while calls.join_next().await.is_some() {}
+    Arc::try_unwrap(trace)
+        .ok()
+        .expect("the calls are gone")
+        .into_inner()
+        .unwrap()
+}
+
+/// One call through `limiter`, an overload if refused, logged in `trace`.
+async fn call(
+    limiter: &Limiter,
+    downstream: &Arc<Downstream>,
+    start: Instant,
+    trace: &std::sync::Mutex<Trace>,
+) {
+    let asked = Instant::now();
+    let downstream2 = downstream.clone();
+    let (reply, run_time) = limiter
+        .build_task()
+        .overload_if(|reply: &(Result<(), Busy>, Duration)| reply.0.is_err())
+        .spawn(async move {
+            let started = Instant::now();
+            (downstream2.call().await, started.elapsed())
+        })
+        .await
+        .expect("a call never panics");
+    let mut trace = trace.lock().unwrap();
+    trace.at.push(start.elapsed());
+    trace.limits.push(limiter.limit());
+    trace.capacities.push(downstream.capacity());
+    trace.latencies.push(asked.elapsed());
+    trace.run_times.push(run_time);
+    trace.refused.push(reply.is_err());
 }
