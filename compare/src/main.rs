@@ -64,6 +64,8 @@ const ALL_PATTERNS: &[&str] = &[
     "unlimited",
     "timeout",
     "deadline",
+    "adaptive-gradient",
+    "adaptive-aimd",
 ];
 /// The default set: every pattern submitting from `block_on`, plus task-limiter and `JoinSet`
 /// submitting from a spawned task. A submitter that waits (`JoinSet`, `acquire_owned`) is much
@@ -299,6 +301,23 @@ async fn run_limited<W: Work>(m: u64, n: usize, run_timeout: bool) -> (u64, Extr
     (sum, Extra::default())
 }
 
+/// An adaptive limiter whose bounds hold its limit at `n`: every item is measured and fed to
+/// `algorithm`, but the limit (and so the work) is the plain limiter's, so the difference is
+/// the cost of the sampling alone.
+async fn run_adaptive<W: Work, A>(m: u64, n: usize, algorithm: A) -> (u64, Extra)
+where
+    A: task_limiter::adaptive::Algorithm + Clone + Sync,
+{
+    let limiter = Limiter::builder()
+        .adaptive(algorithm)
+        .limit(n)
+        .min_limit(n)
+        .max_limit(n)
+        .build();
+    let handles: Vec<_> = (0..m).map(|i| limiter.spawn(W::job(i))).collect();
+    drain_limiter(&limiter, handles).await
+}
+
 async fn run_pattern<W: Work>(pattern: &str, m: u64, n: usize) -> (u64, Extra) {
     match pattern {
         "limiter" => run_limiter::<W>(m, n).await,
@@ -311,6 +330,10 @@ async fn run_pattern<W: Work>(pattern: &str, m: u64, n: usize) -> (u64, Extra) {
         "unlimited" => run_unlimited::<W>(m, n).await,
         "timeout" => run_limited::<W>(m, n, true).await,
         "deadline" => run_limited::<W>(m, n, false).await,
+        "adaptive-gradient" => {
+            run_adaptive::<W, _>(m, n, task_limiter::adaptive::Gradient::new()).await
+        }
+        "adaptive-aimd" => run_adaptive::<W, _>(m, n, task_limiter::adaptive::Aimd::new()).await,
         other => panic!("unknown pattern {other:?}"),
     }
 }
@@ -831,6 +854,8 @@ fn pattern_title(p: &str) -> String {
         "keyed-semaphores" => "`HashMap` of per-key `Semaphore`s + global, spawn per item",
         "timeout" => "**task-limiter**, every item with a run `timeout`",
         "deadline" => "**task-limiter**, every item with a queue deadline",
+        "adaptive-gradient" => "**task-limiter**, `adaptive(Gradient)` held at N",
+        "adaptive-aimd" => "**task-limiter**, `adaptive(Aimd)` held at N",
         other => other,
     };
     if in_task {

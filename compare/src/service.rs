@@ -39,7 +39,7 @@ fn keep_alive_override() -> Option<Duration> {
         .map(|ms| Duration::from_millis(ms.parse().expect("a number of milliseconds")))
 }
 
-pub(crate) const ALL_PATTERNS: &[&str] = &["limiter", "semaphore", "inline"];
+pub(crate) const ALL_PATTERNS: &[&str] = &["limiter", "adaptive", "semaphore", "inline"];
 pub(crate) const ALL_JOBS: &[&str] = &["yield", "spin"];
 
 /// How long one `spin` item busy-spins.
@@ -250,6 +250,15 @@ async fn drive(pattern: &str, n: usize, c: usize, job: Job, run: &RunSpec) -> Ou
             None => Limiter::new(n),
             Some(after) => Limiter::builder().limit(n).keep_alive(after).build(),
         }),
+        // Gradient held at `n` by its bounds: the sampling's cost alone.
+        "adaptive" => Target::Limiter(
+            Limiter::builder()
+                .adaptive(task_limiter::adaptive::Gradient::new())
+                .limit(n)
+                .min_limit(n)
+                .max_limit(n)
+                .build(),
+        ),
         "semaphore" => Target::Semaphore(Arc::new(Semaphore::new(n))),
         "inline" => Target::Inline(Arc::new(Semaphore::new(n))),
         other => panic!("unknown service pattern {other:?}"),
@@ -532,6 +541,7 @@ pub(crate) fn run(config: &crate::Config, spin_iters: u64, started: Instant) {
 fn pattern_title(p: &str) -> &str {
     match p {
         "limiter" => "**task-limiter** `spawn(work).await`",
+        "adaptive" => "**task-limiter**, `adaptive(Gradient)` held at N",
         "semaphore" => "`tokio::spawn` + `Semaphore` inside, awaited",
         "inline" => "permit, work inline, no spawn (floor)",
         other => other,

@@ -155,6 +155,11 @@ impl Default for Aimd {
 }
 
 impl Algorithm for Aimd {
+    /// It does not: it reads run times and overloads only.
+    fn uses_queue_wait(&self) -> bool {
+        false
+    }
+
     fn update(&mut self, sample: &Sample, limit: usize) -> usize {
         // Start again from the limit in force when someone else set it.
         if self.estimate as usize != limit {

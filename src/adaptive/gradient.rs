@@ -345,6 +345,11 @@ impl Default for Gradient {
 }
 
 impl Algorithm for Gradient {
+    /// It does not: it reads run times and overloads only.
+    fn uses_queue_wait(&self) -> bool {
+        false
+    }
+
     fn update(&mut self, sample: &Sample, limit: usize) -> usize {
         let probing = matches!(self.probe, Probe::Running { .. });
         if !probing && self.estimate as usize != limit {

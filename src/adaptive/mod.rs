@@ -189,7 +189,8 @@ impl Sample {
         self.run_time
     }
 
-    /// How long the item waited to start: from its submission to its first poll.
+    /// How long the item waited to start: from its submission to its first poll. Zero when
+    /// the algorithm does not read it ([`Algorithm::uses_queue_wait`]).
     ///
     /// # Examples
     ///
@@ -328,6 +329,14 @@ pub trait Algorithm: Send + 'static {
     /// [`Limiter::set_limit`](crate::Limiter::set_limit): an algorithm that keeps its own
     /// estimate should start again from `limit` when the two differ.
     fn update(&mut self, sample: &Sample, limit: usize) -> usize;
+
+    /// Whether the algorithm reads [`Sample::queue_wait`] (by default it does). Measuring the
+    /// queue wait costs a read of the clock per item as it is submitted; an algorithm that
+    /// returns false here is given samples whose queue wait is zero. Asked once, as the
+    /// limiter is built.
+    fn uses_queue_wait(&self) -> bool {
+        true
+    }
 }
 
 /// Tells whether an item's output means that the downstream was overloaded: what
@@ -380,6 +389,8 @@ pub(crate) const DEFAULT_MAX_LIMIT: usize = 1000;
 /// bounds. Every measured item holds it, and reports to it as it ends.
 pub(crate) struct Controller {
     inner: Mutex<Inner>,
+    /// The algorithm reads queue waits: items take their submission time with them.
+    queue_wait: bool,
     handle: LimitHandle,
     min: usize,
     max: usize,
@@ -400,6 +411,7 @@ impl Controller {
         handle: LimitHandle,
     ) -> Controller {
         Controller {
+            queue_wait: algorithm.uses_queue_wait(),
             inner: Mutex::new(Inner { algorithm, limit }),
             handle,
             min,
@@ -417,7 +429,7 @@ impl Controller {
             work,
             overload,
             controller: self.clone(),
-            submitted: Instant::now(),
+            submitted: self.queue_wait.then(Instant::now),
         }
     }
 
@@ -465,7 +477,8 @@ pub(crate) struct Measured<W, O> {
     work: W,
     overload: O,
     controller: Arc<Controller>,
-    submitted: Instant,
+    /// When the item was submitted, if its queue wait is measured.
+    submitted: Option<Instant>,
 }
 
 impl<W, O> Measured<W, O> {
@@ -543,7 +556,9 @@ impl<W: Work, O: Overload<W::Output>> Work for Measured<W, O> {
             future: self.work.start_under(worker, load),
             overload: self.overload,
             started,
-            queue_wait: started.saturating_duration_since(self.submitted),
+            queue_wait: self
+                .submitted
+                .map_or(Duration::ZERO, |at| started.saturating_duration_since(at)),
             load,
             controller: Some(self.controller),
         }
