@@ -388,7 +388,9 @@ pub(crate) const DEFAULT_MAX_LIMIT: usize = 1000;
 /// An adaptive limiter's controller: its algorithm, the limit it last put in force, and its
 /// bounds. Every measured item holds it, and reports to it as it ends.
 pub(crate) struct Controller {
-    inner: Mutex<Inner>,
+    /// On a cache line of its own: every measured item takes this lock as it ends, on its
+    /// worker's thread, while submitters move the `Arc`'s reference count (the line before).
+    inner: Padded<Mutex<Inner>>,
     /// The algorithm reads queue waits: items take their submission time with them.
     queue_wait: bool,
     handle: LimitHandle,
@@ -412,7 +414,7 @@ impl Controller {
     ) -> Controller {
         Controller {
             queue_wait: algorithm.uses_queue_wait(),
-            inner: Mutex::new(Inner { algorithm, limit }),
+            inner: Padded(Mutex::new(Inner { algorithm, limit })),
             handle,
             min,
             max,
@@ -435,7 +437,7 @@ impl Controller {
 
     /// Feeds one sample to the algorithm and puts the limit it returns in force.
     fn record(&self, sample: Sample) {
-        let mut inner = lock(&self.inner);
+        let mut inner = lock(&self.inner.0);
         let Inner { algorithm, limit } = &mut *inner;
         let current = *limit;
         // User code: a panic in it loses this sample, nothing else (no lock is poisoned, as
@@ -456,7 +458,7 @@ impl Controller {
 
     /// The user's `set_limit`: the controller goes on from `limit`.
     pub(crate) fn set_limit(&self, limit: usize) {
-        let mut inner = lock(&self.inner);
+        let mut inner = lock(&self.inner.0);
         inner.limit = limit;
         self.handle.set_limit(limit);
     }
@@ -470,6 +472,10 @@ impl fmt::Debug for Controller {
             .finish_non_exhaustive()
     }
 }
+
+/// Keeps a value on cache lines of its own.
+#[repr(align(128))]
+struct Padded<T>(T);
 
 /// An item's work on an adaptive limiter: it takes its submission time with it, and its
 /// future reports the item's sample.
