@@ -406,7 +406,9 @@ impl<S> Limiter<S> {
     ///
     /// Growing it starts queued items at once. Shrinking it lets running items finish; from then
     /// on no item starts while `limit` or more are running, and no worker ID `>= limit` is
-    /// handed out.
+    /// handed out. On an [adaptive](crate::Builder::adaptive) limiter it sets the limit in force
+    /// all the same (outside `min_limit`..=`max_limit` too), and the algorithm goes on from it
+    /// at its next sample.
     ///
     /// # Panics
     ///
@@ -454,7 +456,8 @@ impl<S> Limiter<S> {
     ///
     /// # Panics
     ///
-    /// Panics if `limit` is 0.
+    /// Panics if `limit` is 0, or if the limiter is [adaptive](crate::Builder::adaptive): its
+    /// algorithm would set the limit again before the expiry.
     ///
     /// # Examples
     ///
