@@ -8,7 +8,8 @@ use super::{Algorithm, Sample};
 /// - **The baseline** is the run time of the downstream when it is not queueing. It is
 ///   *measured*, not inferred: at the first sample and then every
 ///   [`probe_every`](Self::probe_every) samples, the limit drops to
-///   [`probe_limit`](Self::probe_limit) until [`probe_samples`](Self::probe_samples) items
+///   [`probe_limit`](Self::probe_limit) (or stays where it is, if lower) until
+///   [`probe_samples`](Self::probe_samples) items
 ///   admitted under it have ended; their mean run time is the baseline, and the limit goes
 ///   back to where it was. Between probes the baseline only ever moves down (to a lower
 ///   recent average), never up: sustained load cannot drag it upwards (the drift reported
@@ -90,6 +91,8 @@ enum Probe {
     /// Under way: the limit to go back to, and the run times summed so far.
     Running {
         resume: f64,
+        /// The probe's limit: `probe_limit`, or the limit in force if that is lower.
+        at: usize,
         sum: f64,
         samples: usize,
     },
@@ -306,26 +309,30 @@ impl Gradient {
         match &mut self.probe {
             Probe::Done => None,
             Probe::Due => {
+                // A probe never raises the limit.
+                let at = self.probe_limit.min(self.estimate as usize).max(1);
                 self.probe = Probe::Running {
+                    at,
                     resume: self.estimate,
                     sum: 0.0,
                     samples: 0,
                 };
-                Some(self.probe_limit)
+                Some(at)
             }
             Probe::Running {
+                at,
                 resume,
                 sum,
                 samples,
             } => {
                 // Only items admitted under the probe's limit measure the unqueued downstream;
                 // the ones started before it are still draining.
-                if sample.limit() <= self.probe_limit {
+                if sample.limit() <= *at {
                     *sum += run_time;
                     *samples += 1;
                 }
                 if *samples < self.probe_samples {
-                    return Some(self.probe_limit);
+                    return Some(*at);
                 }
                 self.baseline = Some(*sum / *samples as f64);
                 self.estimate = *resume;
