@@ -302,9 +302,9 @@ impl<S> Builder<S> {
     /// [`limit`](Self::limit) is then the limit it starts from (by default the number of CPUs,
     /// within the bounds), and the limit stays within [`min_limit`](Self::min_limit) (by
     /// default 1) and [`max_limit`](Self::max_limit) (by default 1,000). Each limit the
-    /// algorithm chooses
-    /// is put in force as [`Limiter::set_limit`](crate::Limiter::set_limit) puts it: growing it
-    /// starts queued items at once, shrinking it lets running items finish. A user's
+    /// algorithm chooses is put in force as [`Limiter::set_limit`](crate::Limiter::set_limit)
+    /// puts it: growing it starts queued items at once, shrinking it lets running items
+    /// finish. A user's
     /// `set_limit` still works: it sets the limit in force, and the algorithm goes on from it.
     /// [`Limiter::limit`](crate::Limiter::limit) and [`Limiter::metrics`](crate::Limiter::metrics)
     /// report the limit in force.
@@ -393,16 +393,32 @@ impl<S> Builder<S> {
         self
     }
 
-    /// `min_limit`..=`max_limit` of an adaptive limiter, with their defaults.
+    /// The limit to start with and, for an adaptive limiter, `min_limit..=max_limit` with
+    /// their defaults.
     #[track_caller]
-    fn adaptive_bounds(&self) -> (usize, usize) {
+    fn starting_limit(&self) -> (usize, Option<(usize, usize)>) {
+        let cpus = || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        if self.adaptive.is_none() {
+            return (self.limit.unwrap_or_else(cpus), None);
+        }
         let min = self.min_limit.unwrap_or(1);
         let max = self.max_limit.unwrap_or(DEFAULT_MAX_LIMIT.max(min));
         assert!(
             min <= max,
             "task_limiter: `max_limit` ({max}) is below `min_limit` ({min})"
         );
-        (min, max)
+        let limit = match self.limit {
+            Some(limit) => {
+                assert!(
+                    (min..=max).contains(&limit),
+                    "task_limiter: the starting limit {limit} is outside \
+                     `min_limit`..=`max_limit` ({min}..={max})"
+                );
+                limit
+            }
+            None => cpus().clamp(min, max),
+        };
+        (limit, Some((min, max)))
     }
 
     /// Gives every worker ID a value of type `T`, made by `make` on the first item that needs
@@ -508,26 +524,8 @@ impl<S> Builder<S> {
     where
         S: Send + 'static,
     {
-        let default =
-            || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-        let (limit, bounds) = match &self.adaptive {
-            None => (self.limit.unwrap_or_else(default), None),
-            Some(_) => {
-                let (min, max) = self.adaptive_bounds();
-                let limit = match self.limit {
-                    Some(limit) => {
-                        assert!(
-                            (min..=max).contains(&limit),
-                            "task_limiter: the starting limit {limit} is outside \
-                             `min_limit`..=`max_limit` ({min}..={max})"
-                        );
-                        limit
-                    }
-                    None => default().clamp(min, max),
-                };
-                (limit, Some((min, max)))
-            }
-        };
+        let (limit, bounds) = self.starting_limit();
+        let adaptive = self.adaptive.zip(bounds);
         let config = Config {
             name: self.name.into(),
             limit,
@@ -537,8 +535,7 @@ impl<S> Builder<S> {
             cancel_on: None,
             on_cancel: None,
         };
-        let adaptive = self.adaptive.zip(bounds);
-        let extras = Extras {
+        let mut extras = Extras {
             states: Box::new(Arc::new(States::new(self.make))),
             room: self
                 .max_queued
@@ -555,16 +552,12 @@ impl<S> Builder<S> {
             ..config
         };
         let core = Core::start(config, handle);
-        let adaptive = adaptive.map(|(make, (min, max))| {
-            Arc::new(Controller::new(
-                make(),
-                limit,
-                min,
-                max,
-                core.limit_handle(),
-            ))
+        // Made once the core is: it sets the core's limit.
+        extras.adaptive = adaptive.map(|(make, (min, max))| {
+            let handle = core.limit_handle();
+            Arc::new(Controller::new(make(), limit, min, max, handle))
         });
-        Limiter::from_parts(core, Extras { adaptive, ..extras })
+        Limiter::from_parts(core, extras)
     }
 }
 

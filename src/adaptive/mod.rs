@@ -63,7 +63,6 @@
 mod aimd;
 mod gradient;
 
-use std::fmt;
 use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
@@ -461,15 +460,6 @@ impl Controller {
         let mut inner = lock(&self.inner.0);
         inner.limit = limit;
         self.handle.set_limit(limit);
-    }
-}
-
-impl fmt::Debug for Controller {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Controller")
-            .field("min", &self.min)
-            .field("max", &self.max)
-            .finish_non_exhaustive()
     }
 }
 

@@ -242,6 +242,13 @@ impl Shared {
         poll
     }
 
+    /// Puts `limit` in force (until `expiry`, if given) and wakes the manager, which starts
+    /// what a larger limit lets start.
+    pub(crate) fn set_limit(&self, limit: usize, expiry: Option<(Instant, usize)>) {
+        self.state().set_limit(limit, expiry);
+        self.control.notify_one();
+    }
+
     /// The submitter's shortcut past the manager: while a worker is parked and nothing waits in
     /// the work channel, queues `job` itself and lets admission hand it to the lowest parked
     /// worker, which it wakes. A service that submits one item at a time so reaches a worker

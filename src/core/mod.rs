@@ -267,8 +267,7 @@ impl Core {
     }
 
     pub(crate) fn set_limit(&self, limit: usize, expiry: Option<(tokio::time::Instant, usize)>) {
-        self.shared.state().set_limit(limit, expiry);
-        self.shared.control.notify_one();
+        self.shared.set_limit(limit, expiry);
     }
 
     /// A handle that sets the limit without keeping the limiter alive (its items may hold it).
@@ -303,7 +302,6 @@ impl Core {
     }
 }
 
-/// Resolves once the manager has exited (`Limiter::wait`).
 /// Sets a limiter's limit from inside its own items (the adaptive limit's controller, which
 /// every measured item holds): a weak reference, so that queued items holding it never keep
 /// the limiter's state alive.
@@ -313,12 +311,12 @@ impl LimitHandle {
     /// [`Core::set_limit`] with no expiry; does nothing once the limiter is gone.
     pub(crate) fn set_limit(&self, limit: usize) {
         if let Some(shared) = self.0.upgrade() {
-            shared.state().set_limit(limit, None);
-            shared.control.notify_one();
+            shared.set_limit(limit, None);
         }
     }
 }
 
+/// Resolves once the manager has exited (`Limiter::wait`).
 pub(crate) struct Exited<'a> {
     shared: &'a Shared,
     /// Made before the first check: `notify_waiters` reaches every `Notified` made before it.

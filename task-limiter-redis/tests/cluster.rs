@@ -409,6 +409,19 @@ fn three(server: &Server, budget_name: &str) -> [Worker; 3] {
     ["a", "b", "c"].map(|name| Worker::start(server, budget_name, name))
 }
 
+/// Three workers, each given `items` items of `item_ms`, once they hold 2 slots each.
+fn three_busy(server: &Server, budget_name: &str, items: usize, item_ms: u64) -> [Worker; 3] {
+    let mut ws = three(server, budget_name);
+    for w in &mut ws {
+        w.submit(items, item_ms);
+    }
+    let [a, b, c] = &ws;
+    wait_limits(&[a, b, c], "at 2 slots each", Duration::from_secs(5), |l| {
+        l.iter().all(|&n| n == 2)
+    });
+    ws
+}
+
 // === the tests ===
 
 #[test]
@@ -448,17 +461,8 @@ fn global_concurrency_across_three_processes() {
 #[test]
 fn kill_9_frees_the_slots_within_ttl_and_one_renewal() {
     let server = Server::start();
-    let mut ws = three(&server, "kill");
-    for w in &mut ws {
-        w.submit(400, 100);
-    }
+    let mut ws = three_busy(&server, "kill", 400, 100);
     let [a, b, c] = &mut ws;
-    wait_limits(
-        &[&*a, &*b, &*c],
-        "at 2 slots each",
-        Duration::from_secs(5),
-        |l| l.iter().all(|&n| n == 2),
-    );
     // At some phase of a's renewal period, not always just after the renewal that put the
     // limits at 2 each.
     std::thread::sleep(Duration::from_nanos(mono_ns() % RENEW.as_nanos() as u64));
@@ -504,17 +508,8 @@ fn kill_9_frees_the_slots_within_ttl_and_one_renewal() {
 #[test]
 fn sigstop_past_the_ttl_then_nothing_new_until_a_new_lease() {
     let server = Server::start();
-    let mut ws = three(&server, "stop");
-    for w in &mut ws {
-        w.submit(300, 300);
-    }
+    let mut ws = three_busy(&server, "stop", 300, 300);
     let [a, b, c] = &mut ws;
-    wait_limits(
-        &[&*a, &*b, &*c],
-        "at 2 slots each",
-        Duration::from_secs(5),
-        |l| l.iter().all(|&n| n == 2),
-    );
     let stopped_at = a.signal(libc::SIGSTOP);
     let old_token = starts(a).iter().map(|&(.., token)| token).max().unwrap();
     wait_limits(
@@ -597,17 +592,8 @@ fn sigstop_past_the_ttl_then_nothing_new_until_a_new_lease() {
 #[test]
 fn redis_restart_under_load_floor_then_recovery_and_every_item_once() {
     let mut server = Server::start();
-    let mut ws = three(&server, "restart");
     const ITEMS: u64 = 200;
-    for w in &mut ws {
-        w.submit(ITEMS as usize, 40);
-    }
-    {
-        let [a, b, c] = &ws;
-        wait_limits(&[a, b, c], "at 2 slots each", Duration::from_secs(5), |l| {
-            l.iter().all(|&n| n == 2)
-        });
-    }
+    let mut ws = three_busy(&server, "restart", ITEMS as usize, 40);
     let tokens_before: Vec<u64> = ws.iter().map(|w| starts(w).last().unwrap().2).collect();
     let stopped_at = mono_ns();
     server.stop();
