@@ -7,7 +7,9 @@ use std::task::{Context, Poll};
 use futures_util::stream::{FusedStream, FuturesUnordered, Stream, StreamExt};
 
 use crate::sync::{lock, Arc, AtomicUsize, Mutex, Ordering};
-use crate::{AbortHandle, JoinError, JoinHandle, Limiter};
+use crate::error::JoinError;
+use crate::handle::{AbortHandle, JoinHandle};
+use crate::limiter::Limiter;
 
 /// A [`Stream`] of the results of a batch of items, in input order or, after
 /// [`unordered`](Self::unordered), in completion order: returned by [`Limiter::spawn_batch`],

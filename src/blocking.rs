@@ -11,17 +11,16 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use crate::core::{Props, Work};
+use crate::core::Work;
+use crate::handle::JoinHandle;
+use crate::limiter::Limiter;
 use crate::state::States;
 use crate::sync::{rt, Arc};
-use crate::{JoinHandle, Limiter, WorkerId};
+use crate::worker_id::WorkerId;
 
-/// The properties of a blocking item: once its closure runs it cannot be stopped, so its item
-/// runs to its end and holds its worker ID until the closure returns.
-pub(crate) const BLOCKING: Props = Props {
-    runs_to_end: true,
-    ..Props::PLAIN
-};
+/// A blocking item runs to its end: once its closure runs it cannot be stopped, so its item
+/// holds its worker ID until the closure returns.
+pub(crate) const RUNS_TO_END: bool = true;
 
 /// A blocking closure as work: started, it goes to the blocking pool, and its worker waits for
 /// it there. The submitter's (or the item's) span goes with it.
@@ -111,7 +110,7 @@ impl<S> Limiter<S> {
         F: FnOnce(WorkerId) -> R + Send + 'static,
         R: Send + 'static,
     {
-        self.submit(blocking(f), BLOCKING)
+        self.submit_plain(blocking(f), RUNS_TO_END)
     }
 }
 
@@ -156,6 +155,6 @@ impl<S: Send + 'static> Limiter<S> {
         F: FnOnce(&mut S, WorkerId) -> R + Send + 'static,
         R: Send + 'static,
     {
-        self.submit(blocking_with_state(self.states(), f), BLOCKING)
+        self.submit_plain(blocking_with_state(self.states(), f), RUNS_TO_END)
     }
 }

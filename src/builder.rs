@@ -1,15 +1,16 @@
 use std::fmt;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::adaptive::{Algorithm, Controller, MakeAlgorithm, DEFAULT_MAX_LIMIT};
 use crate::core::{Config, Core, QueueOrder};
-use crate::limiter::Extras;
+use crate::limiter::{Extras, Limiter};
 use crate::state::{MakeState, States};
 use crate::sync::rt::runtime::Handle;
 use crate::sync::rt::sync::Semaphore;
 use crate::sync::Arc;
-use crate::{Limiter, WorkerId};
-use tokio_util::sync::CancellationToken;
+use crate::worker_id::WorkerId;
 
 /// How long a worker with no work stays parked by default: as long as tokio keeps an idle
 /// blocking-pool thread. A parked worker costs one idle task; a worker spawned again costs a
@@ -50,6 +51,50 @@ pub struct Builder<S = ()> {
     pub(crate) adaptive: Option<MakeAlgorithm>,
     pub(crate) min_limit: Option<usize>,
     pub(crate) max_limit: Option<usize>,
+}
+
+impl Limiter {
+    /// Creates a limiter that runs at most `limit` items at once on the current tokio runtime.
+    ///
+    /// The same as `Limiter::builder().limit(limit).build()`; see [`Builder`] for a name and
+    /// the queue order.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `limit` is 0, or if called outside a tokio runtime.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::Limiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::new(8);
+    /// assert_eq!(limiter.limit(), 8);
+    /// # }
+    /// ```
+    #[track_caller]
+    pub fn new(limit: usize) -> Limiter {
+        Builder::new().limit(limit).build()
+    }
+
+    /// Returns a [`Builder`] to configure a limiter.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::Limiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::builder().limit(2).name("io").build();
+    /// assert_eq!(limiter.name(), "io");
+    /// # }
+    /// ```
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
 }
 
 impl Builder {
@@ -536,7 +581,7 @@ impl<S> Builder<S> {
             on_cancel: None,
         };
         let mut extras = Extras {
-            states: Box::new(Arc::new(States::new(self.make))),
+            states: Arc::new(States::new(self.make)),
             room: self
                 .max_queued
                 .map(|max| Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS)))),

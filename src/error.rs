@@ -2,7 +2,7 @@ use std::any::Any;
 use std::fmt;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use crate::WorkerId;
+use crate::worker_id::WorkerId;
 
 /// Why an item did not produce its value: it was cancelled, it timed out, or it panicked.
 ///

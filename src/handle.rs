@@ -7,7 +7,7 @@ use std::panic::{RefUnwindSafe, UnwindSafe};
 
 use crate::core::cell::{Abort, Join};
 use crate::sync::Arc;
-use crate::JoinError;
+use crate::error::JoinError;
 
 /// An owned permission to await an item's result, returned by
 /// [`Limiter::spawn`](crate::Limiter::spawn) and [`Limiter::spawn_with`](crate::Limiter::spawn_with).

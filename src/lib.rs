@@ -127,6 +127,7 @@
 
 pub mod adaptive;
 mod batch;
+mod compose;
 mod blocking;
 mod builder;
 mod core;
@@ -136,6 +137,7 @@ mod key;
 mod limiter;
 mod metrics;
 mod permit;
+mod place;
 mod shutdown;
 mod state;
 mod sync;

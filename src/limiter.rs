@@ -1,17 +1,17 @@
-use std::any::Any;
 use std::fmt;
 use std::future::Future;
-use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use crate::adaptive::{Controller, Overload};
-use crate::builder::Builder;
-use crate::core::{Cell, Charge, Core, Exited, Lifecycle, Props, Work};
+use crate::adaptive::Controller;
+use crate::core::{Core, Exited, Lifecycle};
+use crate::handle::JoinHandle;
+use crate::key::Key;
+use crate::metrics::{KeyMetrics, Metrics};
+use crate::state::States;
 use crate::sync::rt::sync::Semaphore;
 use crate::sync::Arc;
-use crate::trace::Traced;
-use crate::{JoinHandle, Key, KeyMetrics, Metrics, WorkerId};
+use crate::worker_id::WorkerId;
 
 /// Runs futures on the tokio runtime with at most `limit` of them alive at once.
 ///
@@ -49,17 +49,21 @@ use crate::{JoinHandle, Key, KeyMetrics, Metrics, WorkerId};
 /// # }
 /// ```
 pub struct Limiter<S = ()> {
+    /// One pointer: a clone is one reference count, which `acquire` and `run` take per call.
+    pub(crate) inner: Arc<Inner<S>>,
+}
+
+/// What every clone of a `Limiter` shares. The core's work channel closes when the last clone
+/// drops it.
+pub(crate) struct Inner<S> {
     pub(crate) core: Core,
-    /// What the features built on the core keep per limiter.
-    pub(crate) extras: Arc<Extras>,
-    /// The state lives in `extras.states`; this only names its type.
-    _state: PhantomData<fn() -> S>,
+    pub(crate) extras: Extras<S>,
 }
 
 /// Per-limiter data of the features built on the core, opaque to the core.
-pub(crate) struct Extras {
-    /// The `Arc<States<S>>` of a `Limiter<S>`: its per-worker state table.
-    pub(crate) states: Box<dyn Any + Send + Sync>,
+pub(crate) struct Extras<S> {
+    /// The per-worker state table.
+    pub(crate) states: Arc<States<S>>,
     /// Places in the queue for `try_spawn` and `reserve`, with `Builder::max_queued`.
     pub(crate) room: Option<Arc<Semaphore>>,
     /// The adaptive limit's controller, when the limiter has one.
@@ -69,65 +73,25 @@ pub(crate) struct Extras {
 impl<S> Clone for Limiter<S> {
     fn clone(&self) -> Self {
         Limiter {
-            core: self.core.clone(),
-            extras: self.extras.clone(),
-            _state: PhantomData,
+            inner: self.inner.clone(),
         }
-    }
-}
-
-impl Limiter {
-    /// Creates a limiter that runs at most `limit` items at once on the current tokio runtime.
-    ///
-    /// The same as `Limiter::builder().limit(limit).build()`; see [`Builder`] for a name and
-    /// the queue order.
-    ///
-    /// # Panics
-    ///
-    /// Panics if `limit` is 0, or if called outside a tokio runtime.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use task_limiter::Limiter;
-    ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let limiter = Limiter::new(8);
-    /// assert_eq!(limiter.limit(), 8);
-    /// # }
-    /// ```
-    #[track_caller]
-    pub fn new(limit: usize) -> Limiter {
-        Builder::new().limit(limit).build()
-    }
-
-    /// Returns a [`Builder`] to configure a limiter.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use task_limiter::Limiter;
-    ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let limiter = Limiter::builder().limit(2).name("io").build();
-    /// assert_eq!(limiter.name(), "io");
-    /// # }
-    /// ```
-    pub fn builder() -> Builder {
-        Builder::new()
     }
 }
 
 impl<S> Limiter<S> {
     /// Wraps a started core and the features' data in a `Limiter`.
-    pub(crate) fn from_parts(core: Core, extras: Extras) -> Limiter<S> {
+    pub(crate) fn from_parts(core: Core, extras: Extras<S>) -> Limiter<S> {
         Limiter {
-            core,
-            extras: Arc::new(extras),
-            _state: PhantomData,
+            inner: Arc::new(Inner { core, extras }),
         }
+    }
+
+    pub(crate) fn core(&self) -> &Core {
+        &self.inner.core
+    }
+
+    pub(crate) fn extras(&self) -> &Extras<S> {
+        &self.inner.extras
     }
 }
 
@@ -188,82 +152,12 @@ impl<S> Limiter<S> {
         Fut: Future + Send + 'static,
         Fut::Output: Send + 'static,
     {
-        self.submit(make, Props::default())
-    }
-
-    /// Queues an item of any shape with its properties: the one path of every `spawn` method.
-    /// While a subscriber listens, the item carries its submitter's span into its work.
-    #[inline]
-    pub(crate) fn submit<W: Work>(&self, work: W, props: Props) -> JoinHandle<W::Output> {
-        self.submit_charged(work, props, (), ())
-    }
-
-    /// [`submit`](Self::submit), for an item that counts `charge` against the limits.
-    #[inline]
-    pub(crate) fn submit_charged<W: Work, C: Charge, O: Overload<W::Output>>(
-        &self,
-        work: W,
-        props: Props,
-        charge: C,
-        overload: O,
-    ) -> JoinHandle<W::Output> {
-        match &self.extras.adaptive {
-            None => self.submit_traced(work, props, charge),
-            Some(adaptive) => self.submit_traced(adaptive.measure(work, overload), props, charge),
-        }
-    }
-
-    #[inline]
-    fn submit_traced<W: Work, C: Charge>(
-        &self,
-        work: W,
-        props: Props,
-        charge: C,
-    ) -> JoinHandle<W::Output> {
-        if tracing::enabled!(target: "task_limiter", tracing::Level::DEBUG) {
-            let traced = Traced::new(work, self.core.name());
-            JoinHandle::new(self.core.submit(traced, props, charge))
-        } else {
-            JoinHandle::new(self.core.submit(work, props, charge))
-        }
-    }
-
-    /// Queues an item unless the limiter is closed, in which case its work comes back.
-    pub(crate) fn try_submit<W: Work>(
-        &self,
-        work: W,
-        props: Props,
-    ) -> Result<JoinHandle<W::Output>, W> {
-        match &self.extras.adaptive {
-            None => self.try_submit_traced(work, props),
-            Some(adaptive) => self
-                .try_submit_traced(adaptive.measure(work, ()), props)
-                .map_err(|work| work.into_inner()),
-        }
-    }
-
-    fn try_submit_traced<W: Work>(
-        &self,
-        work: W,
-        props: Props,
-    ) -> Result<JoinHandle<W::Output>, W> {
-        fn handle<W: Work>(cell: Arc<Cell<W>>) -> JoinHandle<W::Output> {
-            JoinHandle::new(cell)
-        }
-        if tracing::enabled!(target: "task_limiter", tracing::Level::DEBUG) {
-            let traced = Traced::new(work, self.core.name());
-            self.core
-                .try_submit(traced, props)
-                .map(handle)
-                .map_err(Traced::into_inner)
-        } else {
-            self.core.try_submit(work, props).map(handle)
-        }
+        self.submit_plain(make, false)
     }
 
     /// Wakes `reserve` waiters once the limiter closes.
     pub(crate) fn close_room(&self) {
-        if let Some(room) = &self.extras.room {
+        if let Some(room) = &self.extras().room {
             room.close();
         }
     }
@@ -289,7 +183,7 @@ impl<S> Limiter<S> {
     /// # }
     /// ```
     pub fn close(&self) -> bool {
-        let closed_now = self.core.close();
+        let closed_now = self.core().close();
         if closed_now {
             self.close_room();
         }
@@ -313,7 +207,7 @@ impl<S> Limiter<S> {
     /// # }
     /// ```
     pub fn is_closed(&self) -> bool {
-        self.core.lifecycle() >= Lifecycle::Closed
+        self.core().lifecycle() >= Lifecycle::Closed
     }
 
     /// Waits until the limiter is closed and no item is queued or running, and its manager task
@@ -345,7 +239,7 @@ impl<S> Limiter<S> {
     /// ```
     pub fn wait(&self) -> Wait<'_> {
         Wait {
-            exited: self.core.exited(),
+            exited: self.core().exited(),
         }
     }
 
@@ -381,7 +275,7 @@ impl<S> Limiter<S> {
     pub fn shutdown(&self) -> Shutdown<'_, S> {
         Shutdown {
             limiter: self,
-            exited: self.core.exited(),
+            exited: self.core().exited(),
             begun: false,
         }
     }
@@ -399,7 +293,7 @@ impl<S> Limiter<S> {
     /// # }
     /// ```
     pub fn limit(&self) -> usize {
-        self.core.limit()
+        self.core().limit()
     }
 
     /// Changes the limit while the limiter runs.
@@ -429,8 +323,8 @@ impl<S> Limiter<S> {
     #[track_caller]
     pub fn set_limit(&self, limit: usize) {
         assert!(limit > 0, "task_limiter: the limit must be at least 1");
-        match &self.extras.adaptive {
-            None => self.core.set_limit(limit, None),
+        match &self.extras().adaptive {
+            None => self.core().set_limit(limit, None),
             Some(adaptive) => adaptive.set_limit(limit),
         }
     }
@@ -480,11 +374,11 @@ impl<S> Limiter<S> {
     pub fn set_limit_until(&self, limit: usize, until: tokio::time::Instant, fallback: usize) {
         assert!(limit > 0, "task_limiter: the limit must be at least 1");
         assert!(
-            self.extras.adaptive.is_none(),
+            self.extras().adaptive.is_none(),
             "task_limiter: `set_limit_until` on an adaptive limiter: its algorithm would set \
              the limit again before the expiry; build the limiter without `adaptive`"
         );
-        self.core.set_limit(limit, Some((until, fallback)));
+        self.core().set_limit(limit, Some((until, fallback)));
     }
 
     /// Returns the limit in force for `key`: its own ([`set_key_limit`](Self::set_key_limit)),
@@ -499,13 +393,13 @@ impl<S> Limiter<S> {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
     /// let limiter = Limiter::new(8);
-    /// assert_eq!(limiter.key_limit(&Key::from(1_u64)), usize::MAX);
+    /// assert_eq!(limiter.key_limit(1_u64), usize::MAX);
     /// limiter.set_key_limit(1_u64, 3);
-    /// assert_eq!(limiter.key_limit(&Key::from(1_u64)), 3);
+    /// assert_eq!(limiter.key_limit(&Key::from(1_u64)), 3); // a `&Key` works too
     /// # }
     /// ```
-    pub fn key_limit(&self, key: &Key) -> usize {
-        self.core.key_limit(key)
+    pub fn key_limit(&self, key: impl Into<Key>) -> usize {
+        self.core().key_limit(&key.into())
     }
 
     /// Sets one key's own limit, live, with [`set_limit`](Self::set_limit)'s semantics:
@@ -519,27 +413,27 @@ impl<S> Limiter<S> {
     /// # Examples
     ///
     /// ```
-    /// use task_limiter::{Key, Limiter};
+    /// use task_limiter::Limiter;
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
     /// let limiter = Limiter::builder().limit(32).per_key_limit(4).build();
     /// // One tenant paid for more.
     /// limiter.set_key_limit("tenant-7", 16);
-    /// assert_eq!(limiter.key_limit(&Key::from("tenant-7")), 16);
-    /// assert_eq!(limiter.key_limit(&Key::from("tenant-8")), 4);
+    /// assert_eq!(limiter.key_limit("tenant-7"), 16);
+    /// assert_eq!(limiter.key_limit("tenant-8"), 4);
     /// # }
     /// ```
     #[track_caller]
     pub fn set_key_limit(&self, key: impl Into<Key>, limit: usize) {
         assert!(limit > 0, "task_limiter: a key's limit must be at least 1");
-        self.core.set_key_limit(key.into(), limit);
+        self.core().set_key_limit(key.into(), limit);
     }
 
     /// Returns a snapshot of one key's state, or `None` when the key has nothing queued or
     /// running. See [`KeyMetrics`] for an example.
-    pub fn key_metrics(&self, key: &Key) -> Option<KeyMetrics> {
-        self.core.key_metrics(key)
+    pub fn key_metrics(&self, key: impl Into<Key>) -> Option<KeyMetrics> {
+        self.core().key_metrics(&key.into())
     }
 
     /// Returns the limiter's name (see [`Builder::name`]).
@@ -555,7 +449,7 @@ impl<S> Limiter<S> {
     /// # }
     /// ```
     pub fn name(&self) -> &str {
-        self.core.name()
+        self.core().name()
     }
 
     /// Returns the number of items queued or running.
@@ -611,7 +505,7 @@ impl<S> Limiter<S> {
     /// # }
     /// ```
     pub fn metrics(&self) -> Metrics {
-        self.core.metrics()
+        self.core().metrics()
     }
 
     /// Returns the worker IDs held by live worker tasks, lowest first: a view for dashboards.
@@ -630,7 +524,7 @@ impl<S> Limiter<S> {
     /// # }
     /// ```
     pub fn busy_workers(&self) -> Vec<WorkerId> {
-        self.core.busy_ids()
+        self.core().busy_ids()
     }
 }
 
@@ -712,7 +606,7 @@ impl<S> Future for Shutdown<'_, S> {
         if !self.begun {
             self.begun = true;
             self.limiter.close_room();
-            self.limiter.core.begin_shutdown();
+            self.limiter.core().begin_shutdown();
         }
         Pin::new(&mut self.exited).poll(cx)
     }

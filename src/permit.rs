@@ -1,18 +1,22 @@
 //! Backpressure: places in a bounded queue (`Builder::max_queued`), taken by `try_spawn` and
 //! `reserve` and given back the moment their item leaves the queue.
 //!
-//! A place is an owned semaphore permit stored with the item's work in its cell. Starting the
-//! item releases it (`Starter::leave_queue`), and so does cancelling it while queued, since
-//! that drops the work at once. Without `max_queued` there is no semaphore, and nothing here
-//! runs on the `spawn` path.
+//! A place is an owned semaphore permit stored with the item's work in its cell (`place.rs`).
+//! Starting the item releases it, and so does cancelling it while queued, since that drops the
+//! work at once. Without `max_queued` there is no semaphore, and nothing here runs on the
+//! `spawn` path.
 
 use std::fmt;
 use std::future::Future;
 
-use crate::core::{Props, Work};
+use crate::compose::{OnClosed, Options};
+use crate::core::Work;
+use crate::error::{ReserveError, TrySpawnError};
+use crate::handle::JoinHandle;
+use crate::limiter::Limiter;
 use crate::sync::rt::sync::OwnedSemaphorePermit;
-use crate::task_builder::Placed;
-use crate::{JoinHandle, Limiter, ReserveError, TaskBuilder, TrySpawnError, WorkerId};
+use crate::task_builder::TaskBuilder;
+use crate::worker_id::WorkerId;
 
 /// A future as work that can be given back whole when a `try_spawn` is refused.
 struct Ready<F>(F);
@@ -146,7 +150,7 @@ impl<S> Limiter<S> {
         if self.is_closed() {
             return Err(NoRoom::Closed);
         }
-        match &self.extras.room {
+        match &self.extras().room {
             None => Ok(None),
             Some(room) => match room.clone().try_acquire_owned() {
                 Ok(place) => Ok(Some(place)),
@@ -236,14 +240,8 @@ impl<S> Limiter<S> {
             Err(NoRoom::Full) => return Err(TrySpawnError::Full(work)),
             Err(NoRoom::Closed) => return Err(TrySpawnError::Closed(work)),
         };
-        match room {
-            None => self
-                .try_submit(work, Props::default())
-                .map_err(TrySpawnError::Closed),
-            Some(place) => self
-                .try_submit(Placed { work, place }, Props::default())
-                .map_err(|placed| TrySpawnError::Closed(placed.work)),
-        }
+        self.submit(work, false, Options::new(room), OnClosed::GiveBack)
+            .map_err(TrySpawnError::Closed)
     }
 
     /// Waits for a place in the queue, then returns a [`Permit`] that submits one item in it.
@@ -285,7 +283,7 @@ impl<S> Limiter<S> {
         if self.is_closed() {
             return Err(ReserveError::new());
         }
-        let room = match &self.extras.room {
+        let room = match &self.extras().room {
             None => None,
             Some(room) => Some(
                 room.clone()

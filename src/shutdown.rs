@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use crate::core::Exited;
 use crate::sync::rt::time::{sleep_until, Instant, Sleep};
-use crate::{Limiter, Metrics};
+use crate::limiter::Limiter;
+use crate::metrics::Metrics;
 
 /// What [`Limiter::shutdown_timeout`] did: how the items that were left when it was called
 /// ended, and how long it took.
@@ -134,14 +135,14 @@ impl<S> Limiter<S> {
         self.assert_timer("Limiter::shutdown_timeout");
         ShutdownTimeout {
             limiter: self,
-            exited: self.core.exited(),
+            exited: self.core().exited(),
             grace: timeout,
             begun: None,
         }
     }
 
     fn counts(&self) -> (Metrics, (u64, u64)) {
-        (self.metrics(), self.core.cancelled_apart())
+        (self.metrics(), self.core().cancelled_apart())
     }
 }
 
@@ -171,7 +172,7 @@ impl<S> Future for ShutdownTimeout<'_, S> {
             std::task::ready!(timer.as_mut().poll(cx));
             begun.timer = None;
             limiter.close_room();
-            limiter.core.begin_shutdown();
+            limiter.core().begin_shutdown();
             std::task::ready!(Pin::new(&mut this.exited).poll(cx));
         }
         let ((m0, (q0, r0)), (m1, (q1, r1))) = (&begun.before, limiter.counts());

@@ -17,9 +17,10 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::core::Props;
+use crate::handle::JoinHandle;
+use crate::limiter::Limiter;
 use crate::sync::{lock, Arc, Mutex};
-use crate::{JoinHandle, Limiter, WorkerId};
+use crate::worker_id::WorkerId;
 
 /// The factory `Builder::worker_state` stores.
 pub(crate) type MakeState<S> = Arc<dyn Fn(WorkerId) -> S + Send + Sync>;
@@ -103,11 +104,7 @@ impl<S> fmt::Debug for Lent<S> {
 impl<S: Send + 'static> Limiter<S> {
     /// The table of this limiter's worker state.
     pub(crate) fn states(&self) -> Arc<States<S>> {
-        self.extras
-            .states
-            .downcast_ref::<Arc<States<S>>>()
-            .expect("a `Limiter<S>` is built with a table of `S`")
-            .clone()
+        self.extras().states.clone()
     }
 
     /// Submits an item that borrows its worker's state: the value that
@@ -168,7 +165,7 @@ impl<S: Send + 'static> Limiter<S> {
             + 'static,
         T: Send + 'static,
     {
-        self.submit(with_state(self.states(), f), Props::default())
+        self.submit_plain(with_state(self.states(), f), false)
     }
 }
 

@@ -1,19 +1,21 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::adaptive::Overload;
-use crate::blocking::{blocking, blocking_with_state, BLOCKING};
-use crate::core::{Cut, Props, Weighed, Work};
+use crate::blocking::{blocking, blocking_with_state, RUNS_TO_END};
+use crate::compose::{OnClosed, Options};
+use crate::core::Work;
+use crate::handle::JoinHandle;
+use crate::key::Key;
+use crate::limiter::Limiter;
 use crate::state::with_state;
 use crate::sync::rt::sync::OwnedSemaphorePermit;
 use crate::sync::rt::time::Instant;
-use crate::timeout::Limits;
-use crate::{JoinHandle, Key, Limiter, WorkerId};
+use crate::worker_id::WorkerId;
 
 /// Sets options for one item, then submits it: returned by
 /// [`Limiter::build_task`] and [`Permit::build_task`](crate::Permit::build_task).
@@ -41,92 +43,35 @@ use crate::{JoinHandle, Key, Limiter, WorkerId};
 #[must_use = "a task builder does nothing until one of its `spawn` methods is called"]
 pub struct TaskBuilder<'a, S = (), O = ()> {
     limiter: &'a Limiter<S>,
-    priority: i32,
-    weight: u32,
-    key: Option<Key>,
-    /// A place in the queue, when the builder came from a `Permit`.
-    room: Option<OwnedSemaphorePermit>,
-    /// Time limits and a token (`timeout`, `deadline`, `cancel_on`); boxed, so a builder
-    /// without them stays small.
-    limits: Option<Box<Limits>>,
-    overload: O,
-}
-
-/// Work that holds a place in a bounded queue (`Builder::max_queued`) until it starts. The
-/// place goes back when the item starts, or when its work is dropped unstarted (cancelled
-/// while queued), so a place is held exactly while its item waits.
-pub(crate) struct Placed<W> {
-    pub(crate) work: W,
-    pub(crate) place: OwnedSemaphorePermit,
-}
-
-impl<W: Work> Work for Placed<W> {
-    type Output = W::Output;
-    type Future = W::Future;
-
-    fn start(self, worker: WorkerId) -> W::Future {
-        drop(self.place);
-        self.work.start(worker)
-    }
-
-    #[inline(always)]
-    fn poll_cut(future: Pin<&mut W::Future>, cx: &mut Context<'_>) -> Poll<Cut> {
-        W::poll_cut(future, cx)
-    }
+    options: Options<O>,
 }
 
 impl<'a, S> TaskBuilder<'a, S> {
-    pub(crate) fn new(limiter: &'a Limiter<S>, room: Option<OwnedSemaphorePermit>) -> Self {
+    pub(crate) fn new(limiter: &'a Limiter<S>, place: Option<OwnedSemaphorePermit>) -> Self {
         TaskBuilder {
             limiter,
-            priority: 0,
-            weight: 1,
-            key: None,
-            room,
-            limits: None,
-            overload: (),
+            options: Options::new(place),
         }
     }
 }
 
 impl<'a, S, O> TaskBuilder<'a, S, O> {
-    fn submit<W: Work>(self, work: W, props: Props) -> JoinHandle<W::Output>
+    fn submit<W: Work>(self, work: W, runs_to_end: bool) -> JoinHandle<W::Output>
     where
         O: Overload<W::Output>,
     {
-        let props = Props {
-            priority: self.priority,
-            ..props
-        };
-        if self.weight == 1 && self.key.is_none() {
-            let overload = self.overload;
-            if let Some(limits) = self.limits {
-                return limits.submit(self.limiter, self.room, work, props, (), overload);
-            }
-            match self.room {
-                None => self.limiter.submit_charged(work, props, (), overload),
-                Some(place) => {
-                    let work = Placed { work, place };
-                    self.limiter.submit_charged(work, props, (), overload)
-                }
-            }
-        } else {
-            let charge = Weighed {
-                weight: self.weight,
-                key: self.key,
-            };
-            let overload = self.overload;
-            if let Some(limits) = self.limits {
-                return limits.submit(self.limiter, self.room, work, props, charge, overload);
-            }
-            match self.room {
-                None => self.limiter.submit_charged(work, props, charge, overload),
-                Some(place) => {
-                    let work = Placed { work, place };
-                    self.limiter.submit_charged(work, props, charge, overload)
-                }
-            }
+        match self
+            .limiter
+            .submit(work, runs_to_end, self.options, OnClosed::Cancel)
+        {
+            Ok(handle) => handle,
+            Err(_) => unreachable!("`OnClosed::Cancel` never gives the work back"),
         }
+    }
+
+    /// The limiter, and what the builder collected (for the lease methods).
+    pub(crate) fn into_parts(self) -> (&'a Limiter<S>, Options<O>) {
+        (self.limiter, self.options)
     }
 
     /// Sets the item's priority, for a limiter built with
@@ -167,15 +112,11 @@ impl<'a, S, O> TaskBuilder<'a, S, O> {
     /// # }
     /// ```
     pub fn priority(mut self, priority: i32) -> Self {
-        self.priority = priority;
+        self.options.priority = priority;
         self
     }
 
     // --- time limits and cancellation (issue 11) ---
-
-    fn limits(&mut self) -> &mut Limits {
-        self.limits.get_or_insert_with(Default::default)
-    }
 
     /// Limits how long the item may run: once it has run for `timeout` (counted from its start
     /// on a worker, not from its submission), it is cancelled: its future is dropped, its worker
@@ -223,7 +164,7 @@ impl<'a, S, O> TaskBuilder<'a, S, O> {
     #[track_caller]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.limiter.assert_timer("TaskBuilder::timeout");
-        self.limits().timeout = Some(timeout);
+        self.options.limits().timeout = Some(timeout);
         self
     }
 
@@ -271,7 +212,7 @@ impl<'a, S, O> TaskBuilder<'a, S, O> {
     #[track_caller]
     pub fn deadline(mut self, deadline: Instant) -> Self {
         self.limiter.assert_timer("TaskBuilder::deadline");
-        self.limits().deadline_at(deadline);
+        self.options.limits().watch.deadline_at(deadline);
         self
     }
 
@@ -305,7 +246,7 @@ impl<'a, S, O> TaskBuilder<'a, S, O> {
     pub fn queue_timeout(mut self, timeout: Duration) -> Self {
         self.limiter.assert_timer("TaskBuilder::queue_timeout");
         if let Some(at) = Instant::now().checked_add(timeout) {
-            self.limits().deadline_at(at);
+            self.options.limits().watch.deadline_at(at);
         }
         self
     }
@@ -347,7 +288,7 @@ impl<'a, S, O> TaskBuilder<'a, S, O> {
     ///
     /// [`JoinError`]: crate::JoinError
     pub fn cancel_on(mut self, token: CancellationToken) -> Self {
-        self.limits().token = Some(token);
+        self.options.limits().watch.token = Some(token);
         self
     }
 
@@ -388,7 +329,7 @@ impl<'a, S, O> TaskBuilder<'a, S, O> {
     /// # }
     /// ```
     pub fn key(mut self, key: impl Into<Key>) -> Self {
-        self.key = Some(key.into());
+        self.options.key = Some(key.into());
         self
     }
 
@@ -431,7 +372,7 @@ impl<'a, S, O> TaskBuilder<'a, S, O> {
             weight > 0,
             "task_limiter: an item's weight must be at least 1"
         );
-        self.weight = weight;
+        self.options.weight = weight;
         self
     }
 
@@ -467,12 +408,7 @@ impl<'a, S, O> TaskBuilder<'a, S, O> {
     pub fn overload_if<F>(self, overload: F) -> TaskBuilder<'a, S, F> {
         TaskBuilder {
             limiter: self.limiter,
-            priority: self.priority,
-            weight: self.weight,
-            key: self.key,
-            room: self.room,
-            limits: self.limits,
-            overload,
+            options: self.options.with_overload(overload),
         }
     }
 
@@ -497,7 +433,7 @@ impl<'a, S, O> TaskBuilder<'a, S, O> {
         F::Output: Send + 'static,
         O: Overload<F::Output>,
     {
-        self.submit(move |_: WorkerId| future, Props::default())
+        self.submit(move |_: WorkerId| future, false)
     }
 
     /// Submits a closure that makes the item's future from its [`WorkerId`], with these
@@ -523,7 +459,7 @@ impl<'a, S, O> TaskBuilder<'a, S, O> {
         Fut::Output: Send + 'static,
         O: Overload<Fut::Output>,
     {
-        self.submit(make, Props::default())
+        self.submit(make, false)
     }
 
     /// Submits a blocking closure with these options, as [`Limiter::spawn_blocking`] does.
@@ -547,7 +483,7 @@ impl<'a, S, O> TaskBuilder<'a, S, O> {
         R: Send + 'static,
         O: Overload<R>,
     {
-        self.submit(blocking(f), BLOCKING)
+        self.submit(blocking(f), RUNS_TO_END)
     }
 }
 
@@ -582,7 +518,7 @@ impl<S: Send + 'static, O> TaskBuilder<'_, S, O> {
         O: Overload<T>,
     {
         let home = self.limiter.states();
-        self.submit(with_state(home, f), Props::default())
+        self.submit(with_state(home, f), false)
     }
 
     /// Submits a blocking closure that borrows its worker's state, with these options, as
@@ -614,7 +550,7 @@ impl<S: Send + 'static, O> TaskBuilder<'_, S, O> {
         O: Overload<R>,
     {
         let home = self.limiter.states();
-        self.submit(blocking_with_state(home, f), BLOCKING)
+        self.submit(blocking_with_state(home, f), RUNS_TO_END)
     }
 }
 
@@ -622,9 +558,11 @@ impl<S, O> fmt::Debug for TaskBuilder<'_, S, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TaskBuilder")
             .field("limiter", &self.limiter.name())
-            .field("priority", &self.priority)
-            .field("holds_place", &self.room.is_some())
-            .field("limits", &self.limits)
+            .field("priority", &self.options.priority)
+            .field("weight", &self.options.weight)
+            .field("key", &self.options.key)
+            .field("holds_place", &self.options.place.is_some())
+            .field("limits", &self.options.limits)
             .field("overload_if", &(std::any::type_name::<O>() != "()"))
             .finish()
     }

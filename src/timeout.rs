@@ -20,105 +20,48 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::adaptive::Overload;
-use crate::core::Charge;
-use crate::core::{Cut, Props, Work};
-use crate::sync::rt::sync::OwnedSemaphorePermit;
+use crate::core::{Cut, Load, Watch, Work};
+use crate::limiter::Limiter;
 use crate::sync::rt::time::{sleep_until, Instant, Sleep};
-use crate::task_builder::Placed;
-use crate::trace::Traced;
-use crate::{JoinHandle, Limiter, WorkerId};
+use crate::worker_id::WorkerId;
 
 /// The limits a `TaskBuilder` collected for one item.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Limits {
     /// The longest the item may run once started.
     pub(crate) timeout: Option<Duration>,
-    /// The latest it may start.
-    pub(crate) deadline: Option<Instant>,
-    pub(crate) token: Option<CancellationToken>,
+    /// The queue deadline and the token.
+    pub(crate) watch: Watch,
+}
+
+/// The limits of an item's running phase.
+pub(crate) struct RunLimits {
+    timeout: Option<Duration>,
+    token: Option<CancellationToken>,
 }
 
 impl Limits {
-    /// Moves the deadline to `at` if that is earlier.
-    pub(crate) fn deadline_at(&mut self, at: Instant) {
-        self.deadline = Some(self.deadline.map_or(at, |old| old.min(at)));
-    }
-
-    /// Submits `work` under these limits: the queued phase is registered with the manager, the
-    /// running phase rides in the work.
-    pub(crate) fn submit<S, W: Work, C: Charge, O: Overload<W::Output>>(
-        self,
-        limiter: &Limiter<S>,
-        room: Option<OwnedSemaphorePermit>,
-        work: W,
-        props: Props,
-        charge: C,
-        overload: O,
-    ) -> JoinHandle<W::Output> {
-        // A started blocking closure cannot be stopped: its limits end with the queue.
-        let running = !props.runs_to_end && (self.timeout.is_some() || self.token.is_some());
-        let (timeout, run_token) = match running {
-            true => (self.timeout, self.token.clone()),
-            false => (None, None),
-        };
-        let work = Limited {
-            work,
+    /// Splits the limits by phase: the running phase's ride in the work, the queued phase's
+    /// go to the manager. A started blocking closure cannot be stopped (`runs_to_end`): its
+    /// limits end with the queue.
+    pub(crate) fn split(self, runs_to_end: bool) -> (Option<RunLimits>, Option<Watch>) {
+        let Limits { timeout, watch } = self;
+        let running = !runs_to_end && (timeout.is_some() || watch.token.is_some());
+        let run = running.then(|| RunLimits {
             timeout,
-            token: run_token,
-        };
-        let (at, token) = (self.deadline, self.token);
-        match room {
-            None => limiter.submit_watched(work, props, charge, overload, at, token),
-            Some(place) => {
-                let work = Placed { work, place };
-                limiter.submit_watched(work, props, charge, overload, at, token)
-            }
-        }
+            token: watch.token.clone(),
+        });
+        let queued = watch.deadline.is_some() || watch.token.is_some();
+        (run, queued.then_some(watch))
     }
 }
 
 impl<S> Limiter<S> {
-    /// `submit`, for an item with a queue deadline or a token.
-    fn submit_watched<W: Work, C: Charge, O: Overload<W::Output>>(
-        &self,
-        work: W,
-        props: Props,
-        charge: C,
-        overload: O,
-        at: Option<Instant>,
-        token: Option<CancellationToken>,
-    ) -> JoinHandle<W::Output> {
-        match &self.extras.adaptive {
-            None => self.submit_watched_traced(work, props, charge, at, token),
-            Some(adaptive) => {
-                let work = adaptive.measure(work, overload);
-                self.submit_watched_traced(work, props, charge, at, token)
-            }
-        }
-    }
-
-    fn submit_watched_traced<W: Work, C: Charge>(
-        &self,
-        work: W,
-        props: Props,
-        charge: C,
-        at: Option<Instant>,
-        token: Option<CancellationToken>,
-    ) -> JoinHandle<W::Output> {
-        if tracing::enabled!(target: "task_limiter", tracing::Level::DEBUG) {
-            let traced = Traced::new(work, self.core.name());
-            JoinHandle::new(self.core.submit_watched(traced, props, charge, at, token))
-        } else {
-            JoinHandle::new(self.core.submit_watched(work, props, charge, at, token))
-        }
-    }
-
     /// Panics, at the caller, if the limiter's runtime has no timer.
     #[track_caller]
     pub(crate) fn assert_timer(&self, what: &str) {
         assert!(
-            self.core.has_timer(),
+            self.inner.core.has_timer(),
             "task_limiter: `{what}` needs the runtime's time driver, and this limiter's runtime \
              has none; build the runtime with `enable_time()` (or `enable_all()`)"
         );
@@ -128,8 +71,18 @@ impl<S> Limiter<S> {
 /// An item's work with its running-phase limits.
 pub(crate) struct Limited<W> {
     work: W,
-    timeout: Option<Duration>,
-    token: Option<CancellationToken>,
+    limits: RunLimits,
+}
+
+impl<W> Limited<W> {
+    pub(crate) fn new(work: W, limits: RunLimits) -> Limited<W> {
+        Limited { work, limits }
+    }
+
+    /// The work back, for a refused `try_` call.
+    pub(crate) fn into_inner(self) -> W {
+        self.work
+    }
 }
 
 pin_project! {
@@ -158,16 +111,20 @@ impl<W: Work> Work for Limited<W> {
     type Future = LimitedFuture<W::Future>;
 
     fn start(self, worker: WorkerId) -> Self::Future {
+        self.start_under(worker, Load::default())
+    }
+
+    fn start_under(self, worker: WorkerId, load: Load) -> Self::Future {
         // The run time counts from here, the item's first poll on its worker. A timeout too
         // long for the clock never ends.
-        let timer = self
-            .timeout
+        let RunLimits { timeout, token } = self.limits;
+        let timer = timeout
             .and_then(|after| Instant::now().checked_add(after))
             .map(sleep_until);
         LimitedFuture {
-            future: self.work.start(worker),
+            future: self.work.start_under(worker, load),
             timer,
-            cancelled: self.token.map(CancellationToken::cancelled_owned),
+            cancelled: token.map(CancellationToken::cancelled_owned),
         }
     }
 

@@ -16,7 +16,7 @@ use tracing::Span;
 
 use crate::core::{Load, Work};
 use crate::sync::Arc;
-use crate::WorkerId;
+use crate::worker_id::WorkerId;
 
 const TARGET: &str = "task_limiter";
 

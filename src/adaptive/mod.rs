@@ -77,7 +77,7 @@ pub use gradient::Gradient;
 use crate::core::{Cut, LimitHandle, Load, Work};
 use crate::sync::rt::time::Instant;
 use crate::sync::{lock, Arc, Mutex};
-use crate::WorkerId;
+use crate::worker_id::WorkerId;
 
 /// What one finished item measured, as an [`Algorithm`] receives it.
 ///

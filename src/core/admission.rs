@@ -22,7 +22,9 @@ use super::lanes::{Lanes, Skipped};
 use crate::sync::rt::sync::mpsc::UnboundedSender;
 use crate::sync::rt::sync::Notify;
 use crate::sync::{lock, Arc, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
-use crate::{Key, KeyMetrics, Metrics, WorkerId};
+use crate::key::Key;
+use crate::metrics::{KeyMetrics, Metrics};
+use crate::worker_id::WorkerId;
 
 /// Where the limiter is in its life. One word that only moves forward (it is raised with
 /// `fetch_max`), so "shut down implies closed" is a fact of the encoding, not a convention.
@@ -250,7 +252,7 @@ impl Shared {
     }
 
     /// The submitter's shortcut past the manager: while a worker is parked and nothing waits in
-    /// the work channel, queues `job` itself and lets admission hand it to the lowest parked
+    /// the work channel, queues `job` itself and lets admission hand it to the most recently parked
     /// worker, which it wakes. A service that submits one item at a time so reaches a worker
     /// without the manager's round trip. Returns the job if it must take the channel instead.
     pub(crate) fn hand_off(&self, job: Job) -> Result<(), Job> {
@@ -554,7 +556,7 @@ impl State {
             .map(|&id| WorkerId(id))
     }
 
-    /// Admits the next queued item for the lowest parked worker and hands it over. `None` if
+    /// Admits the next queued item for the most recently parked worker (below the limit) and hands it over. `None` if
     /// admission refused; otherwise the worker's waker, if it registered one, for the caller to
     /// wake outside the lock.
     fn hand_to_parked(&mut self, lifecycle: Lifecycle) -> Option<Option<Waker>> {

@@ -14,7 +14,9 @@ use std::task::{Context, Poll, Waker};
 use pin_project_lite::pin_project;
 
 use crate::sync::{lock, Arc, AtomicBool, AtomicU8, Mutex, Ordering};
-use crate::{JoinError, Key, WorkerId};
+use crate::error::JoinError;
+use crate::key::Key;
+use crate::worker_id::WorkerId;
 
 /// What the core runs: made into a future on the worker ID the item starts under.
 ///

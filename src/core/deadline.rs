@@ -34,6 +34,35 @@ use crate::sync::{lock, AtomicBool, Mutex, Ordering};
 /// The fewest entries kept before a sweep is worth it.
 const SWEEP_AT_LEAST: usize = 64;
 
+/// What the manager watches for while an item waits in the queue: its queue deadline and its
+/// token. Items without either carry none.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Watch {
+    /// The latest the item may start.
+    pub(crate) deadline: Option<Instant>,
+    /// Cancels the item while it waits.
+    pub(crate) token: Option<CancellationToken>,
+}
+
+impl Watch {
+    /// Moves the deadline to `at` if that is earlier.
+    pub(crate) fn deadline_at(&mut self, at: Instant) {
+        self.deadline = Some(self.deadline.map_or(at, |old| old.min(at)));
+    }
+
+    /// Ends `task` (still queued, never seen by the manager) if its deadline has passed or its
+    /// token is cancelled already; returns true if it did.
+    pub(crate) fn ended_already(&self, task: &dyn RawTask) -> bool {
+        if self.deadline.is_some_and(|at| at <= Instant::now()) {
+            task.time_out_queued()
+        } else if self.token.as_ref().is_some_and(CancellationToken::is_cancelled) {
+            task.cancel_queued()
+        } else {
+            false
+        }
+    }
+}
+
 /// The submitters' side: registrations for the manager to pick up.
 pub(crate) struct Watches {
     registry: Mutex<Registry>,
@@ -106,8 +135,18 @@ impl Watches {
         self.active.load(Ordering::Relaxed)
     }
 
+    /// Watches `task`'s deadline and token while it is queued.
+    pub(crate) fn register(&self, watch: &Watch, task: Weak<dyn RawTask>) {
+        if let Some(at) = watch.deadline {
+            self.deadline(at, task.clone());
+        }
+        if let Some(token) = &watch.token {
+            self.token(token.clone(), task);
+        }
+    }
+
     /// Times `task` out if it is still queued at `at`.
-    pub(crate) fn deadline(&self, at: Instant, task: Weak<dyn RawTask>) {
+    fn deadline(&self, at: Instant, task: Weak<dyn RawTask>) {
         let mut registry = lock(&self.registry);
         let seq = registry.next_seq;
         registry.next_seq += 1;
@@ -117,7 +156,7 @@ impl Watches {
     }
 
     /// Cancels `task` if it is still queued when `token` is cancelled.
-    pub(crate) fn token(&self, token: CancellationToken, task: Weak<dyn RawTask>) {
+    fn token(&self, token: CancellationToken, task: Weak<dyn RawTask>) {
         lock(&self.registry).tokens.push((token, task));
         self.wake();
     }

@@ -22,7 +22,8 @@ use foldhash::fast::RandomState;
 
 use super::cell::Job;
 use super::queue::{Queue, QueueOrder};
-use crate::{Key, KeyMetrics};
+use crate::key::Key;
+use crate::metrics::KeyMetrics;
 
 /// The weight rule: an item of weight `weight` fits under `limit` when `used` leaves room for
 /// it, or when nothing runs (an item heavier than the limit runs alone rather than never).

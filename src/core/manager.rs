@@ -15,9 +15,10 @@ use super::deadline::{Fired, Watcher, Watches};
 use super::worker::{self, IdGuard};
 use crate::sync::rt::sync::mpsc::UnboundedReceiver;
 use crate::sync::{recv_batch, rt, Arc, Ordering};
-use crate::WorkerId;
+use crate::worker_id::WorkerId;
 
-/// Messages drained from a channel per wake-up: as good as any size tried (see DESIGN.md).
+/// Messages drained from a channel per wake-up: as good as any size tried in the benchmarks of
+/// the first core (`benches/compare-results.md`).
 const BATCH: usize = 256;
 
 /// The most messages moved from the work channel into the queue per wake-up.

@@ -1,6 +1,13 @@
-//! The core: the item cell, the queue, the admission point, the manager and the workers. It
-//! names no feature: blocking items, worker state, queue places, priority and tracing are work
-//! wrappers and item properties built on it in their own files.
+//! The core: the item cell, the queue, the admission point, the worker-ID table, the manager
+//! and the workers.
+//!
+//! What the core acts on is part of it: an item's priority, key and weight are queue
+//! discipline (`queue.rs`, `lanes.rs`); the limit in force, its expiry and the key limits are
+//! admission inputs (`admission.rs`); a queued item's deadline and token are watched by the
+//! manager (`deadline.rs`). Everything else wraps the work in a file of its own outside the
+//! core, composed in one place (`compose.rs`): blocking items, worker state, bounded-queue
+//! places, running time limits, adaptive sampling and tracing. The core runs any
+//! [`Work`] and knows nothing of them.
 //!
 //! ```text
 //!  Limiter::spawn ──Job──▶ work channel ──▶ manager ──▶ queue ─┐
@@ -27,6 +34,7 @@ use std::time::Duration;
 
 pub(crate) use admission::Lifecycle;
 pub(crate) use cell::{Cell, Charge, Cut, Load, Props, Weighed, Work};
+pub(crate) use deadline::Watch;
 pub use queue::QueueOrder;
 
 #[cfg(feature = "shuttle")]
@@ -42,7 +50,9 @@ use crate::sync::rt::runtime::Handle;
 use crate::sync::rt::sync::futures::Notified;
 use crate::sync::rt::sync::mpsc::{self, UnboundedSender};
 use crate::sync::{Arc, Ordering};
-use crate::{Key, KeyMetrics, Metrics, WorkerId};
+use crate::key::Key;
+use crate::metrics::{KeyMetrics, Metrics};
+use crate::worker_id::WorkerId;
 
 /// What the core is built from.
 pub(crate) struct Config {
@@ -86,8 +96,9 @@ impl Core {
     pub(crate) fn start(config: Config, handle: &Handle) -> Core {
         // A keep-alive needs the runtime's timer; without one, parked workers wait until close,
         // shutdown or a smaller limit ends them.
-        let keep_alive = config.keep_alive.filter(|_| timer::available(handle));
-        let timer = keep_alive.is_some() || !timer::known_missing(handle);
+        let probed = timer::probe(handle);
+        let keep_alive = config.keep_alive.filter(|_| probed == Some(true));
+        let timer = probed != Some(false);
         let (work_tx, work_rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared::new(
@@ -112,70 +123,49 @@ impl Core {
         }
     }
 
-    /// Queues an item: the one path of every `spawn` method. Returns its cell, for its handle.
+    /// Queues an item: the one way into the core, for every shape of work and every entry
+    /// point. `watch` carries the item's queue deadline and token, for the manager to watch
+    /// while it waits; an item whose deadline has passed, or whose token is cancelled, never
+    /// reaches the queue and resolves at once. A closed limiter refuses the item: the caller
+    /// either resolves it cancelled ([`Refused::cancel`]) or takes its work back
+    /// ([`Refused::into_work`]).
     #[inline]
     pub(crate) fn submit<W: Work, C: Charge>(
         &self,
         work: W,
         props: Props,
         charge: C,
-    ) -> Arc<Cell<W, C>> {
+        watch: Option<&Watch>,
+    ) -> Result<Arc<Cell<W, C>>, Refused<W, C>> {
         let (job, cell) = Job::new(work, props, charge);
         let shared = &*self.shared;
         shared.submitted.fetch_add(1, Ordering::Relaxed);
-        if shared.lifecycle() >= Lifecycle::Closed {
-            cancel_unstarted(shared, [job]);
-            return cell;
-        }
-        let job = match shared.hand_off(job) {
-            Ok(()) => {
-                // Queued and handed to a parked worker in one step.
-                tracing::trace!(target: "task_limiter", limiter = %shared.name, "item queued");
-                return cell;
+        if let Some(watch) = watch {
+            if watch.ended_already(&*cell) {
+                // Counted by how the cell ended: timed out, or cancelled.
+                cancel_unstarted(shared, [job]);
+                return Ok(cell);
             }
-            Err(job) => job,
-        };
-        if let Err(refused) = self.send(job) {
-            // The manager closed the channel (close or shutdown) or is gone with its runtime.
-            cancel_unstarted(shared, [refused]);
         }
-        cell
-    }
-
-    /// Queues an item with a queue deadline and/or a token: the manager times it out at `at`,
-    /// or cancels it when `token` fires, if it is still queued then. An item whose deadline has
-    /// passed already never reaches the queue: it resolves timed out at once.
-    pub(crate) fn submit_watched<W: Work, C: Charge>(
-        &self,
-        work: W,
-        props: Props,
-        charge: C,
-        at: Option<crate::sync::rt::time::Instant>,
-        token: Option<tokio_util::sync::CancellationToken>,
-    ) -> Arc<Cell<W, C>> {
-        let expired = at.is_some_and(|at| at <= crate::sync::rt::time::Instant::now());
-        if expired || token.as_ref().is_some_and(|token| token.is_cancelled()) {
-            let (job, cell) = Job::new(work, props, charge);
-            self.shared.submitted.fetch_add(1, Ordering::Relaxed);
-            match expired {
-                true => cell.time_out_queued(),
-                false => cell.cancel_queued(),
-            };
-            // Counted by how the cell ended: timed out, or cancelled.
-            cancel_unstarted(&self.shared, [job]);
-            return cell;
+        if shared.lifecycle() >= Lifecycle::Closed {
+            return Err(Refused { job, cell });
         }
-        let cell = self.submit(work, props, charge);
-        // Registered after the submission, so the item may have started (or ended) already:
-        // the manager then finds it no longer queued and leaves it be.
-        let task: std::sync::Weak<dyn RawTask> = Arc::downgrade(&cell) as _;
-        if let Some(at) = at {
-            self.watches.deadline(at, task.clone());
+        if let Err(job) = shared.hand_off(job) {
+            if let Err(job) = self.send(job) {
+                // The manager closed the channel (close or shutdown), or is gone with its
+                // runtime.
+                return Err(Refused { job, cell });
+            }
+        } else {
+            tracing::trace!(target: "task_limiter", limiter = %shared.name, "item queued");
         }
-        if let Some(token) = token {
-            self.watches.token(token, task);
+        if let Some(watch) = watch {
+            // Registered after the submission, so the item may have started (or ended)
+            // already: the manager then finds it no longer queued and leaves it be.
+            let task: std::sync::Weak<dyn RawTask> = Arc::downgrade(&cell) as _;
+            self.watches.register(watch, task);
         }
-        cell
+        Ok(cell)
     }
 
     /// Whether the limiter's runtime has a time driver (`enable_time`). True where that cannot
@@ -187,30 +177,6 @@ impl Core {
     /// Cancelled items that never started, and cancelled running ones, apart.
     pub(crate) fn cancelled_apart(&self) -> (u64, u64) {
         self.shared.state().cancelled_apart()
-    }
-
-    /// Queues an item unless the limiter is closed, in which case its work comes back.
-    pub(crate) fn try_submit<W: Work>(&self, work: W, props: Props) -> Result<Arc<Cell<W>>, W> {
-        let shared = &*self.shared;
-        if shared.lifecycle() >= Lifecycle::Closed {
-            return Err(work);
-        }
-        let (job, cell) = Job::new(work, props, ());
-        shared.submitted.fetch_add(1, Ordering::Relaxed);
-        let job = match shared.hand_off(job) {
-            Ok(()) => return Ok(cell),
-            Err(job) => job,
-        };
-        match self.send(job) {
-            Ok(()) => Ok(cell),
-            // Closed since the check: the item never reached the manager, so take it back.
-            Err(refused) => {
-                shared.submitted.fetch_sub(1, Ordering::Relaxed);
-                let work = cell.take_unstarted();
-                drop(refused);
-                Err(work.expect("a refused item is still queued"))
-            }
-        }
     }
 
     /// Sends a job to the manager; gives it back if the manager no longer takes work.
@@ -299,6 +265,29 @@ impl Core {
 
     pub(crate) fn busy_ids(&self) -> Vec<WorkerId> {
         self.shared.state().busy_ids()
+    }
+}
+
+/// An item a closed limiter refused (see [`Core::submit`]).
+pub(crate) struct Refused<W: Work, C: Charge> {
+    job: Job,
+    cell: Arc<Cell<W, C>>,
+}
+
+impl<W: Work, C: Charge> Refused<W, C> {
+    /// Resolves the item cancelled, as `spawn` on a closed limiter does; returns its cell, for
+    /// its handle.
+    pub(crate) fn cancel(self, core: &Core) -> Arc<Cell<W, C>> {
+        cancel_unstarted(&core.shared, [self.job]);
+        self.cell
+    }
+
+    /// Takes the work back, for a `try_` call to give it back: the item never was.
+    pub(crate) fn into_work(self, core: &Core) -> W {
+        core.shared.submitted.fetch_sub(1, Ordering::Relaxed);
+        let work = self.cell.take_unstarted();
+        drop(self.job);
+        work.expect("a refused item is still queued")
     }
 }
 

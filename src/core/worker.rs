@@ -17,7 +17,7 @@ use std::task::Poll;
 use super::admission::Shared;
 use super::cell::{Job, Load, Outcome, Run};
 use crate::sync::{rt, Arc};
-use crate::WorkerId;
+use crate::worker_id::WorkerId;
 
 /// Held by a worker task for its whole life: the worker's ID goes back to the manager when it
 /// drops, on every exit path (told to exit, its runtime shutting down, the runtime refusing to
@@ -241,7 +241,7 @@ where
 pub(crate) mod planted {
     use std::cell::Cell;
 
-    use crate::WorkerId;
+    use crate::worker_id::WorkerId;
 
     std::thread_local! {
         // Per OS thread: shuttle runs all of a test's schedules on the test's own thread.
@@ -265,7 +265,7 @@ pub(crate) mod planted {
 
 #[cfg(not(feature = "shuttle"))]
 mod planted {
-    use crate::WorkerId;
+    use crate::worker_id::WorkerId;
 
     #[inline(always)]
     pub(super) fn item_id(id: WorkerId) -> WorkerId {
