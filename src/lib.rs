@@ -42,19 +42,33 @@
 //! # How it works
 //!
 //! Building a [`Limiter`] spawns one manager task. Submissions travel on an unbounded channel,
-//! so [`spawn`](Limiter::spawn) never blocks or awaits and work may submit more work. The
-//! manager owns the worker IDs `0..N` and spawns a worker task only while an ID is free. A
-//! worker runs item after item on its ID; when the queue is empty it parks, still holding its
-//! ID, and the next item goes to a parked worker before a new one is spawned (a submission that
-//! finds one parked, with nothing ahead of it, hands its item over itself, without a trip
-//! through the manager). So a service that submits one item at a time keeps its workers,
-//! and the runtime holds at most `N` worker tasks plus the manager, whatever the queue length.
-//! Parked workers end on close, shutdown, a smaller limit, or after
-//! [`Builder::keep_alive`].
+//! so [`spawn`](Limiter::spawn) never blocks or awaits and work may submit more work. Each item
+//! is one allocation: a cell that holds its work, then its result, shared by the queue and its
+//! [`JoinHandle`]. The manager drains the channel in batches into the queue (FIFO, LIFO or
+//! priority, see [`QueueOrder`]), owns the worker IDs `0..N` and is the one place that spawns
+//! worker tasks, only while an ID is free.
 //!
-//! Whether an item may start, and on which ID, is decided in one place, under one lock: the
-//! limit in force, the queue, the worker IDs and the running count are checked together, for
-//! the manager and the workers alike.
+//! **One admission point.** Whether an item may start now, and on which ID, is decided in one
+//! place, under one lock: the limit in force, the queue, the worker IDs, the running count and
+//! the lifecycle (open, closed, shutting down, exited) are checked together, for the manager
+//! and the workers alike. An item starts only while the limiter is not shutting down, its ID is
+//! below the limit in force and fewer than `limit` items run. Items aborted while queued are
+//! skipped there, before anything is spawned or woken for them. The shuttle model checks
+//! (`tests/shuttle.rs`) exercise this rule from every side.
+//!
+//! **Parked workers.** A worker runs item after item on its ID. When the queue is empty it
+//! parks, still holding its ID, and the next item goes to a parked worker (the most recently
+//! parked, whose stack and caches are warm) before a new one is spawned. A submission that finds
+//! a parked worker and nothing waiting in the work channel hands its item over itself, without
+//! the manager's round trip (checking the channel first keeps the queue's order). So a service
+//! whose queue is mostly empty keeps its workers: no task spawn, no done message and no manager
+//! wake-up per item. Parked workers end on close (once the queue is drained), on shutdown, on a
+//! [`set_limit`](Limiter::set_limit) below their ID, and after [`Builder::keep_alive`] (10 s by
+//! default, on the runtime's timer; without a time driver there is no keep-alive). At most
+//! `limit` workers are alive, plus the manager, plus for a moment one whose ID is on its way
+//! back. Workers yield to the runtime between items (tokio's coop budget), so a long run of
+//! ready items does not starve other tasks, and awaiting a `JoinHandle` takes coop budget as
+//! tokio's does.
 //!
 //! Every handle resolves exactly once: the value, a panic (with its original payload), or
 //! cancelled. Worker IDs come back on every exit path: completion, panic, abort, shutdown and
@@ -78,13 +92,96 @@
 //!   global limit, with turns across keys; [`weight`](TaskBuilder::weight) makes an item count
 //!   more than one unit; [`key_metrics`](Limiter::key_metrics) shows one key.
 //! - **Expiring limits**: [`set_limit_until`](Limiter::set_limit_until), for slots leased from a
-//!   budget shared with other processes.
-//! - **Time limits and cancellation**: [`TaskBuilder::timeout`] bounds an item's run,
-//!   [`TaskBuilder::deadline`] and [`TaskBuilder::queue_timeout`] drop work still queued at its
-//!   deadline ([`JoinError::is_timeout`]), [`TaskBuilder::cancel_on`] and [`Builder::cancel_on`]
-//!   take tokio-util's `CancellationToken`, and [`Limiter::shutdown_timeout`] stops in bounded
-//!   time. One timer per limiter serves every queued deadline; a running item with a timeout has
-//!   one of its own; items without them pay nothing.
+//!   budget shared with other processes (the `task-limiter-redis` crate leases them from Redis).
+//! - **Time limits and cancellation**: see [below](#deadlines-time-limits-and-cancellation).
+//! - **Adaptive limits**: [`Builder::adaptive`] lets an algorithm set the limit from what the
+//!   items measure; see the [`adaptive`] module.
+//!
+//! Each has a runnable example in the repository: `cargo run --example worker_state` (and
+//! `blocking`, `backpressure`, `batch`, `priority`, `per_host`, `adaptive`).
+//!
+//! # Per-worker state
+//!
+//! The value [`Builder::worker_state`] makes for an ID is made on the first item that needs it,
+//! then kept from item to item and from worker task to worker task under that ID, and lent by a
+//! guard inside the item to one item at a time, so no lock is needed. If an item panics while
+//! it holds the value, the value is dropped, since it may be half-updated, and the next item on
+//! that ID gets a new one. At most one value per ID ever exists.
+//!
+//! # Backpressure
+//!
+//! The queue is unbounded unless you ask for a bound with [`Builder::max_queued`]. Then
+//! [`try_spawn`](Limiter::try_spawn) refuses work when the queue is full and gives it back
+//! ([`TrySpawnError::into_inner`]), and [`reserve`](Limiter::reserve) waits for a place and
+//! returns a [`Permit`] to submit into it (cancel safe). An item's place is released when it
+//! starts or is dropped. [`spawn`](Limiter::spawn) itself never waits.
+//!
+//! # Keys and weights
+//!
+//! [`TaskBuilder::key`] puts an item under a [`Key`] with its own limit
+//! ([`Builder::per_key_limit`], [`Limiter::set_key_limit`]) inside the global one, and
+//! [`TaskBuilder::weight`] makes an item count for more than one unit of the limit (a test that
+//! needs 4 threads, a large upload).
+//!
+//! The weight running never passes the global limit in force, nor a key's weight its key's
+//! limit, except for one item heavier than a limit, which runs when nothing else of that limit
+//! runs (never refused, never stranded, also when the limit shrinks under it). The keys with
+//! queued items, and the items without a key as one more, take turns: a key with one queued item
+//! starts it within one round of the keys with work, however long another key's queue is.
+//! Within a key the queue order holds; a key at its limit sits out until one of its items ends.
+//! A head item too heavy for the global room now is set aside, and at most `limit` items may
+//! start before it, so it starts within `2 × limit` completions under any stream of lighter
+//! items. A key's bookkeeping is freed when it has nothing queued or running (a million
+//! distinct keys leave memory where it started: `tests/keys_memory.rs`). Items without a key or
+//! weight keep the cell they had: the charge is a type parameter of the cell, `()` for them.
+//! What keys cost is measured in the repository's `benches/keys-results.md`.
+//!
+//! # Deadlines, time limits and cancellation
+//!
+//! | need | API | ends the item as |
+//! |---|---|---|
+//! | bound how long an item may run once started | [`TaskBuilder::timeout`] | [`JoinError::is_timeout`], with the worker ID it ran on |
+//! | drop work nobody waits for any more: never start an item still queued at its deadline | [`TaskBuilder::deadline`], [`TaskBuilder::queue_timeout`] | `is_timeout()`, no worker ID; its work is dropped at the deadline |
+//! | cancel one item (queued or running) with the request it belongs to | [`TaskBuilder::cancel_on`] | `is_cancelled()` |
+//! | stop the whole limiter with the service | [`Builder::cancel_on`] | as [`shutdown`](Limiter::shutdown) |
+//! | stop in bounded time: drain, then cut off | [`Limiter::shutdown_timeout`] -> [`ShutdownReport`] | finished in time: their values; the rest `is_cancelled()` |
+//!
+//! ```
+//! use std::time::Duration;
+//! use task_limiter::Limiter;
+//! use tokio_util::sync::CancellationToken;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let shutdown = CancellationToken::new();
+//! let limiter = Limiter::builder().limit(2).cancel_on(shutdown.child_token()).build();
+//!
+//! let request = limiter
+//!     .build_task()
+//!     .queue_timeout(Duration::from_millis(200)) // a client gives up after 200 ms in the queue
+//!     .timeout(Duration::from_secs(5)) // and no request runs for more than 5 s
+//!     .spawn(async { "response" });
+//! assert_eq!(request.await.unwrap(), "response");
+//!
+//! let stuck = limiter.spawn(std::future::pending::<()>());
+//! let report = limiter.shutdown_timeout(Duration::from_secs(30)).await;
+//! assert_eq!(report.cancelled_running, 1);
+//! assert!(stuck.await.unwrap_err().is_cancelled());
+//! let m = limiter.metrics();
+//! assert_eq!(m.submitted, m.completed + m.panicked + m.cancelled + m.timed_out);
+//! # }
+//! ```
+//!
+//! Time is tokio's: deadlines are `tokio::time::Instant`s, and paused time drives every timer,
+//! so tests of code that uses these need no real waiting. Timeouts are counted in
+//! [`Metrics::timed_out`], apart from `cancelled`. What they cost: a limiter keeps **one timer
+//! for all its queued deadlines** (the manager's, over a min-heap of weak pointers to the
+//! items), and **a running item with a `timeout` has one timer of its own**, polled by its
+//! worker inside the item's poll; a queued item with a token has one small watcher future in
+//! the manager (no task); what this costs, for items with deadlines and for items without, is
+//! measured in the repository's `benches/keys-results.md`. On a runtime built without
+//! `enable_time`, the time-based calls panic and say so. A blocking item cannot be stopped once
+//! its closure runs: its `timeout` and token apply only while it is queued.
 //!
 //! # Observability
 //!
@@ -93,12 +190,32 @@
 //! [`Builder::name`]) and `worker.id` fields. TRACE and DEBUG events report an item queued,
 //! started (`waited_us`), finished, panicked and cancelled (`ran_us`); nothing is logged at INFO
 //! or above, and without a subscriber none of this costs a span or a clock read.
+//! [`Limiter::metrics`] and [`Limiter::busy_workers`] give a dashboard its numbers.
 //!
 //! For tokio-console, enable the `console` feature and build with
-//! `RUSTFLAGS="--cfg tokio_unstable"`: the manager and the workers are then spawned with
-//! `tokio::task::Builder` and named `{name}.manager` and `{name}.worker-{id}`, so the console
-//! shows one manager and at most `limit` workers however much is queued. Without both, they are
-//! plain tasks. [`Limiter::metrics`] and [`Limiter::busy_workers`] give a dashboard its numbers.
+//! `RUSTFLAGS="--cfg tokio_unstable"` (tokio's task instrumentation needs the flag): the manager
+//! and the workers are then spawned with `tokio::task::Builder` and named `{name}.manager` and
+//! `{name}.worker-{id}` (the name defaults to `task-limiter`), so the console shows one manager
+//! and at most `limit` workers however much is queued. Without both, they are plain tasks.
+//!
+//! ```toml
+//! task-limiter = { version = "0.1", features = ["console"] }
+//! ```
+//!
+//! To see it straight away, run the repository's demo, a workspace member of its own so that
+//! console-subscriber stays out of the normal build:
+//!
+//! ```sh
+//! cargo install --locked tokio-console
+//! RUSTFLAGS="--cfg tokio_unstable" cargo run -p console-demo   # serves 127.0.0.1:6669
+//! tokio-console http://127.0.0.1:6669                          # in another terminal
+//! ```
+//!
+//! The demo keeps about 1,000 items queued on a limiter named `demo` with limit 8; tokio-console
+//! lists `demo.manager` and `demo.worker-0` … `demo.worker-7`, and nothing else from the
+//! limiter. Ctrl-C stops it through [`shutdown`](Limiter::shutdown). Give `tokio_unstable`
+//! builds their own `CARGO_TARGET_DIR` (for example `target/unstable`) so that switching
+//! `RUSTFLAGS` does not rebuild everything.
 //!
 //! # Comparison with `JoinSet` + `Semaphore`
 //!

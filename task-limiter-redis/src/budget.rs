@@ -1,18 +1,17 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use task_limiter::Limiter;
 use tokio::sync::{oneshot, watch};
-use tokio::time::{timeout, Instant};
+use tokio::time::Instant;
 
 use crate::builder::Builder;
-use crate::renewer::{Mode, Renewer};
-use crate::Error;
+use crate::error::Error;
+use crate::lease::Lease;
+use crate::shared::Shared;
 
 /// A share of a cluster-wide budget, leased from Redis, that sets a [`Limiter`]'s limit.
 ///
@@ -32,6 +31,8 @@ use crate::Error;
 /// slots go back to Redis once the items still running are done (or expire after the TTL).
 /// [`release`](Self::release) does the same and waits for it. The budget keeps a clone of the
 /// limiter while it lives, so dropping your own clones does not close the limiter.
+///
+/// [`Limiter`]: task_limiter::Limiter
 ///
 /// # Examples
 ///
@@ -62,152 +63,6 @@ pub struct ClusterBudget {
     process_id: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), Error>>>,
-}
-
-/// What the renewal task publishes and the `ClusterBudget` reads.
-pub(crate) struct Shared {
-    pub(crate) lease: watch::Sender<Option<Lease>>,
-    /// Counters only: no other state is ordered against them, so `Relaxed` throughout.
-    pub(crate) calls: AtomicU64,
-    pub(crate) errors: AtomicU64,
-    pub(crate) leases: AtomicU64,
-    /// The highest fencing token seen, sent with every call so the counter keeps growing
-    /// even after Redis lost its data.
-    pub(crate) fence_seen: AtomicU64,
-}
-
-/// A lease of this process: slots of the budget, valid until an instant on the local clock.
-///
-/// # Examples
-///
-/// ```no_run
-/// # use task_limiter::Limiter;
-/// # use task_limiter_redis::ClusterBudget;
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), task_limiter_redis::Error> {
-/// # let limiter = Limiter::new(1);
-/// # let budget = ClusterBudget::builder("redis://127.0.0.1/", "api").budget(8).connect(&limiter).await?;
-/// if let Some(lease) = budget.lease() {
-///     println!("{} slots, token {}", lease.slots(), lease.fencing_token());
-/// }
-/// # Ok(())
-/// # }
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Lease {
-    pub(crate) slots: usize,
-    pub(crate) share: usize,
-    pub(crate) fencing_token: u64,
-    pub(crate) granted_at: Instant,
-    pub(crate) valid_until: Instant,
-}
-
-impl Lease {
-    /// Returns the slots granted: the limiter's limit while the lease is valid (or the floor,
-    /// if that is higher).
-    ///
-    /// # Examples
-    ///
-    /// ```no_run
-    /// # use task_limiter::Limiter;
-    /// # use task_limiter_redis::ClusterBudget;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), task_limiter_redis::Error> {
-    /// # let limiter = Limiter::new(1);
-    /// # let budget = ClusterBudget::builder("redis://127.0.0.1/", "api").budget(8).connect(&limiter).await?;
-    /// let slots = budget.lease().map_or(0, |lease| lease.slots());
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn slots(&self) -> usize {
-        self.slots
-    }
-
-    /// Returns this process's fair share at the last renewal: what it may grow to as slots
-    /// come free.
-    ///
-    /// # Examples
-    ///
-    /// ```no_run
-    /// # use task_limiter::Limiter;
-    /// # use task_limiter_redis::ClusterBudget;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), task_limiter_redis::Error> {
-    /// # let limiter = Limiter::new(1);
-    /// # let budget = ClusterBudget::builder("redis://127.0.0.1/", "api").budget(8).connect(&limiter).await?;
-    /// let lease = budget.lease().unwrap();
-    /// assert!(lease.slots() <= lease.share() || lease.share() == 0);
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn share(&self) -> usize {
-        self.share
-    }
-
-    /// Returns the lease's fencing token: it grows with every new lease (a lease is new after
-    /// the previous one expired or was released), never within one. Pass it to a downstream
-    /// that refuses writes carrying a token older than the newest it saw.
-    ///
-    /// Tokens are unique and ordered across all processes of the budget, also across a Redis
-    /// restart that lost the data: a fresh state starts the counter at Redis's clock in
-    /// microseconds (so tokens are large numbers), which is above every token issued before
-    /// unless that clock went back.
-    ///
-    /// # Examples
-    ///
-    /// ```no_run
-    /// # use task_limiter::Limiter;
-    /// # use task_limiter_redis::ClusterBudget;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), task_limiter_redis::Error> {
-    /// # let limiter = Limiter::new(1);
-    /// # let budget = ClusterBudget::builder("redis://127.0.0.1/", "api").budget(8).connect(&limiter).await?;
-    /// let token = budget.fencing_token().expect("holding a lease");
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn fencing_token(&self) -> u64 {
-        self.fencing_token
-    }
-
-    /// Returns when the reply that granted this lease arrived.
-    ///
-    /// # Examples
-    ///
-    /// ```no_run
-    /// # use task_limiter::Limiter;
-    /// # use task_limiter_redis::ClusterBudget;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), task_limiter_redis::Error> {
-    /// # let limiter = Limiter::new(1);
-    /// # let budget = ClusterBudget::builder("redis://127.0.0.1/", "api").budget(8).connect(&limiter).await?;
-    /// let age = budget.lease().unwrap().granted_at().elapsed();
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn granted_at(&self) -> Instant {
-        self.granted_at
-    }
-
-    /// Returns the instant from which this process considers the lease gone: the time the
-    /// renewal was sent, plus the TTL, minus the safety margin. Redis ends it later.
-    ///
-    /// # Examples
-    ///
-    /// ```no_run
-    /// # use task_limiter::Limiter;
-    /// # use task_limiter_redis::ClusterBudget;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), task_limiter_redis::Error> {
-    /// # let limiter = Limiter::new(1);
-    /// # let budget = ClusterBudget::builder("redis://127.0.0.1/", "api").budget(8).connect(&limiter).await?;
-    /// let left = budget.lease().unwrap().valid_until() - tokio::time::Instant::now();
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn valid_until(&self) -> Instant {
-        self.valid_until
-    }
 }
 
 /// Counters of a [`ClusterBudget`], from [`ClusterBudget::metrics`].
@@ -263,55 +118,18 @@ impl ClusterBudget {
         Builder::new(url.into(), name.into())
     }
 
-    pub(crate) fn connect<S: 'static>(builder: Builder, limiter: Limiter<S>) -> Connect {
-        Connect {
-            inner: Box::pin(async move {
-                let cfg = builder.check()?;
-                let client = redis::Client::open(builder.url.as_str())
-                    .map_err(|err| Error::config(format!("invalid redis url: {err}")))?;
-                // The manager reconnects on its own after a failure; a short backoff and
-                // timeouts within the renewal period keep a dead server from holding up the
-                // renewal task past the lease.
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(cfg.call_timeout))
-                    .set_response_timeout(Some(cfg.call_timeout))
-                    .set_number_of_retries(1)
-                    .set_min_delay(cfg.poll)
-                    .set_max_delay(cfg.renew_every);
-                let conn = match timeout(
-                    cfg.call_timeout * 2,
-                    ConnectionManager::new_with_config(client, config),
-                )
-                .await
-                {
-                    Ok(Ok(conn)) => conn,
-                    Ok(Err(err)) => return Err(Error::redis("redis unreachable", Some(err))),
-                    Err(_) => {
-                        return Err(Error::redis("redis unreachable: connect timed out", None))
-                    }
-                };
-                let (lease, _) = watch::channel(None);
-                let shared = Arc::new(Shared {
-                    lease,
-                    calls: AtomicU64::new(0),
-                    errors: AtomicU64::new(0),
-                    leases: AtomicU64::new(0),
-                    fence_seen: AtomicU64::new(0),
-                });
-                let process_id = cfg.process_id.clone();
-                let mut renewer = Renewer::new(limiter, conn, cfg, shared.clone());
-                // Nothing starts under the limiter's own limit while the first lease is taken.
-                renewer.fail_closed();
-                renewer.call(Mode::Check, 0).await?;
-                let (stop, stopped) = oneshot::channel();
-                let task = tokio::spawn(renewer.run(stopped));
-                Ok(ClusterBudget {
-                    shared,
-                    process_id,
-                    stop: Some(stop),
-                    task: Some(task),
-                })
-            }),
+    /// A budget whose renewal task already runs: see `Builder::connect`.
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        process_id: String,
+        stop: oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<Result<(), Error>>,
+    ) -> ClusterBudget {
+        ClusterBudget {
+            shared,
+            process_id,
+            stop: Some(stop),
+            task: Some(task),
         }
     }
 
@@ -491,42 +309,6 @@ impl fmt::Debug for ClusterBudget {
             .field("process_id", &self.process_id)
             .field("lease", &self.lease())
             .finish()
-    }
-}
-
-/// Future returned by [`Builder::connect`]: resolves to the running [`ClusterBudget`] once the
-/// first lease is in force.
-///
-/// # Examples
-///
-/// ```no_run
-/// use task_limiter::Limiter;
-/// use task_limiter_redis::{ClusterBudget, Connect};
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), task_limiter_redis::Error> {
-/// let limiter = Limiter::new(1);
-/// let connect: Connect = ClusterBudget::builder("redis://127.0.0.1/", "api").budget(8).connect(&limiter);
-/// let budget = connect.await?;
-/// # Ok(())
-/// # }
-/// ```
-#[must_use = "futures do nothing unless polled"]
-pub struct Connect {
-    inner: Pin<Box<dyn Future<Output = Result<ClusterBudget, Error>> + Send>>,
-}
-
-impl Future for Connect {
-    type Output = Result<ClusterBudget, Error>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
-    }
-}
-
-impl fmt::Debug for Connect {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Connect").finish_non_exhaustive()
     }
 }
 

@@ -1,12 +1,13 @@
 use std::fmt;
 use std::time::Duration;
 
-use task_limiter::Limiter;
-
-use crate::budget::{ClusterBudget, Connect};
-use crate::Error;
+use crate::config::Config;
+use crate::error::Error;
 
 /// Configures a [`ClusterBudget`]; made by [`ClusterBudget::builder`].
+///
+/// [`ClusterBudget`]: crate::budget::ClusterBudget
+/// [`ClusterBudget::builder`]: crate::budget::ClusterBudget::builder
 ///
 /// Defaults: TTL 10 s, renewal every TTL / 3, safety margin TTL / 10, floor 0 (fail closed),
 /// idle hysteresis one renewal period. The budget has no default.
@@ -41,23 +42,6 @@ pub struct Builder {
     pub(crate) floor: usize,
     pub(crate) idle_after: Option<Duration>,
     pub(crate) process_id: Option<String>,
-}
-
-/// The checked configuration the renewal task runs on.
-#[derive(Clone, Debug)]
-pub(crate) struct Config {
-    pub(crate) name: String,
-    pub(crate) budget: usize,
-    pub(crate) ttl: Duration,
-    pub(crate) renew_every: Duration,
-    /// How often the renewal task looks at the limiter's demand (no Redis call unless it must).
-    pub(crate) poll: Duration,
-    pub(crate) safety_margin: Duration,
-    pub(crate) floor: usize,
-    pub(crate) idle_after: Duration,
-    pub(crate) process_id: String,
-    /// A call that takes longer counts as failed.
-    pub(crate) call_timeout: Duration,
 }
 
 impl Builder {
@@ -189,44 +173,6 @@ impl Builder {
     pub fn process_id(mut self, id: impl Into<String>) -> Builder {
         self.process_id = Some(id.into());
         self
-    }
-
-    /// Connects to Redis, takes this process's first lease and starts renewing it, managing
-    /// `limiter`'s limit from then on (see [`ClusterBudget`]).
-    ///
-    /// The limit is set to the floor first, so nothing starts under the limiter's own limit
-    /// while the first lease is taken. Errors: the configuration is refused (bad URL, budget
-    /// 0, TTL too short for the renewal period, a budget that differs from the live
-    /// processes'), or Redis does not answer within the renewal period.
-    ///
-    /// # Panics
-    ///
-    /// The returned future panics if polled outside a tokio runtime with a time driver.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe: dropping the future before it resolves leaves no renewal task; a lease it
-    /// already took expires after the TTL, and the limit stays at the floor.
-    ///
-    /// # Examples
-    ///
-    /// ```no_run
-    /// use task_limiter::Limiter;
-    /// use task_limiter_redis::ClusterBudget;
-    ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), task_limiter_redis::Error> {
-    /// let limiter = Limiter::new(1);
-    /// let budget = ClusterBudget::builder("redis://127.0.0.1/", "api")
-    ///     .budget(10)
-    ///     .connect(&limiter)
-    ///     .await?;
-    /// println!("holding {} slots", budget.slots());
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn connect<S: 'static>(self, limiter: &Limiter<S>) -> Connect {
-        ClusterBudget::connect(self, limiter.clone())
     }
 
     pub(crate) fn check(&self) -> Result<Config, Error> {

@@ -1,7 +1,7 @@
 use std::error::Error as StdError;
 use std::fmt;
 
-/// Why a [`ClusterBudget`](crate::ClusterBudget) could not start or release: a refused
+/// Why a [`ClusterBudget`](crate::budget::ClusterBudget) could not start or release: a refused
 /// configuration, or Redis failing to answer.
 ///
 /// # Examples

@@ -103,12 +103,18 @@
 
 mod budget;
 mod builder;
+mod config;
+mod connect;
 mod error;
+mod lease;
 mod renewer;
+mod shared;
 
-pub use budget::{BudgetMetrics, ClusterBudget, Connect, Lease, Release};
+pub use budget::{BudgetMetrics, ClusterBudget, Release};
 pub use builder::Builder;
+pub use connect::Connect;
 pub use error::Error;
+pub use lease::Lease;
 
 /// The README's example compiles as a doctest, so it cannot drift from the API.
 #[cfg(doctest)]

@@ -11,9 +11,10 @@ use task_limiter::Limiter;
 use tokio::sync::oneshot;
 use tokio::time::{sleep, timeout, Instant};
 
-use crate::budget::{Lease, Shared};
-use crate::builder::Config;
-use crate::Error;
+use crate::config::Config;
+use crate::error::Error;
+use crate::lease::Lease;
+use crate::shared::Shared;
 
 static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("script.lua")));
 
