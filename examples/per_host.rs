@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use task_limiter::{Key, Limiter};
+use task_limiter::Limiter;
 use tokio::time::{sleep, Instant};
 
 #[derive(Default)]
@@ -70,7 +70,7 @@ async fn main() {
     sleep(Duration::from_millis(20)).await;
     println!("after 20 ms:");
     for host in ["big.example", "host0.example", "slow.example"] {
-        match limiter.key_metrics(&Key::from(host)) {
+        match limiter.key_metrics(host) {
             Some(m) => println!(
                 "  {host:<14} limit {:>2}  queued {:>4}  running {}  weight running {}",
                 m.limit, m.queued, m.running, m.weight_running
@@ -87,7 +87,7 @@ async fn main() {
         "host", "requests", "max in flight", "done at"
     );
     for (host, s) in stats.lock().unwrap().iter() {
-        let limit = limiter.key_limit(&Key::from(host.as_str()));
+        let limit = limiter.key_limit(host.as_str());
         assert!(s.max_in_flight <= limit, "{host} passed its limit");
         println!(
             "{host:<14} {:>8} {:>10} / {limit} {:>8.1?}",
@@ -102,7 +102,7 @@ async fn main() {
         m.limit,
         hosts
             .iter()
-            .filter(|(host, _)| limiter.key_metrics(&Key::from(host.as_str())).is_some())
+            .filter(|(host, _)| limiter.key_metrics(host.as_str()).is_some())
             .count()
     );
 }

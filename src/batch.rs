@@ -6,10 +6,10 @@ use std::task::{Context, Poll};
 
 use futures_util::stream::{FusedStream, FuturesUnordered, Stream, StreamExt};
 
-use crate::sync::{lock, Arc, AtomicUsize, Mutex, Ordering};
 use crate::error::JoinError;
 use crate::handle::{AbortHandle, JoinHandle};
 use crate::limiter::Limiter;
+use crate::sync::{lock, Arc, AtomicUsize, Mutex, Ordering};
 
 /// A [`Stream`] of the results of a batch of items, in input order or, after
 /// [`unordered`](Self::unordered), in completion order: returned by [`Limiter::spawn_batch`],

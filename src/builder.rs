@@ -211,13 +211,13 @@ impl<S> Builder<S> {
     /// # Examples
     ///
     /// ```
-    /// use task_limiter::{Key, Limiter};
+    /// use task_limiter::Limiter;
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
     /// // 64 fetches at once, at most 2 per host.
     /// let limiter = Limiter::builder().limit(64).per_key_limit(2).build();
-    /// assert_eq!(limiter.key_limit(&Key::from("example.com")), 2);
+    /// assert_eq!(limiter.key_limit("example.com"), 2);
     /// # }
     /// ```
     #[track_caller]

@@ -130,7 +130,11 @@ impl<S> Limiter<S> {
     /// [`submit`](Self::submit) for an item without options: `spawn`, `spawn_with`,
     /// `spawn_blocking` and the stateful ones.
     #[inline]
-    pub(crate) fn submit_plain<W: Work>(&self, work: W, runs_to_end: bool) -> JoinHandle<W::Output> {
+    pub(crate) fn submit_plain<W: Work>(
+        &self,
+        work: W,
+        runs_to_end: bool,
+    ) -> JoinHandle<W::Output> {
         let path = Path {
             core: &self.inner.core,
             adaptive: self.inner.extras.adaptive.as_ref(),

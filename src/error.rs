@@ -424,3 +424,206 @@ impl std::error::Error for ReserveError {}
 fn lock<T: ?Sized>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
+/// Why a lease was not had: returned by [`Limiter::acquire`](crate::Limiter::acquire) and
+/// [`Limiter::run`](crate::Limiter::run).
+///
+/// The limiter was closed or shut down ([`is_closed`](Self::is_closed)); the request's queue
+/// deadline passed, or a [`run`](crate::Limiter::run) outlasted its
+/// [`timeout`](crate::TaskBuilder::timeout) ([`is_timeout`](Self::is_timeout)); or its token was
+/// cancelled ([`is_cancelled`](Self::is_cancelled)).
+///
+/// # Examples
+///
+/// ```
+/// use task_limiter::Limiter;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let limiter = Limiter::new(1);
+/// limiter.close();
+/// let err = limiter.acquire().await.unwrap_err();
+/// assert!(err.is_closed());
+/// assert_eq!(err.to_string(), "limiter is closed");
+/// # }
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct AcquireError(AcquireErrorKind);
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum AcquireErrorKind {
+    Closed,
+    QueueTimeout,
+    RunTimeout,
+    Cancelled,
+}
+
+impl AcquireError {
+    pub(crate) fn new(kind: AcquireErrorKind) -> AcquireError {
+        AcquireError(kind)
+    }
+
+    /// Returns true if the limiter was closed or shut down before a lease was granted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::Limiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::new(1);
+    /// limiter.close();
+    /// assert!(limiter.run(async {}).await.unwrap_err().is_closed());
+    /// # }
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        self.0 == AcquireErrorKind::Closed
+    }
+
+    /// Returns true if a time limit ended it: the request's queue deadline passed before a
+    /// lease was granted, or a [`run`](crate::Limiter::run) outlasted its
+    /// [`timeout`](crate::TaskBuilder::timeout) (its future was dropped then).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use task_limiter::Limiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let limiter = Limiter::new(1);
+    /// let err = limiter
+    ///     .build_task()
+    ///     .timeout(Duration::from_secs(1))
+    ///     .run(std::future::pending::<()>())
+    ///     .await
+    ///     .unwrap_err();
+    /// assert!(err.is_timeout());
+    /// assert_eq!(err.to_string(), "run timed out");
+    /// # }
+    /// ```
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self.0,
+            AcquireErrorKind::QueueTimeout | AcquireErrorKind::RunTimeout
+        )
+    }
+
+    /// Returns true if the token given with [`cancel_on`](crate::TaskBuilder::cancel_on) was
+    /// cancelled: while the request waited, or (for [`run`](crate::Limiter::run)) while its
+    /// future ran.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::Limiter;
+    /// use tokio_util::sync::CancellationToken;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::new(1);
+    /// let token = CancellationToken::new();
+    /// token.cancel();
+    /// let err = limiter.build_task().cancel_on(token).acquire().await.unwrap_err();
+    /// assert!(err.is_cancelled());
+    /// # }
+    /// ```
+    pub fn is_cancelled(&self) -> bool {
+        self.0 == AcquireErrorKind::Cancelled
+    }
+}
+
+impl fmt::Debug for AcquireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("AcquireError").field(&self.0).finish()
+    }
+}
+
+impl fmt::Display for AcquireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.0 {
+            AcquireErrorKind::Closed => "limiter is closed",
+            AcquireErrorKind::QueueTimeout => "queue deadline passed before a lease was granted",
+            AcquireErrorKind::RunTimeout => "run timed out",
+            AcquireErrorKind::Cancelled => "cancelled by its token",
+        })
+    }
+}
+
+impl std::error::Error for AcquireError {}
+
+/// Why [`Limiter::try_acquire`](crate::Limiter::try_acquire) gave no lease.
+///
+/// # Examples
+///
+/// ```
+/// use task_limiter::Limiter;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let limiter = Limiter::new(1);
+/// let lease = limiter.try_acquire().unwrap();
+/// let err = limiter.try_acquire().unwrap_err();
+/// assert!(err.is_full());
+/// assert_eq!(err.to_string(), "no room in the limiter now");
+/// drop(lease);
+/// # }
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum TryAcquireError {
+    /// No room now: the limits are full, or queued items come first.
+    Full,
+    /// The limiter is closed.
+    Closed,
+}
+
+impl TryAcquireError {
+    /// Returns true if there was no room now.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::Limiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::new(1);
+    /// let _lease = limiter.try_acquire().unwrap();
+    /// assert!(limiter.try_acquire().unwrap_err().is_full());
+    /// # }
+    /// ```
+    pub fn is_full(&self) -> bool {
+        *self == TryAcquireError::Full
+    }
+
+    /// Returns true if the limiter was closed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::Limiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::new(1);
+    /// limiter.close();
+    /// assert!(limiter.try_acquire().unwrap_err().is_closed());
+    /// # }
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        *self == TryAcquireError::Closed
+    }
+}
+
+impl fmt::Display for TryAcquireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TryAcquireError::Full => "no room in the limiter now",
+            TryAcquireError::Closed => "limiter is closed",
+        })
+    }
+}
+
+impl std::error::Error for TryAcquireError {}

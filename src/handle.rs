@@ -6,8 +6,8 @@ use std::task::{Context, Poll};
 use std::panic::{RefUnwindSafe, UnwindSafe};
 
 use crate::core::cell::{Abort, Join};
-use crate::sync::Arc;
 use crate::error::JoinError;
+use crate::sync::Arc;
 
 /// An owned permission to await an item's result, returned by
 /// [`Limiter::spawn`](crate::Limiter::spawn) and [`Limiter::spawn_with`](crate::Limiter::spawn_with).

@@ -244,13 +244,14 @@
 
 pub mod adaptive;
 mod batch;
-mod compose;
 mod blocking;
 mod builder;
+mod compose;
 mod core;
 mod error;
 mod handle;
 mod key;
+mod lease;
 mod limiter;
 mod metrics;
 mod permit;
@@ -266,9 +267,10 @@ mod worker_id;
 pub use crate::core::QueueOrder;
 pub use batch::Batch;
 pub use builder::Builder;
-pub use error::{JoinError, ReserveError, TrySpawnError};
+pub use error::{AcquireError, JoinError, ReserveError, TryAcquireError, TrySpawnError};
 pub use handle::{AbortHandle, JoinHandle};
 pub use key::Key;
+pub use lease::{Acquire, Lease, Run};
 pub use limiter::{Limiter, Shutdown, Wait};
 pub use metrics::{KeyMetrics, Metrics};
 pub use permit::Permit;

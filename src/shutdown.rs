@@ -7,9 +7,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::core::Exited;
-use crate::sync::rt::time::{sleep_until, Instant, Sleep};
 use crate::limiter::Limiter;
 use crate::metrics::Metrics;
+use crate::sync::rt::time::{sleep_until, Instant, Sleep};
 
 /// What [`Limiter::shutdown_timeout`] did: how the items that were left when it was called
 /// ended, and how long it took.
@@ -51,6 +51,10 @@ pub struct ShutdownReport {
     pub cancelled_queued: u64,
     /// Items cancelled while they ran: still running when the time ran out.
     pub cancelled_running: u64,
+    /// Leases that ended during the call. They are counted in the fields above too (as
+    /// completed, or panicked), but the limiter cannot cancel them: a lease runs in its
+    /// holder's task, and the call waits for it to be dropped, however long that takes.
+    pub leases: u64,
     /// How long the call took, from its first poll until the manager had exited.
     pub elapsed: Duration,
 }
@@ -84,7 +88,7 @@ pub struct ShutdownTimeout<'a, S = ()> {
 
 struct Begun {
     at: Instant,
-    before: (Metrics, (u64, u64)),
+    before: (Metrics, (u64, u64, u64)),
     /// `None` once it fired and the shutdown began (or when the grace is too long to end).
     timer: Option<Pin<Box<Sleep>>>,
 }
@@ -141,8 +145,8 @@ impl<S> Limiter<S> {
         }
     }
 
-    fn counts(&self) -> (Metrics, (u64, u64)) {
-        (self.metrics(), self.core().cancelled_apart())
+    fn counts(&self) -> (Metrics, (u64, u64, u64)) {
+        (self.metrics(), self.core().counted_apart())
     }
 }
 
@@ -175,13 +179,14 @@ impl<S> Future for ShutdownTimeout<'_, S> {
             limiter.core().begin_shutdown();
             std::task::ready!(Pin::new(&mut this.exited).poll(cx));
         }
-        let ((m0, (q0, r0)), (m1, (q1, r1))) = (&begun.before, limiter.counts());
+        let ((m0, (q0, r0, l0)), (m1, (q1, r1, l1))) = (&begun.before, limiter.counts());
         Poll::Ready(ShutdownReport {
             completed: m1.completed - m0.completed,
             panicked: m1.panicked - m0.panicked,
             timed_out: m1.timed_out - m0.timed_out,
             cancelled_queued: q1 - q0,
             cancelled_running: r1 - r0,
+            leases: l1 - l0,
             elapsed: Instant::now() - begun.at,
         })
     }

@@ -20,21 +20,65 @@ use crate::worker_id::WorkerId;
 
 const TARGET: &str = "task_limiter";
 
-/// An item's work, with what tracing needs of its submission.
-pub(crate) struct Traced<W> {
-    work: Option<W>,
+/// What tracing needs of an item's submission (a spawned item's or a lease's).
+pub(crate) struct Submitted {
     parent: Span,
     limiter: Arc<str>,
     queued_at: Instant,
+}
+
+impl Submitted {
+    /// Taken now, in the submitter's span.
+    pub(crate) fn now(limiter: &str) -> Submitted {
+        Submitted {
+            parent: Span::current(),
+            limiter: limiter.into(),
+            queued_at: Instant::now(),
+        }
+    }
+
+    /// The item starts on `worker`: its span, entered for `f`, and the start's event.
+    pub(crate) fn start<T>(&self, worker: WorkerId, f: impl FnOnce() -> T) -> (T, Report) {
+        let span = tracing::debug_span!(
+            target: TARGET,
+            parent: &self.parent,
+            "task_limiter.item",
+            limiter = &*self.limiter,
+            worker.id = worker.0,
+        );
+        let made = {
+            let _entered = span.enter();
+            let waited_us = self.queued_at.elapsed().as_micros() as u64;
+            tracing::trace!(target: TARGET, waited_us, "item started");
+            f()
+        };
+        let report = Report {
+            span,
+            started_at: Instant::now(),
+            done: false,
+        };
+        (made, report)
+    }
+
+    /// The item left the queue without starting: it never got a span of its own, so tell it
+    /// in the span it was submitted from.
+    pub(crate) fn cancelled(&self) {
+        let waited_us = self.queued_at.elapsed().as_micros() as u64;
+        tracing::debug!(target: TARGET, parent: &self.parent, waited_us, "item cancelled");
+    }
+}
+
+/// An item's work, with what tracing needs of its submission.
+pub(crate) struct Traced<W> {
+    work: Option<W>,
+    submitted: Submitted,
 }
 
 impl<W: Work> Traced<W> {
     pub(crate) fn new(work: W, limiter: &str) -> Traced<W> {
         Traced {
             work: Some(work),
-            parent: Span::current(),
-            limiter: limiter.into(),
-            queued_at: Instant::now(),
+            submitted: Submitted::now(limiter),
         }
     }
 
@@ -47,10 +91,7 @@ impl<W: Work> Traced<W> {
 impl<W> Drop for Traced<W> {
     fn drop(&mut self) {
         if self.work.is_some() {
-            // Cancelled while queued: it never got a span of its own, so tell it in the span
-            // it was submitted from.
-            let waited_us = self.queued_at.elapsed().as_micros() as u64;
-            tracing::debug!(target: TARGET, parent: &self.parent, waited_us, "item cancelled");
+            self.submitted.cancelled();
         }
     }
 }
@@ -72,29 +113,12 @@ impl<W: Work> Work for Traced<W> {
     // Passes the load on: the adaptive limit's measuring sits inside the span.
     fn start_under(mut self, worker: WorkerId, load: Load) -> Self::Future {
         let work = self.work.take().expect("an item starts once");
-        let span = tracing::debug_span!(
-            target: TARGET,
-            parent: &self.parent,
-            "task_limiter.item",
-            limiter = &*self.limiter,
-            worker.id = worker.0,
-        );
-        let future = {
-            let _entered = span.enter();
-            let waited_us = self.queued_at.elapsed().as_micros() as u64;
-            tracing::trace!(target: TARGET, waited_us, "item started");
-            // Made inside the span: work that captures `Span::current()` (a blocking item
-            // taking it to its thread) gets the item's span.
-            work.start_under(worker, load)
-        };
-        TracedFuture {
-            future,
-            report: Report {
-                span,
-                started_at: Instant::now(),
-                done: false,
-            },
-        }
+        // Made inside the span: work that captures `Span::current()` (a blocking item taking it
+        // to its thread) gets the item's span.
+        let (future, report) = self
+            .submitted
+            .start(worker, || work.start_under(worker, load));
+        TracedFuture { future, report }
     }
 }
 
@@ -109,10 +133,22 @@ pin_project! {
 
 /// Reports how the item ended when it is dropped: finished, panicked (dropped while its panic
 /// unwinds) or cancelled.
-struct Report {
+pub(crate) struct Report {
     span: Span,
     started_at: Instant,
     done: bool,
+}
+
+impl Report {
+    /// The item's span.
+    pub(crate) fn span(&self) -> &Span {
+        &self.span
+    }
+
+    /// The item returned: it reports "finished" as it drops.
+    pub(crate) fn finished(&mut self) {
+        self.done = true;
+    }
 }
 
 impl Drop for Report {

@@ -101,7 +101,7 @@ async fn per_key_and_global_limits_hold_and_are_used() {
     }
     settle().await;
     assert_eq!(load.total(), 6, "three keys at two each, under a global 8");
-    let m = limiter.key_metrics(&Key::from("a")).unwrap();
+    let m = limiter.key_metrics("a").unwrap();
     assert_eq!(
         (m.limit, m.running, m.weight_running, m.queued),
         (2, 2, 2, 18)
@@ -110,7 +110,7 @@ async fn per_key_and_global_limits_hold_and_are_used() {
         handle.await.unwrap();
     }
     assert_eq!(load.max(), (6, 2));
-    assert!(limiter.key_metrics(&Key::from("a")).is_none());
+    assert!(limiter.key_metrics("a").is_none());
 }
 
 #[tokio::test(start_paused = true)]
@@ -232,7 +232,7 @@ async fn set_key_limit_grows_at_once_and_shrinks_by_letting_items_finish() {
         4,
         "growing a key's limit starts its queued items at once"
     );
-    assert_eq!(limiter.key_limit(&Key::from("k")), 4);
+    assert_eq!(limiter.key_limit("k"), 4);
 
     limiter.set_key_limit("k", 2);
     settle().await;
@@ -240,14 +240,14 @@ async fn set_key_limit_grows_at_once_and_shrinks_by_letting_items_finish() {
     sleep(Duration::from_millis(1500)).await;
     // The four ended at 1 s; from then on at most two run.
     assert_eq!(load.total(), 2);
-    let m = limiter.key_metrics(&Key::from("k")).unwrap();
+    let m = limiter.key_metrics("k").unwrap();
     assert_eq!((m.limit, m.running, m.queued), (2, 2, 4));
     for handle in handles {
         handle.await.unwrap();
     }
     // The key's own limit outlives its bookkeeping.
-    assert!(limiter.key_metrics(&Key::from("k")).is_none());
-    assert_eq!(limiter.key_limit(&Key::from("k")), 2);
+    assert!(limiter.key_metrics("k").is_none());
+    assert_eq!(limiter.key_limit("k"), 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -380,12 +380,12 @@ async fn aborting_a_queued_keyed_item_drops_its_work_at_once_and_frees_its_key()
         drop(flag);
     });
     settle().await;
-    assert_eq!(limiter.key_metrics(&Key::from("q")).unwrap().queued, 1);
+    assert_eq!(limiter.key_metrics("q").unwrap().queued, 1);
     queued.abort();
     assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
     assert!(queued.await.unwrap_err().is_cancelled());
     assert!(
-        limiter.key_metrics(&Key::from("q")).is_none(),
+        limiter.key_metrics("q").is_none(),
         "nothing of the key waits any more"
     );
     gate.open(1);
@@ -503,7 +503,7 @@ async fn queue_deadlines_hold_for_keyed_weighted_and_set_aside_items_under_set_l
         m.submitted,
         m.completed + m.panicked + m.cancelled + m.timed_out
     );
-    assert!(limiter.key_metrics(&Key::from("b")).is_none());
+    assert!(limiter.key_metrics("b").is_none());
 }
 
 #[test]

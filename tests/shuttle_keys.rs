@@ -16,7 +16,7 @@ use shuttle::sync::Mutex;
 
 use shuttle_support::{assert_drained, block_on, explore};
 use shuttle_tokio::task::yield_now;
-use task_limiter::{JoinHandle, Key, Limiter};
+use task_limiter::{JoinHandle, Limiter};
 
 /// The weight running, in all and per key, as the items see it: each enters at its first poll
 /// and leaves when its future is dropped, inside the span admission counts it for. A shuttle
@@ -39,7 +39,7 @@ impl Load {
         *per_key += weight;
         let per_key = *per_key;
         let limit = limiter.limit();
-        let key_limit = limiter.key_limit(&Key::from(key));
+        let key_limit = limiter.key_limit(key);
         let metrics = limiter.metrics();
         assert!(
             total <= limit || total == weight,
@@ -105,7 +105,7 @@ fn keyed_weights_hold_the_limits_while_they_grow(limit: usize) {
         limiter.close();
         limiter.wait().await;
         assert_drained(&limiter);
-        assert!(limiter.key_metrics(&Key::from(0_u64)).is_none());
+        assert!(limiter.key_metrics(0_u64).is_none());
     });
 }
 
@@ -199,7 +199,7 @@ fn heavy_items_are_never_stranded(limit: usize) {
         limiter.close();
         limiter.wait().await;
         assert_drained(&limiter);
-        assert!(limiter.key_metrics(&Key::from(7_u64)).is_none());
+        assert!(limiter.key_metrics(7_u64).is_none());
     });
 }
 

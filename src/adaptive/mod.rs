@@ -488,6 +488,27 @@ impl Controller {
         }
     }
 
+    /// When an item or a lease request is submitted, if its queue wait is measured.
+    pub(crate) fn submitted_at(&self) -> Option<Instant> {
+        self.queue_wait.then(Instant::now)
+    }
+
+    /// A lease's sample, started as the lease is granted under `load`.
+    pub(crate) fn lease_sample(
+        self: &Arc<Self>,
+        submitted: Option<Instant>,
+        load: Load,
+    ) -> LeaseSample {
+        let started = Instant::now();
+        LeaseSample {
+            controller: self.clone(),
+            started,
+            queue_wait: submitted
+                .map_or(Duration::ZERO, |at| started.saturating_duration_since(at)),
+            load,
+        }
+    }
+
     /// Feeds one sample to the algorithm and puts the limit it returns in force.
     fn record(&self, sample: Sample) {
         let mut inner = lock(&self.inner.0);
@@ -514,6 +535,24 @@ impl Controller {
         let mut inner = lock(&self.inner.0);
         inner.limit = limit;
         self.handle.set_limit(limit);
+    }
+}
+
+/// A lease's sample in the making: one sample per lease, its run time from the grant to the
+/// lease's end.
+pub(crate) struct LeaseSample {
+    controller: Arc<Controller>,
+    started: Instant,
+    queue_wait: Duration,
+    load: Load,
+}
+
+impl LeaseSample {
+    /// Reports the sample as the lease ends.
+    pub(crate) fn report(self, overload: bool, panicked: bool) {
+        let sample = sample(self.started, self.queue_wait, self.load);
+        self.controller
+            .record(sample.with_overload(overload).with_panicked(panicked));
     }
 }
 

@@ -19,11 +19,11 @@ use tokio::time::Instant;
 
 use super::cell::{Job, Load, Outcome, RawTask};
 use super::lanes::{Lanes, Skipped};
+use crate::key::Key;
+use crate::metrics::{KeyMetrics, Metrics};
 use crate::sync::rt::sync::mpsc::UnboundedSender;
 use crate::sync::rt::sync::Notify;
 use crate::sync::{lock, Arc, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
-use crate::key::Key;
-use crate::metrics::{KeyMetrics, Metrics};
 use crate::worker_id::WorkerId;
 
 /// Where the limiter is in its life. One word that only moves forward (it is raised with
@@ -63,6 +63,26 @@ enum Slot {
     Parked(Option<Waker>),
     /// Its worker is on its way out; the ID comes back to the manager on the done channel.
     Exiting,
+    /// A lease holds it, with no worker task behind the ID. Comes back when the lease ends.
+    Leased(Held),
+    /// A lease holds it, lent by a parked worker that waits behind it: the worker is parked
+    /// again when the lease ends.
+    Lent(Held, Option<Waker>),
+}
+
+/// What a lease counts against the limits while it holds its ID: kept in its slot, so that the
+/// lease itself needs no cell once granted.
+pub(crate) struct Held {
+    weight: u32,
+    key: Option<Key>,
+}
+
+/// Where a lease's worker ID comes from.
+enum Lender {
+    /// A free ID: the lease holds it alone.
+    Free,
+    /// A parked worker's ID; the worker waits behind the lease (its waker, if it left one).
+    Worker(Option<Waker>),
 }
 
 /// The limiter's counters, kept under the same lock as the state they count, so a snapshot of
@@ -85,6 +105,8 @@ struct Counters {
     timed_out_queued: u64,
     max_running: usize,
     workers_spawned: u64,
+    /// Leases that ended (counted with the items too).
+    leases_ended: u64,
 }
 
 /// Everything admission decides over, behind one lock.
@@ -116,9 +138,14 @@ pub(crate) struct State {
     /// `parked.len()`, readable without the lock: submitters look at it to decide whether to
     /// try handing their item to a parked worker themselves.
     parked_hint: Arc<AtomicUsize>,
-    /// Slots that are `Busy` or `Handed`: items running now. A count kept beside the slots
-    /// because admission reads it for every item.
+    /// Slots that are `Busy`, `Handed`, `Leased` or `Lent`: items running now, leases
+    /// included. A count kept beside the slots because admission reads it for every item.
     busy: usize,
+    /// Slots that are `Leased`: IDs held with no worker task behind them.
+    leased_alone: usize,
+    /// IDs handed an item by admission outside the manager (a lease's end), for the manager to
+    /// spawn their workers: it stays the one place that spawns.
+    to_spawn: Vec<WorkerId>,
     /// The manager takes work from the channel, or has been asked to (see `take_work`).
     refill_asked: bool,
     /// The worker that took that pop is to wake the manager.
@@ -190,6 +217,8 @@ impl Shared {
                 parked: Vec::new(),
                 parked_hint,
                 busy: 0,
+                leased_alone: 0,
+                to_spawn: Vec::new(),
                 refill_asked: false,
                 refill_due: false,
                 counters: Counters::default(),
@@ -229,9 +258,9 @@ impl Shared {
     ) -> Poll<Option<(Job, Load)>> {
         let lifecycle = self.lifecycle();
         let mut state = self.state();
-        let poll = state.poll_next(id, ended, cx, lifecycle);
-        let mut due = mem::take(&mut state.refill_due);
         let mut wake = Vec::new();
+        let poll = state.poll_next(id, ended, cx, lifecycle, &mut wake);
+        let mut due = mem::take(&mut state.refill_due);
         if state.dispatch_due {
             due |= state.dispatch_more(lifecycle, &mut wake);
         }
@@ -275,12 +304,66 @@ impl Shared {
         state.lanes.push(job);
         // Should admission refuse (every running place taken), the item waits in the queue,
         // where the next worker to finish an item takes it.
-        let waker = state.hand_to_parked(lifecycle).flatten();
+        let mut wake = Vec::new();
+        state.hand_to_parked(lifecycle, &mut wake);
         drop(state);
-        if let Some(waker) = waker {
-            waker.wake();
+        wake.into_iter().for_each(Waker::wake);
+        Ok(())
+    }
+
+    // --- leases ---
+
+    /// A lease at once, if one may start now without passing anything queued: on a free ID
+    /// (preferred: parked workers stay ready for spawned items), else on a parked worker's.
+    /// `None` if it must wait in the queue.
+    pub(crate) fn lease_now(&self, weight: u32, key: Option<&Key>) -> Option<(WorkerId, Load)> {
+        let mut state = self.state();
+        // As for `hand_off`: under the lock, 0 means nothing submitted before waits in the
+        // channel.
+        if self.in_channel.load(Ordering::Acquire) != 0 || self.lifecycle() != Lifecycle::Open {
+            return None;
+        }
+        state.lease_now(weight, key)
+    }
+
+    /// Queues a lease request (made after `lease_now` found no room) and lets admission run
+    /// over the queue at once: the request may start now, or the room it waited for may have
+    /// come back since. Gives the job back if it must go through the manager's channel
+    /// instead (items sent before it are still there), or the limiter is no longer open.
+    pub(crate) fn queue_lease(&self, job: Job) -> Result<(), Job> {
+        let mut state = self.state();
+        let lifecycle = self.lifecycle();
+        if self.in_channel.load(Ordering::Acquire) != 0 || lifecycle != Lifecycle::Open {
+            return Err(job);
+        }
+        state.lanes.push(job);
+        let mut wake = Vec::new();
+        state.dispatch(lifecycle, &mut wake);
+        let spawn = !state.to_spawn.is_empty();
+        drop(state);
+        wake.into_iter().for_each(Waker::wake);
+        if spawn {
+            self.control.notify_one();
         }
         Ok(())
+    }
+
+    /// A lease on `id` ended, how `outcome` says: its ID and its charge come back, and
+    /// admission hands what may start now to the next in line.
+    pub(crate) fn end_lease(&self, id: WorkerId, outcome: Outcome) {
+        let lifecycle = self.lifecycle();
+        let mut state = self.state();
+        let mut wake = Vec::new();
+        state.end_lease(id, outcome, &mut wake);
+        state.dispatch(lifecycle, &mut wake);
+        // The manager spawns workers for what admission handed to free IDs, and, once the
+        // limiter is closed, looks again at whether it may exit.
+        let notify = !state.to_spawn.is_empty() || lifecycle >= Lifecycle::Closed;
+        drop(state);
+        wake.into_iter().for_each(Waker::wake);
+        if notify {
+            self.control.notify_one();
+        }
     }
 }
 
@@ -293,9 +376,8 @@ fn charge_back(
     lanes: &mut Lanes,
     busy: &mut usize,
     weight_running: &mut usize,
-    task: &dyn RawTask,
+    (weight, key): (u32, Option<&Key>),
 ) -> bool {
-    let (weight, key) = task.charge();
     *busy -= 1;
     *weight_running -= weight as usize;
     let key_ready = match key {
@@ -354,12 +436,7 @@ impl State {
     #[cold]
     fn dispatch_more(&mut self, lifecycle: Lifecycle, wake: &mut Vec<Waker>) -> bool {
         self.dispatch_due = false;
-        while self.has_parked_below_limit() {
-            match self.hand_to_parked(lifecycle) {
-                Some(waker) => wake.extend(waker),
-                None => break,
-            }
-        }
+        while self.hand_to_parked(lifecycle, wake) {}
         self.may_start_more()
     }
 
@@ -386,8 +463,13 @@ impl State {
             &mut self.lanes,
             &mut self.busy,
             &mut self.weight_running,
-            &**task,
+            task.charge(),
         );
+        self.count(outcome);
+    }
+
+    /// Counts how a started item (or lease) ended.
+    fn count(&mut self, outcome: Outcome) {
         let counter = match outcome {
             Outcome::Completed => &mut self.counters.completed,
             Outcome::Panicked => &mut self.counters.panicked,
@@ -403,11 +485,12 @@ impl State {
         ended: Option<Outcome>,
         cx: &mut Context<'_>,
         lifecycle: Lifecycle,
+        wake: &mut Vec<Waker>,
     ) -> Poll<Option<(Job, Load)>> {
         if let Some(outcome) = ended {
             self.end_item(id, outcome);
         }
-        let was_parked = match &self.slots[id.index()] {
+        let mut was_parked = match &self.slots[id.index()] {
             // Handed over by the manager, a submitter, or (for a new worker) at its spawn.
             Slot::Handed(job, _) => {
                 let task = job.task().expect("a handed job is queued");
@@ -426,15 +509,41 @@ impl State {
                 false
             }
             Slot::Parked(_) => true,
-            Slot::Free | Slot::Exiting => unreachable!("{id} asks for work without holding its ID"),
+            // Its ID is lent to a lease: it waits for it to come back.
+            Slot::Lent(_, waker) => {
+                if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    let slot = &mut self.slots[id.index()];
+                    if let Slot::Lent(_, waker) = slot {
+                        *waker = Some(cx.waker().clone());
+                    }
+                }
+                return Poll::Pending;
+            }
+            Slot::Free | Slot::Exiting | Slot::Leased(_) => {
+                unreachable!("{id} asks for work without holding its ID")
+            }
         };
-        if let Some((job, load)) = self.admit(id, lifecycle) {
+        while let Some((job, load)) = self.admit(id, lifecycle) {
+            if job.is_lease() {
+                // The worker lends its ID to the lease and waits behind it.
+                if was_parked {
+                    self.unpark(id);
+                    was_parked = false;
+                }
+                let waker = Some(cx.waker().clone());
+                if self.grant(id, job, load, Lender::Worker(waker), wake) {
+                    return Poll::Pending;
+                }
+                // The lease's waiter was gone: the worker took its ID back; admit again.
+                continue;
+            }
             if was_parked {
                 self.unpark(id);
             }
             self.slots[id.index()] = Slot::Busy(job.task().expect("an admitted job is queued"));
-            Poll::Ready(Some((job, load)))
-        } else if self.should_exit(id, lifecycle) {
+            return Poll::Ready(Some((job, load)));
+        }
+        if self.should_exit(id, lifecycle) {
             if was_parked {
                 self.unpark(id);
             }
@@ -465,16 +574,17 @@ impl State {
 
     /// Worker `id`'s task is gone (its guard dropped), whatever it was doing; a runtime that
     /// shuts down drops workers mid-item. Returns a job handed to it but never taken, for the
-    /// caller to drop (and so cancel) outside the lock.
-    pub(crate) fn worker_gone(&mut self, id: WorkerId) -> Option<Job> {
+    /// caller to drop (and so cancel) outside the lock, and whether the ID goes back to the
+    /// manager: not when a lease holds it (the lease gives it back as it ends).
+    pub(crate) fn worker_gone(&mut self, id: WorkerId) -> (Option<Job>, bool) {
         let slot = mem::replace(&mut self.slots[id.index()], Slot::Exiting);
-        match slot {
+        let handed = match slot {
             Slot::Busy(task) => {
                 self.dispatch_due |= charge_back(
                     &mut self.lanes,
                     &mut self.busy,
                     &mut self.weight_running,
-                    &*task,
+                    task.charge(),
                 );
                 self.counters.cancelled_running += 1;
                 None
@@ -485,7 +595,7 @@ impl State {
                         &mut self.lanes,
                         &mut self.busy,
                         &mut self.weight_running,
-                        &*task,
+                        task.charge(),
                     );
                 }
                 self.counters.cancelled_running += 1;
@@ -496,11 +606,18 @@ impl State {
                 None
             }
             Slot::Exiting => None,
-            Slot::Free => {
-                debug_assert!(false, "{id} released while free");
-                None
+            Slot::Lent(held, _) => {
+                self.slots[id.index()] = Slot::Leased(held);
+                self.leased_alone += 1;
+                return (None, false);
             }
-        }
+            Slot::Free | Slot::Leased(_) => {
+                debug_assert!(false, "{id} released while not a worker's");
+                self.slots[id.index()] = slot;
+                return (None, false);
+            }
+        };
+        (handed, true)
     }
 
     // --- the manager's side ---
@@ -509,20 +626,12 @@ impl State {
     /// recently parked first), then takes free IDs (lowest first) for new workers, each handed
     /// its first job. Returns the wakers of the parked workers given work, and the IDs to spawn
     /// workers for.
-    pub(crate) fn dispatch(
-        &mut self,
-        lifecycle: Lifecycle,
-        wake: &mut Vec<Waker>,
-        spawn: &mut Vec<WorkerId>,
-    ) {
+    pub(crate) fn dispatch(&mut self, lifecycle: Lifecycle, wake: &mut Vec<Waker>) {
         self.expire_limit();
         loop {
             if self.has_parked_below_limit() {
-                match self.hand_to_parked(lifecycle) {
-                    // A worker that has yet to register its waker looks at its slot before it
-                    // waits: it needs no wake.
-                    Some(waker) => wake.extend(waker),
-                    None => return,
+                if !self.hand_to_parked(lifecycle, wake) {
+                    return;
                 }
                 continue;
             }
@@ -532,12 +641,22 @@ impl State {
             let Some((job, load)) = self.admit(id, lifecycle) else {
                 return;
             };
+            if job.is_lease() {
+                self.grant(id, job, load, Lender::Free, wake);
+                continue;
+            }
             // The new worker takes its first job from its slot, as a woken parked worker does:
             // a worker dropped before its first poll then resolves the job on its ID.
             self.take_free(id, Slot::Handed(job, load));
             self.counters.workers_spawned += 1;
-            spawn.push(id);
+            self.to_spawn.push(id);
         }
+    }
+
+    /// The IDs admission handed an item whose worker is yet to be spawned: the manager's to
+    /// spawn.
+    pub(crate) fn take_to_spawn(&mut self, spawn: &mut Vec<WorkerId>) {
+        spawn.append(&mut self.to_spawn);
     }
 
     /// Whether a parked worker may be handed work (its ID is below the limit).
@@ -556,17 +675,149 @@ impl State {
             .map(|&id| WorkerId(id))
     }
 
-    /// Admits the next queued item for the most recently parked worker (below the limit) and hands it over. `None` if
-    /// admission refused; otherwise the worker's waker, if it registered one, for the caller to
-    /// wake outside the lock.
-    fn hand_to_parked(&mut self, lifecycle: Lifecycle) -> Option<Option<Waker>> {
-        let id = self.parked_below_limit()?;
-        let (job, load) = self.admit(id, lifecycle)?;
+    /// Admits the next queued item for the most recently parked worker (below the limit) and
+    /// hands it over (or, to a lease, the worker's ID). Returns false if there is no such
+    /// worker or admission refused. The wakers to wake outside the lock go to `wake`: the
+    /// worker's, if it registered one (a worker yet to register looks at its slot before it
+    /// waits), or the lease's waiter's.
+    fn hand_to_parked(&mut self, lifecycle: Lifecycle, wake: &mut Vec<Waker>) -> bool {
+        let Some(id) = self.parked_below_limit() else {
+            return false;
+        };
+        let Some((job, load)) = self.admit(id, lifecycle) else {
+            return false;
+        };
         self.unpark(id);
-        match mem::replace(&mut self.slots[id.index()], Slot::Handed(job, load)) {
-            Slot::Parked(waker) => Some(waker),
-            _ => unreachable!("the parked index lists only parked slots"),
+        let Slot::Parked(waker) = mem::replace(&mut self.slots[id.index()], Slot::Exiting) else {
+            unreachable!("the parked index lists only parked slots")
+        };
+        if job.is_lease() {
+            self.grant(id, job, load, Lender::Worker(waker), wake);
+        } else {
+            self.slots[id.index()] = Slot::Handed(job, load);
+            wake.extend(waker);
         }
+        true
+    }
+
+    /// Gives worker ID `id` to the admitted lease request `job` and wakes its waiter: its slot
+    /// becomes `Leased` or (a worker's, lent) `Lent`. A request whose waiter went away after its
+    /// admission gives everything back at once, as an item aborted between its admission and
+    /// its start does: the ID to its lender, the room to the limits. Returns whether it was
+    /// granted.
+    fn grant(
+        &mut self,
+        id: WorkerId,
+        job: Job,
+        load: Load,
+        lender: Lender,
+        wake: &mut Vec<Waker>,
+    ) -> bool {
+        let task = job.into_task().expect("an admitted job is queued");
+        let (weight, key) = task.charge();
+        if let Some(waiter) = task.grant(id, load) {
+            wake.extend(waiter);
+            let held = Held {
+                weight,
+                key: key.cloned(),
+            };
+            match lender {
+                Lender::Free => {
+                    self.take_free(id, Slot::Leased(held));
+                    self.leased_alone += 1;
+                }
+                Lender::Worker(waker) => self.slots[id.index()] = Slot::Lent(held, waker),
+            }
+            return true;
+        }
+        self.dispatch_due |= charge_back(
+            &mut self.lanes,
+            &mut self.busy,
+            &mut self.weight_running,
+            (weight, key),
+        );
+        self.counters.cancelled_running += 1;
+        if let Lender::Worker(waker) = lender {
+            self.slots[id.index()] = Slot::Parked(waker);
+            self.park(id);
+        }
+        false
+    }
+
+    /// A lease now, unless something queued would start before it or the limits leave it no
+    /// room (see [`Shared::lease_now`]). Counted as an item admitted.
+    fn lease_now(&mut self, weight: u32, key: Option<&Key>) -> Option<(WorkerId, Load)> {
+        self.expire_limit();
+        if self.busy >= self.limit
+            || self.lanes.ahead_of(key)
+            || !self
+                .lanes
+                .fits(weight, self.weight_running, self.limit, key)
+        {
+            return None;
+        }
+        let (id, lender) = match self.lowest_free() {
+            Some(id) => (id, Lender::Free),
+            None => {
+                let id = self.parked_below_limit()?;
+                self.unpark(id);
+                let Slot::Parked(waker) = mem::replace(&mut self.slots[id.index()], Slot::Exiting)
+                else {
+                    unreachable!("the parked index lists only parked slots")
+                };
+                (id, Lender::Worker(waker))
+            }
+        };
+        if let Some(key) = key {
+            self.lanes.charge(key, weight);
+        }
+        self.busy += 1;
+        self.weight_running += weight as usize;
+        self.counters.started += 1;
+        self.counters.max_running = self.counters.max_running.max(self.busy);
+        let held = Held {
+            weight,
+            key: key.cloned(),
+        };
+        match lender {
+            Lender::Free => {
+                self.take_free(id, Slot::Leased(held));
+                self.leased_alone += 1;
+            }
+            Lender::Worker(waker) => self.slots[id.index()] = Slot::Lent(held, waker),
+        }
+        let load = Load {
+            running: self.weight_running,
+            limit: self.limit,
+        };
+        Some((id, load))
+    }
+
+    /// Ends the lease on `id`: its charge comes back, and its ID to its lender (free again, or
+    /// back to the parked worker behind it, which is woken to look for work).
+    fn end_lease(&mut self, id: WorkerId, outcome: Outcome, wake: &mut Vec<Waker>) {
+        let held = match mem::replace(&mut self.slots[id.index()], Slot::Exiting) {
+            Slot::Leased(held) => {
+                self.leased_alone -= 1;
+                self.free_id(id);
+                held
+            }
+            Slot::Lent(held, waker) => {
+                self.slots[id.index()] = Slot::Parked(None);
+                self.park(id);
+                wake.extend(waker);
+                held
+            }
+            _ => unreachable!("{id} ends a lease it does not hold"),
+        };
+        self.dispatch_due |= charge_back(
+            &mut self.lanes,
+            &mut self.busy,
+            &mut self.weight_running,
+            (held.weight, held.key.as_ref()),
+        );
+        self.count(outcome);
+        self.counters.leases_ended += 1;
     }
 
     fn park(&mut self, id: WorkerId) {
@@ -607,6 +858,11 @@ impl State {
     /// An exited worker's ID came back on the done channel.
     pub(crate) fn release(&mut self, id: WorkerId) {
         debug_assert!(matches!(self.slots[id.index()], Slot::Exiting));
+        self.free_id(id);
+    }
+
+    /// Marks `id` free.
+    fn free_id(&mut self, id: WorkerId) {
         self.slots[id.index()] = Slot::Free;
         self.free.insert(id.0);
         // Keep `slots` as long as the highest ID held, so a burst at a huge limit leaves nothing
@@ -692,12 +948,13 @@ impl State {
         self.counters.timed_out_queued += n as u64;
     }
 
-    /// Cancelled items that never started and cancelled running ones, apart (`metrics()` adds
-    /// them up), for `shutdown_timeout`'s report.
-    pub(crate) fn cancelled_apart(&self) -> (u64, u64) {
+    /// Cancelled items that never started, cancelled running ones, and ended leases, apart
+    /// (`metrics()` counts them with the items), for `shutdown_timeout`'s report.
+    pub(crate) fn counted_apart(&self) -> (u64, u64, u64) {
         (
             self.counters.dropped_unstarted,
             self.counters.cancelled_running,
+            self.counters.leases_ended,
         )
     }
 
@@ -729,11 +986,16 @@ impl State {
 
     /// Worker tasks alive (or just spawned, or exiting with their ID not yet back).
     pub(crate) fn workers(&self) -> usize {
+        self.ids_held() - self.leased_alone
+    }
+
+    /// IDs held by worker tasks or leases: the manager exits only once there are none.
+    pub(crate) fn ids_held(&self) -> usize {
         // `free` indexes the free slots, and `slots` ends at the highest ID held.
         self.slots.len() - self.free.len()
     }
 
-    /// The IDs held by live workers, lowest first.
+    /// The IDs held by live workers or leases, lowest first.
     pub(crate) fn busy_ids(&self) -> Vec<WorkerId> {
         (0..self.slots.len() as u32)
             .filter(|id| !self.free.contains(id))

@@ -13,9 +13,9 @@ use std::task::{Context, Poll, Waker};
 
 use pin_project_lite::pin_project;
 
-use crate::sync::{lock, Arc, AtomicBool, AtomicU8, Mutex, Ordering};
 use crate::error::JoinError;
 use crate::key::Key;
+use crate::sync::{lock, Arc, AtomicBool, AtomicU8, Mutex, Ordering};
 use crate::worker_id::WorkerId;
 
 /// What the core runs: made into a future on the worker ID the item starts under.
@@ -187,6 +187,11 @@ impl Job {
         (Job(Some(cell.clone())), cell)
     }
 
+    /// The queue's pointer to a cell made elsewhere (a lease request).
+    pub(crate) fn from_task(task: Arc<dyn RawTask>) -> Job {
+        Job(Some(task))
+    }
+
     /// Moves the item to running on `worker`, admitted under `load`, or returns how it ended
     /// if it was cancelled (or timed out) while queued.
     pub(crate) fn start(mut self, worker: WorkerId, load: Load) -> Result<Run, Outcome> {
@@ -229,12 +234,22 @@ impl Job {
     pub(crate) fn task(&self) -> Option<Arc<dyn RawTask>> {
         self.0.clone()
     }
+
+    /// Whether the item is a lease request: admission gives it a worker ID, not a worker.
+    pub(crate) fn is_lease(&self) -> bool {
+        self.0.as_ref().is_some_and(|raw| raw.is_lease())
+    }
+
+    /// The item's cell, taken out of the job (which then cancels nothing as it drops).
+    pub(crate) fn into_task(mut self) -> Option<Arc<dyn RawTask>> {
+        self.0.take()
+    }
 }
 
 impl Drop for Job {
     fn drop(&mut self) {
         if let Some(raw) = self.0.take() {
-            raw.cancel_queued();
+            raw.drop_unstarted();
         }
     }
 }
@@ -259,6 +274,24 @@ pub(crate) trait RawTask: Send + Sync {
     /// Cancels the item wherever it is (`shutdown`): queued, it is dropped now; running, its
     /// worker drops it at its next poll, unless it runs to its end.
     fn abort(&self);
+
+    /// The limiter lets go of the item before it started (shutdown, a closed limiter, the
+    /// manager gone with its runtime): resolves it as cancelled.
+    fn drop_unstarted(&self) {
+        self.cancel_queued();
+    }
+
+    /// Whether the item is a lease request (see `core/lease.rs`).
+    fn is_lease(&self) -> bool {
+        false
+    }
+
+    /// Grants a lease request worker ID `id`, admitted under `load`: returns its waiter's
+    /// waker, or `None` if its waiter is gone (the request then takes nothing).
+    fn grant(&self, id: WorkerId, load: Load) -> Option<Option<Waker>> {
+        let _ = (id, load);
+        unreachable!("only lease requests are granted")
+    }
 }
 
 /// The face of a cell that a [`JoinHandle`](crate::JoinHandle) sees.

@@ -55,7 +55,11 @@ impl Watch {
     pub(crate) fn ended_already(&self, task: &dyn RawTask) -> bool {
         if self.deadline.is_some_and(|at| at <= Instant::now()) {
             task.time_out_queued()
-        } else if self.token.as_ref().is_some_and(CancellationToken::is_cancelled) {
+        } else if self
+            .token
+            .as_ref()
+            .is_some_and(CancellationToken::is_cancelled)
+        {
             task.cancel_queued()
         } else {
             false

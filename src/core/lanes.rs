@@ -139,25 +139,33 @@ impl Lanes {
             self.unkeyed_in_ring = true;
             self.ring.push_back(None);
         }
+        // One lookup when the lane exists (the common case), a second to make it.
         let lane = match self.keys.get_mut(key) {
             Some(lane) => lane,
             None => {
-                let limit = self.key_limit(key);
-                let order = self.order;
-                self.keys.entry(key.clone()).or_insert(KeyLane {
-                    queue: Queue::new(order),
-                    limit,
-                    running: 0,
-                    weight: 0,
-                    place: Place::Idle,
-                })
+                let lane = self.new_lane(key);
+                self.keys.entry(key.clone()).or_insert(lane)
             }
         };
-        if lane.place == Place::Idle {
+        let joins_ring = (lane.place == Place::Idle).then(|| key.clone());
+        if joins_ring.is_some() {
             lane.place = Place::Ring;
-            self.ring.push_back(Some(key.clone()));
         }
         lane.queue.push(job);
+        if let Some(key) = joins_ring {
+            self.ring.push_back(Some(key));
+        }
+    }
+
+    /// A new lane for `key`: idle, empty, under the key's limit.
+    fn new_lane(&self, key: &Key) -> KeyLane {
+        KeyLane {
+            queue: Queue::new(self.order),
+            limit: self.key_limit(key),
+            running: 0,
+            weight: 0,
+            place: Place::Idle,
+        }
     }
 
     /// Takes the next item that fits, given the global `limit` and the weight `used` of the
@@ -372,6 +380,37 @@ impl Lanes {
             self.free_if_unused(key);
         }
         drop(aside.job);
+    }
+
+    /// Whether a queued item would start before a new item of `key` (or without one): an item
+    /// set aside, a lane in turn, queued unkeyed items, or the key's own queued items.
+    pub(crate) fn ahead_of(&self, key: Option<&Key>) -> bool {
+        self.aside.is_some()
+            || !self.ring.is_empty()
+            || !self.unkeyed.is_empty()
+            || key.is_some_and(|key| self.keys.get(key).is_some_and(|l| !l.queue.is_empty()))
+    }
+
+    /// Whether an item of `weight` (and `key`) fits now, beside `used` of the global `limit`
+    /// and its key's running weight: the rule `pop` applies.
+    pub(crate) fn fits(&self, weight: u32, used: usize, limit: usize, key: Option<&Key>) -> bool {
+        fits(weight, used, limit)
+            && key.is_none_or(|key| match self.keys.get(key) {
+                Some(lane) => fits(weight, lane.weight, lane.limit),
+                None => fits(weight, 0, self.key_limit(key)),
+            })
+    }
+
+    /// Counts an item of `key` that starts without passing through its lane's queue (a lease
+    /// granted at once): as `pop` counts the items it takes.
+    pub(crate) fn charge(&mut self, key: &Key, weight: u32) {
+        if !self.keys.contains_key(key) {
+            let lane = self.new_lane(key);
+            self.keys.insert(key.clone(), lane);
+        }
+        let lane = self.keys.get_mut(key).expect("made above");
+        lane.running += 1;
+        lane.weight += weight as usize;
     }
 
     /// An item of `key` with `weight` ended. Returns true if its lane may start items again.

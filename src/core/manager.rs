@@ -35,7 +35,17 @@ impl Drop for ExitGuard {
     fn drop(&mut self) {
         let shared = &self.shared;
         shared.advance(Lifecycle::Closed);
-        let queued = shared.state().take_queued();
+        let mut state = shared.state();
+        let queued = state.take_queued();
+        // Items admitted for workers that the manager never got to spawn.
+        let mut unspawned = Vec::new();
+        state.take_to_spawn(&mut unspawned);
+        let handed: Vec<Job> = unspawned
+            .into_iter()
+            .filter_map(|id| state.worker_gone(id).0)
+            .collect();
+        drop(state);
+        drop(handed);
         cancel_unstarted(shared, queued);
         tracing::debug!(target: "task_limiter", limiter = %shared.name, "manager exited");
         shared.advance(Lifecycle::Exited);
@@ -150,7 +160,8 @@ impl Manager {
             self.dispatch(&shared);
             if !self.work_open {
                 let state = shared.state();
-                if state.workers() == 0 && state.nothing_queued() {
+                // Leases hold IDs too: `wait` waits for them.
+                if state.ids_held() == 0 && state.nothing_queued() {
                     return;
                 }
             }
@@ -216,9 +227,10 @@ impl Manager {
     /// Hands work to parked workers and spawns workers for free IDs, as admission allows.
     fn dispatch(&mut self, shared: &Arc<Shared>) {
         let lifecycle = shared.lifecycle();
-        shared
-            .state()
-            .dispatch(lifecycle, &mut self.wake, &mut self.spawn);
+        let mut state = shared.state();
+        state.dispatch(lifecycle, &mut self.wake);
+        state.take_to_spawn(&mut self.spawn);
+        drop(state);
         self.wake.drain(..).for_each(Waker::wake);
         for id in self.spawn.drain(..) {
             // Made before the spawn, so that a runtime refusing the task still hands the ID back

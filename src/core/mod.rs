@@ -22,6 +22,7 @@ mod admission;
 pub(crate) mod cell;
 mod deadline;
 mod lanes;
+mod lease;
 mod manager;
 mod queue;
 mod timer;
@@ -33,8 +34,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 pub(crate) use admission::Lifecycle;
+pub(crate) use cell::Outcome;
 pub(crate) use cell::{Cell, Charge, Cut, Load, Props, Weighed, Work};
 pub(crate) use deadline::Watch;
+pub(crate) use lease::{Grant, Refusal, Request};
 pub use queue::QueueOrder;
 
 #[cfg(feature = "shuttle")]
@@ -46,12 +49,12 @@ use deadline::{Watcher, Watches};
 use lanes::Lanes;
 use manager::{cancel_unstarted, ExitGuard};
 
+use crate::key::Key;
+use crate::metrics::{KeyMetrics, Metrics};
 use crate::sync::rt::runtime::Handle;
 use crate::sync::rt::sync::futures::Notified;
 use crate::sync::rt::sync::mpsc::{self, UnboundedSender};
 use crate::sync::{Arc, Ordering};
-use crate::key::Key;
-use crate::metrics::{KeyMetrics, Metrics};
 use crate::worker_id::WorkerId;
 
 /// What the core is built from.
@@ -168,15 +171,67 @@ impl Core {
         Ok(cell)
     }
 
+    // --- leases ---
+
+    /// A lease now, if one may start without waiting and without passing anything queued.
+    #[inline]
+    pub(crate) fn lease_now(&self, weight: u32, key: Option<&Key>) -> Option<Grant> {
+        let (id, load) = self.shared.lease_now(weight, key)?;
+        self.shared.submitted.fetch_add(1, Ordering::Relaxed);
+        Some(Grant { id, load })
+    }
+
+    /// Queues a lease request, with `watch`'s deadline and token; its waiter polls the request
+    /// for its grant.
+    pub(crate) fn queue_lease<C: Charge>(
+        &self,
+        priority: i32,
+        charge: C,
+        watch: Option<&Watch>,
+    ) -> Result<Arc<Request<C>>, Refusal> {
+        let shared = &*self.shared;
+        if shared.lifecycle() >= Lifecycle::Closed {
+            return Err(Refusal::Closed);
+        }
+        let (job, request) = Request::new(priority, charge);
+        shared.submitted.fetch_add(1, Ordering::Relaxed);
+        if let Some(watch) = watch {
+            if watch.ended_already(&*request) {
+                let refusal = match request.timed_out() {
+                    true => Refusal::TimedOut,
+                    false => Refusal::Cancelled,
+                };
+                cancel_unstarted(shared, [job]);
+                return Err(refusal);
+            }
+        }
+        if let Err(job) = shared.queue_lease(job) {
+            if let Err(job) = self.send(job) {
+                cancel_unstarted(shared, [job]);
+                return Err(Refusal::Closed);
+            }
+        }
+        if let Some(watch) = watch {
+            let task: std::sync::Weak<dyn RawTask> = Arc::downgrade(&request) as _;
+            self.watches.register(watch, task);
+        }
+        Ok(request)
+    }
+
+    /// Ends the lease on `id`, counted as `outcome`: its ID and charge come back.
+    pub(crate) fn end_lease(&self, id: WorkerId, outcome: Outcome) {
+        self.shared.end_lease(id, outcome);
+    }
+
     /// Whether the limiter's runtime has a time driver (`enable_time`). True where that cannot
     /// be known (a `panic = "abort"` build).
     pub(crate) fn has_timer(&self) -> bool {
         self.timer
     }
 
-    /// Cancelled items that never started, and cancelled running ones, apart.
-    pub(crate) fn cancelled_apart(&self) -> (u64, u64) {
-        self.shared.state().cancelled_apart()
+    /// Cancelled items that never started, cancelled running ones, and ended leases, apart.
+    pub(crate) fn counted_apart(&self) -> (u64, u64, u64) {
+        self.shared.state().counted_apart()
     }
 
     /// Sends a job to the manager; gives it back if the manager no longer takes work.

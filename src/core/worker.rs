@@ -35,12 +35,14 @@ impl IdGuard {
 
 impl Drop for IdGuard {
     fn drop(&mut self) {
-        let handed = self.shared.state().worker_gone(self.id);
+        let (handed, give_back) = self.shared.state().worker_gone(self.id);
         // A job handed to a worker that never took it was admitted on this ID: it resolves
         // cancelled on it, its work dropped unstarted.
         drop(handed.and_then(|job| job.start(self.id, Load::default()).ok()));
-        // Fails only when the manager is gone with its runtime: nobody needs the ID then.
-        let _ = self.shared.done_tx.send(self.id);
+        if give_back {
+            // Fails only when the manager is gone with its runtime: nobody needs the ID then.
+            let _ = self.shared.done_tx.send(self.id);
+        }
     }
 }
 
