@@ -260,17 +260,21 @@ impl Shared {
         let mut state = self.state();
         let mut wake = Vec::new();
         let poll = state.poll_next(id, ended, cx, lifecycle, &mut wake);
-        let mut due = mem::take(&mut state.refill_due);
-        if state.dispatch_due {
-            due |= state.dispatch_more(lifecycle, &mut wake);
-        }
+        let more = state.dispatch_due && state.dispatch_more(lifecycle, &mut wake);
+        self.after_admission(state, wake, more);
+        poll
+    }
+
+    /// Ends a turn of admission taken outside the manager: wakes the workers and lease waiters
+    /// it handed work to (outside the lock), and the manager when there is something for it:
+    /// workers to spawn, a FIFO queue that a pop brought to its low-water mark, or `also`.
+    fn after_admission(&self, mut state: MutexGuard<'_, State>, wake: Vec<Waker>, also: bool) {
+        let due = also || mem::take(&mut state.refill_due) || !state.to_spawn.is_empty();
         drop(state);
         wake.into_iter().for_each(Waker::wake);
         if due {
-            // This worker's pop brought a FIFO queue to its low-water mark.
             self.control.notify_one();
         }
-        poll
     }
 
     /// Puts `limit` in force (until `expiry`, if given) and wakes the manager, which starts
@@ -306,8 +310,7 @@ impl Shared {
         // where the next worker to finish an item takes it.
         let mut wake = Vec::new();
         state.hand_to_parked(lifecycle, &mut wake);
-        drop(state);
-        wake.into_iter().for_each(Waker::wake);
+        self.after_admission(state, wake, false);
         Ok(())
     }
 
@@ -339,12 +342,7 @@ impl Shared {
         state.lanes.push(job);
         let mut wake = Vec::new();
         state.dispatch(lifecycle, &mut wake);
-        let spawn = !state.to_spawn.is_empty();
-        drop(state);
-        wake.into_iter().for_each(Waker::wake);
-        if spawn {
-            self.control.notify_one();
-        }
+        self.after_admission(state, wake, false);
         Ok(())
     }
 
@@ -356,14 +354,8 @@ impl Shared {
         let mut wake = Vec::new();
         state.end_lease(id, outcome, &mut wake);
         state.dispatch(lifecycle, &mut wake);
-        // The manager spawns workers for what admission handed to free IDs, and, once the
-        // limiter is closed, looks again at whether it may exit.
-        let notify = !state.to_spawn.is_empty() || lifecycle >= Lifecycle::Closed;
-        drop(state);
-        wake.into_iter().for_each(Waker::wake);
-        if notify {
-            self.control.notify_one();
-        }
+        // Once the limiter is closed, the manager looks again at whether it may exit.
+        self.after_admission(state, wake, lifecycle >= Lifecycle::Closed);
     }
 }
 
@@ -528,13 +520,14 @@ impl State {
                 // The worker lends its ID to the lease and waits behind it.
                 if was_parked {
                     self.unpark(id);
-                    was_parked = false;
                 }
                 let waker = Some(cx.waker().clone());
                 if self.grant(id, job, load, Lender::Worker(waker), wake) {
                     return Poll::Pending;
                 }
-                // The lease's waiter was gone: the worker took its ID back; admit again.
+                // The lease's waiter was gone: the ID came back to the worker, parked (as
+                // `grant` leaves a lender); admit again.
+                was_parked = true;
                 continue;
             }
             if was_parked {

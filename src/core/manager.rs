@@ -159,11 +159,19 @@ impl Manager {
             }
             self.dispatch(&shared);
             if !self.work_open {
-                let state = shared.state();
-                // Leases hold IDs too: `wait` waits for them.
-                if state.ids_held() == 0 && state.nothing_queued() {
-                    return;
+                let mut state = shared.state();
+                if state.nothing_queued() {
+                    // Leases hold IDs too: `wait` waits for them.
+                    if state.ids_held() == 0 {
+                        return;
+                    }
+                    // Admission may have passed the last entries (items or lease requests
+                    // cancelled while queued) after the parked workers last looked: with nothing
+                    // queued and nothing more to come, they may exit now.
+                    state.wake_parked(&mut self.wake);
                 }
+                drop(state);
+                self.wake.drain(..).for_each(Waker::wake);
             }
         }
     }

@@ -28,6 +28,8 @@ mod queue;
 mod timer;
 mod worker;
 
+pub(crate) use worker::planted::item_id as planted_id;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};

@@ -257,7 +257,7 @@ pub(crate) mod planted {
     }
 
     /// The ID an item of worker `id` starts under.
-    pub(super) fn item_id(id: WorkerId) -> WorkerId {
+    pub(crate) fn item_id(id: WorkerId) -> WorkerId {
         match ID_MIXUP.with(Cell::get) {
             true => WorkerId(0),
             false => id,
@@ -266,11 +266,11 @@ pub(crate) mod planted {
 }
 
 #[cfg(not(feature = "shuttle"))]
-mod planted {
+pub(crate) mod planted {
     use crate::worker_id::WorkerId;
 
     #[inline(always)]
-    pub(super) fn item_id(id: WorkerId) -> WorkerId {
+    pub(crate) fn item_id(id: WorkerId) -> WorkerId {
         id
     }
 }
