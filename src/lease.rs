@@ -80,16 +80,16 @@ impl Ask {
     }
 
     /// Why the request ends before it waits: a deadline passed, a token cancelled already.
-    fn ended_already(&self) -> Option<AcquireErrorKind> {
+    fn ended_already(&self) -> Option<Refusal> {
         let watch = self.watch.as_ref()?;
         if watch.deadline.is_some_and(|at| at <= Instant::now()) {
-            Some(AcquireErrorKind::QueueTimeout)
+            Some(Refusal::TimedOut)
         } else if watch
             .token
             .as_ref()
             .is_some_and(CancellationToken::is_cancelled)
         {
-            Some(AcquireErrorKind::Cancelled)
+            Some(Refusal::Cancelled)
         } else {
             None
         }
@@ -189,11 +189,14 @@ impl<S> Acquire<S> {
             .limiter
             .as_ref()
             .expect("`Acquire` polled after it resolved");
+        // Refused before it waits, it is counted as a `spawn` refused so would be.
         if limiter.is_closed() {
+            limiter.core().count_refused_lease(Refusal::Closed);
             return Err(AcquireError::new(AcquireErrorKind::Closed));
         }
-        if let Some(kind) = self.ask.ended_already() {
-            return Err(AcquireError::new(kind));
+        if let Some(refusal) = self.ask.ended_already() {
+            limiter.core().count_refused_lease(refusal);
+            return Err(refused(refusal));
         }
         if let Some(controller) = &limiter.extras().adaptive {
             self.submitted = controller.submitted_at();

@@ -2,8 +2,9 @@
 //! and 64 (10,000 top-level items per limit by default, and children) that return, yield,
 //! sleep, panic, are aborted while queued, abort themselves while running, are aborted by
 //! another task racing their completion, have their handles dropped, and submit more items,
-//! with `set_limit` calls in between; each limit also has a run cut short by `shutdown` with
-//! work still queued.
+//! with `set_limit` calls in between; among them, requests that take a lease (`acquire`, or
+//! `run` with a future inline) in a task of their own. Each limit also has a run cut short by
+//! `shutdown` with work still queued.
 //!
 //! Checked: every kept handle resolves once, to the outcome its kind calls for; no item runs
 //! twice; invariants 1 and 2 (DESIGN.md) through `monitor::Monitor`; `metrics()` adds up and
@@ -29,7 +30,7 @@ use std::time::{Duration, Instant};
 use monitor::Monitor;
 use support::alloc::live_bytes;
 use support::{alive_tasks, rss, settle_alive};
-use task_limiter::{AbortHandle, JoinError, JoinHandle, Limiter};
+use task_limiter::{AbortHandle, AcquireError, JoinError, JoinHandle, Limiter};
 
 /// Counts the live heap, so that a leak shows up exactly.
 #[global_allocator]
@@ -54,12 +55,18 @@ enum Kind {
     Detach,
     /// Submits one to three children (returning, yielding or panicking) to its own limiter.
     Spawn,
+    /// A request in a task of its own takes a lease (`acquire`), yields under it, drops it.
+    Lease,
+    /// A request in a task of its own runs a yielding future inline (`run`).
+    Run,
 }
 
 impl Kind {
     fn pick(rng: &mut fastrand::Rng) -> Kind {
         match rng.u8(0..100) {
-            0..=34 => Kind::Return,
+            0..=29 => Kind::Return,
+            30..=32 => Kind::Lease,
+            33..=34 => Kind::Run,
             35..=54 => Kind::Yield,
             55..=56 => Kind::Sleep,
             57..=61 => Kind::Panic,
@@ -186,6 +193,7 @@ fn submit(
             let _key = charge.map(|(key, weight)| ctx.keys.enter(key, weight as usize));
             match kind {
                 Kind::Return | Kind::Detach => {}
+                Kind::Lease | Kind::Run => unreachable!("requests go through `request`"),
                 Kind::Yield | Kind::AbortQueued => {
                     for _ in 0..yields {
                         tokio::task::yield_now().await;
@@ -236,6 +244,57 @@ fn submit(
     handle
 }
 
+/// A request for a lease: in a task of its own, as a service's request is. Reports to the
+/// monitor and the key load under its lease, as an item's body does; a `run`'s future cannot
+/// see its lease's ID, so only the `acquire` kind reports to the monitor.
+fn request(
+    limiter: &Limiter,
+    ctx: &Arc<Ctx>,
+    item: u64,
+    kind: Kind,
+    rng: &mut fastrand::Rng,
+) -> tokio::task::JoinHandle<Result<Output, AcquireError>> {
+    let since = ctx.monitor.mark();
+    let yields = rng.usize(1..4);
+    let charge = (rng.u8(0..3) == 0).then(|| (rng.u64(0..8), rng.u32(1..4)));
+    let task = limiter.build_task();
+    let task = match charge {
+        Some((key, weight)) => task.key(key).weight(weight),
+        None => task,
+    };
+    let ctx = ctx.clone();
+    let body = {
+        let ctx = ctx.clone();
+        async move {
+            let before = ctx.ran[item as usize].fetch_add(1, Ordering::Relaxed);
+            assert_eq!(before, 0, "request {item} ran twice");
+            let _key = charge.map(|(key, weight)| ctx.keys.enter(key, weight as usize));
+            for _ in 0..yields {
+                tokio::task::yield_now().await;
+            }
+            ctx.outputs_made.fetch_add(1, Ordering::Relaxed);
+            Output {
+                item,
+                ctx: ctx.clone(),
+            }
+        }
+    };
+    match kind {
+        Kind::Lease => {
+            let acquire = task.acquire();
+            tokio::spawn(async move {
+                let lease = acquire.await?;
+                let _running = ctx.monitor.enter(item, lease.worker(), since);
+                let output = body.await;
+                drop(_running);
+                drop(lease);
+                Ok(output)
+            })
+        }
+        _ => tokio::spawn(task.run(body)),
+    }
+}
+
 /// Checks one resolved handle against its kind. With `cut` (the run was shut down), any item
 /// may have been cancelled.
 fn check(
@@ -284,7 +343,10 @@ fn check(
             tally.aborted_later_while_running += u64::from(ran);
             tally.cancelled += 1;
         }
-        (Kind::Return | Kind::Yield | Kind::Sleep | Kind::Spawn, Ok(output)) => {
+        (
+            Kind::Return | Kind::Yield | Kind::Sleep | Kind::Spawn | Kind::Lease | Kind::Run,
+            Ok(output),
+        ) => {
             assert_eq!((output.item, ran), (item, 1), "{kind:?}");
             tally.ok += 1;
         }
@@ -319,6 +381,7 @@ async fn run(limit: usize, items: usize, seed: u64, cut: bool) -> Tally {
     let mut tally = Tally::default();
     let cut_at = cut.then(|| rng.usize(items / 4..items * 3 / 4));
     let mut kept = Vec::with_capacity(items);
+    let mut requests = Vec::new();
     for i in 0..items {
         if Some(i) == cut_at {
             // Let some of the work run first, then shut down while submissions go on.
@@ -327,6 +390,14 @@ async fn run(limit: usize, items: usize, seed: u64, cut: bool) -> Tally {
             tokio::spawn(async move { limiter.shutdown().await });
         }
         let kind = Kind::pick(&mut rng);
+        if matches!(kind, Kind::Lease | Kind::Run) {
+            requests.push((
+                i as u64,
+                kind,
+                request(&limiter, &ctx, i as u64, kind, &mut rng),
+            ));
+            continue;
+        }
         let handle = submit(&limiter, &ctx, i as u64, kind, &mut rng);
         match kind {
             Kind::Detach => {
@@ -350,6 +421,15 @@ async fn run(limit: usize, items: usize, seed: u64, cut: bool) -> Tally {
     for (item, kind, handle) in kept {
         let result = handle.await;
         check(item, kind, result, &ctx, cut, &mut tally);
+    }
+    for (item, kind, task) in requests {
+        match task.await.expect("a request's task does not panic") {
+            Ok(output) => check(item, kind, Ok(output), &ctx, cut, &mut tally),
+            Err(err) => {
+                assert!(cut && err.is_closed(), "request {item} ({kind:?}): {err}");
+                tally.cancelled += 1;
+            }
+        }
     }
     // The parents are done, so every child is submitted (or refused).
     let children = std::mem::take(&mut *ctx.children.lock().unwrap());

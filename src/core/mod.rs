@@ -193,6 +193,7 @@ impl Core {
     ) -> Result<Arc<Request<C>>, Refusal> {
         let shared = &*self.shared;
         if shared.lifecycle() >= Lifecycle::Closed {
+            self.count_refused_lease(Refusal::Closed);
             return Err(Refusal::Closed);
         }
         let (job, request) = Request::new(priority, charge);
@@ -218,6 +219,17 @@ impl Core {
             self.watches.register(watch, task);
         }
         Ok(request)
+    }
+
+    /// Counts a lease request that ended before it reached the queue (the limiter closed, its
+    /// deadline passed, its token cancelled), as a submission that ends so is counted.
+    pub(crate) fn count_refused_lease(&self, refusal: Refusal) {
+        self.shared.submitted.fetch_add(1, Ordering::Relaxed);
+        let mut state = self.shared.state();
+        match refusal {
+            Refusal::TimedOut => state.count_timed_out_queued(1),
+            Refusal::Closed | Refusal::Cancelled => state.count_dropped(1),
+        }
     }
 
     /// Ends the lease on `id`, counted as `outcome`: its ID and charge come back.
