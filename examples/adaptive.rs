@@ -166,7 +166,9 @@ async fn compare(phases: &[(usize, usize)], refuses: bool) {
 /// (samples 500..2,500) and late (the last 2,000).
 async fn closed_loop_noise() {
     const ITEMS: usize = 8000;
-    println!("closed loop, 100 callers, {ITEMS} calls, constant capacity c, lognormal service times:");
+    println!(
+        "closed loop, 100 callers, {ITEMS} calls, constant capacity c, lognormal service times:"
+    );
     println!(
         "{:>5} {:>3} {:>5} {:>11} {:>10} {:>9} {:>5} {:>5}",
         "sigma", "c", "start", "in [c/2,2c+4]", "early mean", "late mean", "min", "max"

@@ -58,7 +58,9 @@ pub struct Gradient {
     backoff: f64,
     probe_limit: usize,
     probe_samples: usize,
-    probe_every: usize,
+    /// `None`: no periodic probes.
+    probe_every: Option<usize>,
+    confidence: f64,
     /// The limit as a real number.
     estimate: f64,
     /// The run times of the round under way.
@@ -67,18 +69,37 @@ pub struct Gradient {
     growth: f64,
     /// The baseline run time, in seconds; `None` until the first probe ends.
     baseline: Option<f64>,
+    /// The spread of run times at a given limit: their squared coefficient of variation
+    /// (variance ÷ mean²), a moving average over rounds, first measured by a probe.
+    spread: f64,
     probe: Probe,
     /// Samples since the last probe ended.
     since_probe: usize,
+    /// Rounds in a row that lowered the limit (or found it at the floor).
+    falling: usize,
 }
+
+/// How far (as a share of it) the noise may move a round's mean run time at `confidence`
+/// standard errors before rounds get longer: rounds take `(confidence × cv / MARGIN)²`
+/// samples where run times spread with a coefficient of variation `cv`, from `window` up to
+/// `LONGEST_ROUND × window`.
+const MARGIN: f64 = 0.1;
+const LONGEST_ROUND: usize = 8;
+
+/// Rounds in a row that lower the limit before the baseline is measured again: a limit still
+/// falling after that many is more likely held down by a downstream that got slower than by
+/// a queue (a limit halves at worst per round, so eight rounds take it down 256-fold).
+const STALE_ROUNDS: usize = 8;
 
 /// The samples of one round: items let start under the limit in force.
 #[derive(Clone, Debug, Default)]
 struct Round {
     sum: f64,
+    /// The sum of the squared run times.
+    squares: f64,
     samples: usize,
-    /// Some item of the round found the limit full.
-    full: bool,
+    /// How many items of the round found the limit full.
+    full: usize,
     /// Some item reported an overload during the round.
     overloaded: bool,
 }
@@ -94,6 +115,7 @@ enum Probe {
         /// The probe's limit: `probe_limit`, or the limit in force if that is lower.
         at: usize,
         sum: f64,
+        squares: f64,
         samples: usize,
     },
     Done,
@@ -119,13 +141,16 @@ impl Gradient {
             backoff: 0.9,
             probe_limit: 4,
             probe_samples: 16,
-            probe_every: 2000,
+            probe_every: None,
+            confidence: 2.0,
             estimate: 0.0,
             round: Round::default(),
             growth: 0.0,
             baseline: None,
+            spread: 0.0,
             probe: Probe::Due,
             since_probe: 0,
+            falling: 0,
         }
     }
 
@@ -299,8 +324,44 @@ impl Gradient {
             samples > 0,
             "task_limiter: `Gradient::probe_every` must be at least 1"
         );
-        self.probe_every = samples;
+        self.probe_every = Some(samples);
         self
+    }
+
+    /// How many standard errors of a round's mean run time the noise is allowed before the
+    /// round counts as queueing (default 2). The spread of run times is measured as the limit
+    /// runs; a round's mean counts as queued only by what is left once `confidence` standard
+    /// errors are taken off it, and the baseline moves down between probes only when a
+    /// round's mean plus `confidence + 1` standard errors is below it. Rounds get longer as the
+    /// spread grows (up to 8 × [`window`](Self::window)), so that the allowance stays near 10 %
+    /// of the mean. 0 believes every round as it is.
+    ///
+    /// # Panics
+    ///
+    /// Panics unless `confidence >= 0` and finite.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::adaptive::Gradient;
+    ///
+    /// let gradient = Gradient::new().confidence(3.0);
+    /// # drop(gradient);
+    /// ```
+    #[track_caller]
+    pub fn confidence(mut self, confidence: f64) -> Gradient {
+        assert!(
+            (0.0..f64::INFINITY).contains(&confidence),
+            "task_limiter: `Gradient::confidence` must be at least 0 and finite, not {confidence}"
+        );
+        self.confidence = confidence;
+        self
+    }
+
+    /// How many samples the round under way takes: `window`, longer where run times spread.
+    fn round_len(&self) -> usize {
+        let wanted = self.confidence * self.confidence * self.spread / (MARGIN * MARGIN);
+        (wanted.ceil() as usize).clamp(self.window, LONGEST_ROUND * self.window)
     }
 
     /// Goes on with a probe; returns the limit to use while it runs, or `None` once it has
@@ -315,6 +376,7 @@ impl Gradient {
                     at,
                     resume: self.estimate,
                     sum: 0.0,
+                    squares: 0.0,
                     samples: 0,
                 };
                 Some(at)
@@ -323,26 +385,47 @@ impl Gradient {
                 at,
                 resume,
                 sum,
+                squares,
                 samples,
             } => {
                 // Only items admitted under the probe's limit measure the unqueued downstream;
                 // the ones started before it are still draining.
                 if sample.limit() <= *at {
                     *sum += run_time;
+                    *squares += run_time * run_time;
                     *samples += 1;
                 }
                 if *samples < self.probe_samples {
                     return Some(*at);
                 }
-                self.baseline = Some(*sum / *samples as f64);
+                // The probe's mean is the baseline, whatever it was before: the one way it
+                // moves up.
+                let mean = *sum / *samples as f64;
+                self.baseline = Some(mean);
+                if let Some(spread) = spread(*sum, *squares, *samples) {
+                    self.spread = spread;
+                }
                 self.estimate = *resume;
                 self.round = Round::default();
                 self.probe = Probe::Done;
                 self.since_probe = 0;
+                self.falling = 0;
                 None
             }
         }
     }
+}
+
+/// The squared coefficient of variation of `samples` run times summing to `sum`, with squares
+/// summing to `squares`; `None` with fewer than two, or a mean of zero.
+fn spread(sum: f64, squares: f64, samples: usize) -> Option<f64> {
+    let n = samples as f64;
+    let mean = sum / n;
+    if samples < 2 || mean <= 0.0 {
+        return None;
+    }
+    let variance = ((squares - n * mean * mean) / (n - 1.0)).max(0.0);
+    Some(variance / (mean * mean))
 }
 
 impl Default for Gradient {
@@ -373,9 +456,11 @@ impl Algorithm for Gradient {
             None if probing => return self.estimate as usize,
             None => {}
         }
-        self.since_probe += 1;
-        if self.since_probe >= self.probe_every {
-            self.probe = Probe::Due;
+        if let Some(every) = self.probe_every {
+            self.since_probe += 1;
+            if self.since_probe >= every {
+                self.probe = Probe::Due;
+            }
         }
         if sample.is_overload() {
             // Once per round, as `Aimd` does: an item let start under a higher limit started
@@ -393,41 +478,75 @@ impl Algorithm for Gradient {
         if sample.limit() != limit {
             return self.estimate as usize;
         }
+        let round_len = self.round_len();
         let round = &mut self.round;
         round.sum += run_time;
+        round.squares += run_time * run_time;
         round.samples += 1;
-        round.full |= sample.found_limit_full();
-        if round.samples < self.window {
+        round.full += usize::from(sample.found_limit_full());
+        if round.samples < round_len {
             return self.estimate as usize;
         }
-        let average = round.sum / round.samples as f64;
-        let full = round.full && !round.overloaded;
+        let n = round.samples as f64;
+        let average = round.sum / n;
+        // Most of its items found the limit full: the limit, not the work handed to the
+        // limiter, held items back. (One item now and then finds it full when work arrives in
+        // bursts, with the limit well above what the work needs.)
+        let full = 2 * round.full >= round.samples && !round.overloaded;
+        if let Some(spread) = spread(round.sum, round.squares, round.samples) {
+            // Over about eight rounds: one round's spread is itself noisy.
+            self.spread += (spread - self.spread) / 8.0;
+        }
         self.round = Round::default();
-        let baseline = self
-            .baseline
-            .map_or(average, |baseline| baseline.min(average));
+        // The standard error of the round's mean, as a share of it.
+        let error = (self.spread / n).sqrt();
+        // The first probe sets it, at the first sample.
+        let Some(baseline) = self.baseline else {
+            return self.estimate as usize;
+        };
+        // Between probes the baseline only moves down, and only to what this round shows
+        // beyond its noise: the mean plus `confidence + 1` standard errors. Following the
+        // lower means themselves would let every lucky round pull the baseline down for
+        // good, and the limit with it.
+        let ceiling = average * (1.0 + (self.confidence + 1.0) * error);
+        let baseline = baseline.min(ceiling);
         self.baseline = Some(baseline);
-        let gradient = if average > 0.0 {
-            (self.tolerance * baseline / average).clamp(0.5, 1.0)
+        // The queueing the round shows beyond its noise.
+        let floor = average * (1.0 - self.confidence * error);
+        let gradient = if floor > 0.0 {
+            (self.tolerance * baseline / floor).clamp(0.5, 1.0)
         } else {
             1.0
         };
-        // Vegas's estimate of the items queueing in the downstream. Well under the queue the
-        // target allows, the growth doubles each round, as in TCP's slow start, so that a
-        // limit far under the downstream's capacity gets there in a few rounds; otherwise it
-        // is the square root of the limit.
-        let queue = self.estimate * (1.0 - gradient);
-        let room = self.estimate.sqrt();
-        self.growth = match queue < room / 2.0 && full {
-            true => (self.growth * 2.0).clamp(room, self.estimate),
-            false => room,
+        let mut target = if gradient < 1.0 {
+            // Queueing beyond the noise: down to what the round says the downstream serves
+            // without a queue, plus one item, and the growth starts over. No standing queue
+            // is aimed for: on a downstream that serves less the further it is pushed, every
+            // item queued in it costs throughput.
+            self.growth = 0.0;
+            (self.estimate + 1.0) * gradient
+        } else if full {
+            // No queueing, and the limit held items back: up by √limit, doubling each round
+            // it goes on (as in TCP's slow start), so that a limit far under the downstream's
+            // capacity gets there in a few rounds.
+            let room = self.estimate.sqrt();
+            self.growth = (self.growth * 2.0).clamp(room, self.estimate);
+            self.estimate + self.growth
+        } else {
+            self.estimate
         };
-        // The growth is scaled by the gradient too, so that a downstream that queues at
-        // any limit drives the limit all the way down to the minimum.
-        let mut target = (self.estimate + self.growth) * gradient;
         if !full {
             // The limiter had less work than its limit: never grow on that.
             target = target.min(self.estimate);
+        }
+        // A limit that keeps falling (or stays on the floor) is more likely held down by a
+        // downstream that got slower than by a queue: measure the baseline again.
+        self.falling = match target < self.estimate {
+            true => self.falling + 1,
+            false => 0,
+        };
+        if self.falling >= STALE_ROUNDS {
+            self.probe = Probe::Due;
         }
         // Down at once (queueing inflates every latency), up by `smoothing`.
         self.estimate = match target < self.estimate {
