@@ -6,33 +6,41 @@ use super::{Algorithm, Sample};
 /// filter: shrinks the limit as run times grow past a baseline, grows it while they do not.
 ///
 /// - **The baseline** is the run time of the downstream when it is not queueing. It is
-///   *measured*, not inferred: at the first sample and then every
-///   [`probe_every`](Self::probe_every) samples, the limit drops to
-///   [`probe_limit`](Self::probe_limit) (or stays where it is, if lower) until
-///   [`probe_samples`](Self::probe_samples) items
-///   admitted under it have ended; their mean run time is the baseline, and the limit goes
-///   back to where it was. Between probes the baseline only ever moves down (to a lower
-///   recent average), never up: sustained load cannot drag it upwards (the drift reported
-///   against Gradient2 and Envoy), and a latency spike does not pollute it. A downstream that
-///   really got slower is seen at the next probe, which also lifts a limit that sank to the
-///   minimum.
-/// - **Each round** of [`window`](Self::window) samples (default 10) of items let start under
-///   the limit in force (the items admitted under an earlier limit are still draining and say
-///   nothing of this one) gives the mean run time of the round, and the gradient
-///   `clamp(tolerance × baseline / average, 0.5, 1)`. The limit moves towards
-///   `(limit + √limit) × gradient`: down at once, up by [`smoothing`](Self::smoothing) of the
-///   way. Without queueing (gradient 1) it grows by `smoothing × √limit` per round, and that
-///   growth doubles each round while the downstream does not queue (as in TCP's slow
-///   start); with the downstream queueing it settles a few items past the downstream's
-///   capacity (about `√capacity`); at worst it halves per round.
-/// - **It grows only in rounds with items that found the limit full**, so a limiter that is
-///   handed less work than its limit does not drift upwards.
+///   *measured*, not inferred: a probe drops the limit to [`probe_limit`](Self::probe_limit)
+///   (or keeps it, if lower) until [`probe_samples`](Self::probe_samples) items admitted under
+///   it have ended; their mean run time is the baseline, and the limit goes back to where it
+///   was. A probe runs at the first sample, when the limit has fallen
+///   [eight rounds in a row](#when-it-probes), and every
+///   [`probe_every`](Self::probe_every) samples if asked. Between probes the baseline only
+///   ever moves down, and only by what a round shows beyond its noise: sustained load cannot
+///   drag it upwards (the drift reported against Gradient2 and Envoy), a latency spike does
+///   not pollute it, and a lucky fast round does not drag it (and the limit) down for good.
+/// - **Each round** of [`window`](Self::window) samples (default 10; more where run times
+///   spread, see [`confidence`](Self::confidence)) of items let start under the limit in force
+///   (the items admitted under an earlier limit are still draining and say nothing of this
+///   one) gives the mean run time of the round. Less the noise allowance, over the baseline,
+///   it gives the gradient `clamp(tolerance × baseline / mean, 0.5, 1)`. Below 1, the limit
+///   falls at once to `(limit + 1) × gradient`: what the round says the downstream serves
+///   without a queue, plus one item. At 1, it grows by [`smoothing`](Self::smoothing) of
+///   `√limit`, and that growth doubles each round while the downstream does not queue (as in
+///   TCP's slow start). So it settles at about the downstream's capacity, plus one item and
+///   the noise allowance, with no standing queue: on a downstream that serves fewer calls the
+///   further it is pushed, each item queued in it costs throughput.
+/// - **It grows only in rounds in which most items found the limit full**, so a limiter that
+///   is handed less work than its limit does not drift upwards.
 /// - **An overload** (see [`overload_if`](crate::TaskBuilder::overload_if)) backs the limit
 ///   off by [`backoff`](Self::backoff), once per round, as [`Aimd`](super::Aimd) does, even
 ///   while run times look fine. Panicked items are skipped.
 ///
-/// The probes cost some throughput: with the defaults, a few rounds at 4 items in every
-/// 2,000 samples.
+/// # When it probes
+///
+/// A probe holds the limit low for a while: calls that arrive meanwhile queue in the limiter,
+/// and near capacity that queue drains slowly. So `Gradient` does not probe on a timer by
+/// default. It probes at the start, and again when the limit has fallen eight rounds in a row
+/// (or stayed at the floor): a downstream that got slower for good looks like a queue at
+/// every limit, and only a new baseline tells the two apart. A downstream that got slower by
+/// a little (say 20 %) without that is seen as queueing, and the limit settles lower than it
+/// could; [`probe_every`](Self::probe_every) adds periodic probes for such downstreams.
 ///
 /// # Examples
 ///
@@ -123,7 +131,7 @@ enum Probe {
 
 impl Gradient {
     /// `Gradient` with its defaults: smoothing 0.5, tolerance 1.0, window 10, backoff 0.9,
-    /// probes at 4 items for 16 samples every 2,000 samples.
+    /// confidence 2, probes at 4 items for 16 samples, no periodic probes.
     ///
     /// # Examples
     ///
@@ -303,8 +311,8 @@ impl Gradient {
         self
     }
 
-    /// How many samples pass between the end of one baseline probe and the start of the next
-    /// (default 2,000).
+    /// Probes the baseline periodically too: `samples` samples after the end of one probe, the
+    /// next starts (default: no periodic probes; see [When it probes](Self#when-it-probes)).
     ///
     /// # Panics
     ///
