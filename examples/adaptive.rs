@@ -202,13 +202,20 @@ async fn closed_loop_noise() {
 /// of the fixed limits from `c/2` to `2c` (the lowest p99 among those serving at least 99 % of
 /// the most any serves).
 async fn open_loop_near_capacity(duration: Duration) {
+    // Settled: the calls that finish after the first probe's queue has drained.
+    let warm_up = Duration::from_secs(5);
     println!(
-        "open loop at 90 % of capacity c, {} s, a downstream that collapses past c (thrash 1.5):",
+        "open loop at 90 % of capacity c, {} s, a downstream that collapses past c (thrash 1.5);",
         duration.as_secs()
     );
     println!(
-        "{:>3} {:>10} {:>8} {:>16} {:>14} {:>14} {:>12}",
-        "c", "noise", "arrivals", "best fixed", "Gradient", "ratio thr/p99", "mean limit"
+        "p99 over the whole run, and settled (calls finishing after {} s):",
+        warm_up.as_secs()
+    );
+    println!(
+        "{:>3} {:>10} {:>8} | {:>5} {:>7} {:>5} {:>5} | {:>7} {:>5} {:>5} {:>6} | {:>5} {:>5} {:>5}",
+        "c", "noise", "arrivals", "fixed", "thr/s", "p99", "set.", "thr/s", "p99", "set.", "limit",
+        "thr", "p99", "set."
     );
     for c in [16, 40] {
         for noise in [Noise::Uniform, Noise::LogNormal(0.5)] {
@@ -217,32 +224,37 @@ async fn open_loop_near_capacity(duration: Duration) {
                 let phases = [(c, duration)];
                 let make = || Downstream::noisy(c, BASE, false, 1.5, noise);
                 let limits: Vec<usize> = (c / 2..=2 * c).step_by((c / 8).max(1)).collect();
-                let (_, (best, fixed)) = best_fixed(&limits, make, BASE, arrivals, &phases).await;
+                let (_, (best, fixed)) =
+                    best_fixed(&limits, make, BASE, arrivals, &phases, warm_up).await;
                 let limiter = Limiter::builder()
                     .adaptive(Gradient::new())
                     .limit(c)
                     .build();
                 let trace = run_arrivals(&limiter, &make(), BASE, arrivals, &phases).await;
-                let adaptive = OpenFigures::of(&trace);
+                let adaptive = OpenFigures::of(&trace, warm_up);
+                let ms = |d: Duration| d.as_secs_f64() * 1e3;
                 println!(
-                    "{c:>3} {:>10} {:>8} {:>4}: {:>4.0}/s {:>4.0} ms {:>5.0}/s {:>5.0} ms {:>6.2} {:>6.2} {:>12.1}",
+                    "{c:>3} {:>10} {:>8} | {best:>5} {:>7.0} {:>5.0} {:>5.0} | {:>7.0} {:>5.0} {:>5.0} {:>6.1} | {:>5.2} {:>5.2} {:>5.2}",
                     match noise {
                         Noise::Uniform => "±10 %".to_string(),
                         Noise::LogNormal(s) => format!("lognorm {s}"),
                     },
                     if poisson { "poisson" } else { "even" },
-                    best,
                     fixed.throughput,
-                    fixed.p99.as_secs_f64() * 1e3,
+                    ms(fixed.p99),
+                    ms(fixed.settled_p99),
                     adaptive.throughput,
-                    adaptive.p99.as_secs_f64() * 1e3,
-                    adaptive.throughput / fixed.throughput,
-                    adaptive.p99.as_secs_f64() / fixed.p99.as_secs_f64(),
+                    ms(adaptive.p99),
+                    ms(adaptive.settled_p99),
                     mean(&trace.limits),
+                    adaptive.throughput / fixed.throughput,
+                    ms(adaptive.p99) / ms(fixed.p99),
+                    ms(adaptive.settled_p99) / ms(fixed.settled_p99),
                 );
             }
         }
     }
+    println!("(fixed: the best fixed limit; then its figures, Gradient's, and Gradient ÷ fixed)");
 }
 
 /// Draws the limit and the capacity (left axis) and the p99 latency per 100 calls (right

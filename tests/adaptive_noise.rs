@@ -7,9 +7,7 @@ mod downstream;
 
 use std::time::Duration;
 
-use downstream::{
-    mean, run, run_arrivals, share_within, Arrivals, Downstream, Noise, OpenFigures, Trace,
-};
+use downstream::{mean, run, run_arrivals, share_within, Arrivals, Downstream, Noise, OpenFigures};
 use task_limiter::adaptive::Gradient;
 use task_limiter::Limiter;
 
@@ -18,9 +16,9 @@ const CLIENTS: usize = 100;
 
 /// Lognormal service times (sigma 0.5) at a constant capacity of 20: once settled, the limit
 /// stays within `[c/2, 2c + 4]` for at least 90 % of the samples, and it does not sink (nor
-/// creep up) over the run: its late mean is within 10 % of its early mean. (Not "not above":
-/// means over 2,000 samples of this noise wander by about ±5 % with no trend, 22.4-23.7 here;
-/// the baseline itself never moves up between probes.)
+/// creep up) over the run: its late mean is at most 5 % above its early mean, and at most
+/// 10 % below. (Not "not above": means over 2,000 samples of this noise wander by a few per
+/// cent with no trend, 22.3-23.2 here; the baseline itself never moves up between probes.)
 #[tokio::test(start_paused = true)]
 async fn the_limit_holds_its_band_under_lognormal_noise() {
     let c = 20;
@@ -41,22 +39,9 @@ async fn the_limit_holds_its_band_under_lognormal_noise() {
             100.0 * within
         );
         assert!(
-            late <= early * 1.1 && late >= early * 0.9,
+            late <= early * 1.05 && late >= early * 0.9,
             "start {start}: the limit moved from {early:.1} to {late:.1}"
         );
-    }
-}
-
-/// The calls of `trace` after `warm_up`, as a trace of their own (for settled figures).
-fn after(trace: &Trace, warm_up: Duration) -> Trace {
-    let from = trace.at.partition_point(|at| *at < warm_up);
-    Trace {
-        at: trace.at[from..].to_vec(),
-        limits: trace.limits[from..].to_vec(),
-        capacities: trace.capacities[from..].to_vec(),
-        latencies: trace.latencies[from..].to_vec(),
-        run_times: trace.run_times[from..].to_vec(),
-        refused: trace.refused[from..].to_vec(),
     }
 }
 
@@ -78,13 +63,13 @@ async fn open_loop_near_capacity_costs_little_against_the_best_fixed_limit() {
     let mut fixed = Vec::new();
     for n in [c - 2, c, c + 2, c + 4] {
         let trace = run_arrivals(&Limiter::new(n), &make(), BASE, arrivals, &phases).await;
-        fixed.push((n, OpenFigures::of(&after(&trace, warm_up))));
+        fixed.push((n, OpenFigures::of(&trace, warm_up)));
     }
     let most = fixed.iter().map(|(_, f)| f.throughput).fold(0.0, f64::max);
     let (best, best_figures) = fixed
         .iter()
         .filter(|(_, f)| f.throughput >= 0.99 * most)
-        .min_by_key(|(_, f)| f.p99)
+        .min_by_key(|(_, f)| f.settled_p99)
         .copied()
         .unwrap();
     let limiter = Limiter::builder()
@@ -92,10 +77,10 @@ async fn open_loop_near_capacity_costs_little_against_the_best_fixed_limit() {
         .limit(c)
         .build();
     let trace = run_arrivals(&limiter, &make(), BASE, arrivals, &phases).await;
-    let adaptive = OpenFigures::of(&after(&trace, warm_up));
+    let adaptive = OpenFigures::of(&trace, warm_up);
     assert!(
         adaptive.throughput >= 0.95 * best_figures.throughput
-            && adaptive.p99.as_secs_f64() <= 1.5 * best_figures.p99.as_secs_f64(),
+            && adaptive.settled_p99.as_secs_f64() <= 1.5 * best_figures.settled_p99.as_secs_f64(),
         "Gradient {adaptive:?} against fixed {best} {best_figures:?}"
     );
 }

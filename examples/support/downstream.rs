@@ -328,46 +328,66 @@ pub fn mean(limits: &[usize]) -> f64 {
     limits.iter().sum::<usize>() as f64 / limits.len().max(1) as f64
 }
 
-/// Served calls a second and the p99 latency of one open-loop run.
+impl Trace {
+    /// The calls that finished from `warm_up` on, as a trace of their own (for settled
+    /// figures; its throughput counts from the run's start, so it is only for latencies).
+    pub fn after(&self, warm_up: Duration) -> Trace {
+        let from = self.at.partition_point(|at| *at < warm_up);
+        Trace {
+            at: self.at[from..].to_vec(),
+            limits: self.limits[from..].to_vec(),
+            capacities: self.capacities[from..].to_vec(),
+            latencies: self.latencies[from..].to_vec(),
+            run_times: self.run_times[from..].to_vec(),
+            refused: self.refused[from..].to_vec(),
+        }
+    }
+}
+
+/// Served calls a second and the latencies of one open-loop run: over the whole run, and
+/// (`settled_p99`) over the calls that finished after a warm-up.
 #[derive(Clone, Copy, Debug)]
 pub struct OpenFigures {
     pub throughput: f64,
     pub p50: Duration,
     pub p99: Duration,
+    pub settled_p99: Duration,
 }
 
 impl OpenFigures {
-    pub fn of(trace: &Trace) -> OpenFigures {
+    pub fn of(trace: &Trace, warm_up: Duration) -> OpenFigures {
         OpenFigures {
             throughput: trace.throughput(),
             p50: trace.latency_quantile(0.5),
             p99: trace.latency_quantile(0.99),
+            settled_p99: trace.after(warm_up).latency_quantile(0.99),
         }
     }
 }
 
 /// Runs each of `limits` as a fixed limit against a fresh downstream from `downstream`, with
 /// calls arriving as `arrivals` says for `duration` at `capacity`, and returns the figures of
-/// each, and the best: the lowest p99 among the limits that serve at least 99 % of the most
-/// any of them served.
+/// each, and the best: the lowest settled p99 (after `warm_up`) among the limits that serve at
+/// least 99 % of the most any of them served.
 pub async fn best_fixed(
     limits: &[usize],
     downstream: impl Fn() -> Arc<Downstream>,
     base: Duration,
     arrivals: Arrivals,
     phases: &[(usize, Duration)],
+    warm_up: Duration,
 ) -> (Vec<(usize, OpenFigures)>, (usize, OpenFigures)) {
     let mut all = Vec::new();
     for &n in limits {
         let limiter = Limiter::new(n);
         let trace = run_arrivals(&limiter, &downstream(), base, arrivals, phases).await;
-        all.push((n, OpenFigures::of(&trace)));
+        all.push((n, OpenFigures::of(&trace, warm_up)));
     }
     let most = all.iter().map(|(_, f)| f.throughput).fold(0.0, f64::max);
     let best = all
         .iter()
         .filter(|(_, f)| f.throughput >= 0.99 * most)
-        .min_by_key(|(_, f)| f.p99)
+        .min_by_key(|(_, f)| f.settled_p99)
         .copied()
         .expect("one limit at least");
     (all, best)

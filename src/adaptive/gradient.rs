@@ -78,8 +78,10 @@ pub struct Gradient {
     /// The baseline run time, in seconds; `None` until the first probe ends.
     baseline: Option<f64>,
     /// The spread of run times at a given limit: their squared coefficient of variation
-    /// (variance ÷ mean²), a moving average over rounds, first measured by a probe.
+    /// (variance ÷ mean²), averaged over the probe and the last `SPREAD_ROUNDS` rounds.
     spread: f64,
+    /// How many measurements `spread` averages (up to `SPREAD_ROUNDS`).
+    spread_weight: usize,
     probe: Probe,
     /// Samples since the last probe ended.
     since_probe: usize,
@@ -92,12 +94,17 @@ pub struct Gradient {
 /// samples where run times spread with a coefficient of variation `cv`, from `window` up to
 /// `LONGEST_ROUND × window`.
 const MARGIN: f64 = 0.1;
-const LONGEST_ROUND: usize = 8;
+const LONGEST_ROUND: usize = 16;
 
 /// Rounds in a row that lower the limit before the baseline is measured again: a limit still
 /// falling after that many is more likely held down by a downstream that got slower than by
 /// a queue (a limit halves at worst per round, so eight rounds take it down 256-fold).
 const STALE_ROUNDS: usize = 8;
+
+/// How many rounds the measured spread of run times averages over. A heavy tail shows in a
+/// round only now and then (a round's spread is mostly below the true one, and now and then
+/// far above it): a short average would swing the noise allowance, and the limit with it.
+const SPREAD_ROUNDS: usize = 32;
 
 /// The samples of one round: items let start under the limit in force.
 #[derive(Clone, Debug, Default)]
@@ -156,6 +163,7 @@ impl Gradient {
             growth: 0.0,
             baseline: None,
             spread: 0.0,
+            spread_weight: 0,
             probe: Probe::Due,
             since_probe: 0,
             falling: 0,
@@ -341,7 +349,7 @@ impl Gradient {
     /// runs; a round's mean counts as queued only by what is left once `confidence` standard
     /// errors are taken off it, and the baseline moves down between probes only when a
     /// round's mean plus `confidence + 1` standard errors is below it. Rounds get longer as the
-    /// spread grows (up to 8 × [`window`](Self::window)), so that the allowance stays near 10 %
+    /// spread grows (up to 16 × [`window`](Self::window)), so that the allowance stays near 10 %
     /// of the mean. 0 believes every round as it is.
     ///
     /// # Panics
@@ -364,6 +372,25 @@ impl Gradient {
         );
         self.confidence = confidence;
         self
+    }
+
+    /// Whether the round under way, before its end (at `window`, twice, four times... its
+    /// samples), already shows queueing past `confidence + 1` standard errors: then it ends at
+    /// once, so that long rounds (noisy run times) do not slow the answer to a clear queue.
+    /// (Not so for growth: rounds cut short when they look good would bias the measured
+    /// spread low, and a short allowance lets noise drag the limit down.)
+    fn clearly_queued(&self) -> bool {
+        let round = &self.round;
+        let checkpoint = round.samples >= self.window
+            && (round.samples / self.window).is_power_of_two()
+            && round.samples % self.window == 0;
+        let Some(baseline) = self.baseline.filter(|_| checkpoint) else {
+            return false;
+        };
+        let n = round.samples as f64;
+        let error = (self.spread / n).sqrt();
+        let floor = round.sum / n * (1.0 - (self.confidence + 1.0) * error);
+        floor > self.tolerance * baseline
     }
 
     /// How many samples the round under way takes: `window`, longer where run times spread.
@@ -411,7 +438,9 @@ impl Gradient {
                 let mean = *sum / *samples as f64;
                 self.baseline = Some(mean);
                 if let Some(spread) = spread(*sum, *squares, *samples) {
+                    // One measurement, of a few samples: the rounds soon outweigh it.
                     self.spread = spread;
+                    self.spread_weight = 1;
                 }
                 self.estimate = *resume;
                 self.round = Round::default();
@@ -492,9 +521,10 @@ impl Algorithm for Gradient {
         round.squares += run_time * run_time;
         round.samples += 1;
         round.full += usize::from(sample.found_limit_full());
-        if round.samples < round_len {
+        if round.samples < round_len && !self.clearly_queued() {
             return self.estimate as usize;
         }
+        let round = &self.round;
         let n = round.samples as f64;
         let average = round.sum / n;
         // Most of its items found the limit full: the limit, not the work handed to the
@@ -502,8 +532,8 @@ impl Algorithm for Gradient {
         // bursts, with the limit well above what the work needs.)
         let full = 2 * round.full >= round.samples && !round.overloaded;
         if let Some(spread) = spread(round.sum, round.squares, round.samples) {
-            // Over about eight rounds: one round's spread is itself noisy.
-            self.spread += (spread - self.spread) / 8.0;
+            self.spread_weight = (self.spread_weight + 1).min(SPREAD_ROUNDS);
+            self.spread += (spread - self.spread) / self.spread_weight as f64;
         }
         self.round = Round::default();
         // The standard error of the round's mean, as a share of it.
