@@ -18,8 +18,8 @@ use super::{Algorithm, Sample};
 /// - **Each round** of [`window`](Self::window) samples (default 10; more where run times
 ///   spread, see [`confidence`](Self::confidence)) of items let start under the limit in force
 ///   (the items admitted under an earlier limit are still draining and say nothing of this
-///   one) gives the mean run time of the round. Less the noise allowance, over the baseline,
-///   it gives the gradient `clamp(tolerance × baseline / mean, 0.5, 1)`. Below 1, the limit
+///   one) gives the mean run time of the round; a long round that already shows a clear queue
+///   ends early. Less the noise allowance, over the baseline, it gives the gradient `clamp(tolerance × baseline / mean, 0.5, 1)`. Below 1, the limit
 ///   falls at once to `(limit + 1) × gradient`: what the round says the downstream serves
 ///   without a queue, plus one item. At 1, it grows by [`smoothing`](Self::smoothing) of
 ///   `√limit`, and that growth doubles each round while the downstream does not queue (as in
@@ -350,7 +350,8 @@ impl Gradient {
     /// errors are taken off it, and the baseline moves down between probes only when a
     /// round's mean plus `confidence + 1` standard errors is below it. Rounds get longer as the
     /// spread grows (up to 16 × [`window`](Self::window)), so that the allowance stays near 10 %
-    /// of the mean. 0 believes every round as it is.
+    /// of the mean; one that shows queueing past `confidence + 1` standard errors at `window`,
+    /// twice, four times... its samples ends there. 0 believes every round as it is.
     ///
     /// # Panics
     ///
