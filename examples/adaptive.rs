@@ -10,6 +10,12 @@
 //! ```text
 //! cargo run --release --example adaptive -- [--out adaptive.svg] [--items 3000]
 //! ```
+//!
+//! With `--noise` it prints instead how `Gradient` fares against noisy and heavy-tailed
+//! service times (lognormal): the share of the time its limit stays within `[c/2, 2c + 4]` of a
+//! constant capacity `c`, and, with calls arriving open loop at 90 % of the capacity of a
+//! downstream whose throughput collapses past it, its throughput and p99 latency against the
+//! best fixed limit's.
 #[path = "support/downstream.rs"]
 mod downstream;
 
@@ -17,7 +23,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use downstream::{run, run_open, Downstream, Trace};
+use downstream::{
+    best_fixed, mean, run, run_arrivals, run_open, share_within, Arrivals, Downstream, Noise,
+    OpenFigures, Trace,
+};
 use plotters::prelude::*;
 use task_limiter::adaptive::{Aimd, Gradient};
 use task_limiter::Limiter;
@@ -37,11 +46,23 @@ struct Args {
     /// Calls per phase of capacity.
     #[arg(long, default_value_t = 3000)]
     items: usize,
+    /// Print the figures against noisy service times and open-loop arrivals instead.
+    #[arg(long)]
+    noise: bool,
+    /// With `--noise`: simulated seconds of each open-loop run.
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
 }
 
 #[tokio::main(flavor = "current_thread", start_paused = true)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    if args.noise {
+        closed_loop_noise().await;
+        println!();
+        open_loop_near_capacity(Duration::from_secs(args.seconds)).await;
+        return Ok(());
+    }
     let phases: Vec<(usize, usize)> = CAPACITIES.iter().map(|&c| (c, args.items)).collect();
 
     // The plotted run: Gradient, from a limit of 1, on a downstream that queues.
@@ -137,6 +158,103 @@ async fn compare(phases: &[(usize, usize)], refuses: bool) {
             refused
         );
     }
+}
+
+/// `Gradient` (from a limit of 1 and of 4c) against a downstream of constant capacity `c` whose
+/// service times are lognormal, with more callers than the limit: the share of the samples
+/// after the first 500 whose limit lies within `[c/2, 2c + 4]`, and the mean limit early
+/// (samples 500..2,500) and late (the last 2,000).
+async fn closed_loop_noise() {
+    const ITEMS: usize = 8000;
+    println!(
+        "closed loop, 100 callers, {ITEMS} calls, constant capacity c, lognormal service times:"
+    );
+    println!(
+        "{:>5} {:>3} {:>5} {:>11} {:>10} {:>9} {:>5} {:>5}",
+        "sigma", "c", "start", "in [c/2,2c+4]", "early mean", "late mean", "min", "max"
+    );
+    for sigma in [0.3, 0.5, 1.0] {
+        for c in [8, 20, 40] {
+            for start in [1, 4 * c] {
+                let downstream = Downstream::noisy(c, BASE, false, 1.0, Noise::LogNormal(sigma));
+                let limiter = Limiter::builder()
+                    .adaptive(Gradient::new())
+                    .limit(start)
+                    .max_limit(1000)
+                    .build();
+                let trace = run(&limiter, &downstream, CLIENTS, &[(c, ITEMS)]).await;
+                let settled = &trace.limits[500..];
+                println!(
+                    "{sigma:>5} {c:>3} {start:>5} {:>12.1}% {:>10.1} {:>9.1} {:>5} {:>5}",
+                    100.0 * share_within(settled, c / 2, 2 * c + 4),
+                    mean(&trace.limits[500..2500]),
+                    mean(&trace.limits[ITEMS - 2000..]),
+                    settled.iter().min().unwrap(),
+                    settled.iter().max().unwrap(),
+                );
+            }
+        }
+    }
+}
+
+/// Calls arriving open loop at 90 % of a constant capacity, on a downstream that serves fewer
+/// calls the further it is pushed past its capacity (`thrash` 1.5): `Gradient` against the best
+/// of the fixed limits from `c/2` to `2c` (the lowest p99 among those serving at least 99 % of
+/// the most any serves).
+async fn open_loop_near_capacity(duration: Duration) {
+    // Settled: the calls that finish after the first probe's queue has drained.
+    let warm_up = Duration::from_secs(5);
+    println!(
+        "open loop at 90 % of capacity c, {} s, a downstream that collapses past c (thrash 1.5);",
+        duration.as_secs()
+    );
+    println!(
+        "p99 over the whole run, and settled (calls finishing after {} s):",
+        warm_up.as_secs()
+    );
+    println!(
+        "{:>3} {:>10} {:>8} | {:>5} {:>7} {:>5} {:>5} | {:>7} {:>5} {:>5} {:>6} | {:>5} {:>5} {:>5}",
+        "c", "noise", "arrivals", "fixed", "thr/s", "p99", "set.", "thr/s", "p99", "set.", "limit",
+        "thr", "p99", "set."
+    );
+    for c in [16, 40] {
+        for noise in [Noise::Uniform, Noise::LogNormal(0.5)] {
+            for poisson in [false, true] {
+                let arrivals = Arrivals { load: 0.9, poisson };
+                let phases = [(c, duration)];
+                let make = || Downstream::noisy(c, BASE, false, 1.5, noise);
+                let limits: Vec<usize> = (c / 2..=2 * c).step_by((c / 8).max(1)).collect();
+                let (_, (best, fixed)) =
+                    best_fixed(&limits, make, BASE, arrivals, &phases, warm_up).await;
+                let limiter = Limiter::builder()
+                    .adaptive(Gradient::new())
+                    .limit(c)
+                    .build();
+                let trace = run_arrivals(&limiter, &make(), BASE, arrivals, &phases).await;
+                let adaptive = OpenFigures::of(&trace, warm_up);
+                let ms = |d: Duration| d.as_secs_f64() * 1e3;
+                println!(
+                    "{c:>3} {:>10} {:>8} | {best:>5} {:>7.0} {:>5.0} {:>5.0} | {:>7.0} {:>5.0} {:>5.0} {:>6.1} | {:>5.2} {:>5.2} {:>5.2}",
+                    match noise {
+                        Noise::Uniform => "±10 %".to_string(),
+                        Noise::LogNormal(s) => format!("lognorm {s}"),
+                    },
+                    if poisson { "poisson" } else { "even" },
+                    fixed.throughput,
+                    ms(fixed.p99),
+                    ms(fixed.settled_p99),
+                    adaptive.throughput,
+                    ms(adaptive.p99),
+                    ms(adaptive.settled_p99),
+                    mean(&trace.limits),
+                    adaptive.throughput / fixed.throughput,
+                    ms(adaptive.p99) / ms(fixed.p99),
+                    ms(adaptive.settled_p99) / ms(fixed.settled_p99),
+                );
+            }
+        }
+    }
+    println!("(fixed: the best fixed limit; then its figures, Gradient's, and Gradient ÷ fixed)");
 }
 
 /// Draws the limit and the capacity (left axis) and the p99 latency per 100 calls (right

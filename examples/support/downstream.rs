@@ -1,9 +1,9 @@
 //! A simulated downstream for adaptive limits: shared by `examples/adaptive.rs` and
 //! `tests/adaptive.rs`.
 //!
-//! A call takes `base × max(1, in_flight / capacity)^thrash` with ±10 % noise, where
-//! `in_flight` counts the call itself: past its capacity the downstream queues, and every call
-//! slows down. With `thrash` 1 (the default) it serves `capacity / base` calls a second at any
+//! A call takes `base × max(1, in_flight / capacity)^thrash` times a noise factor (±10 %
+//! uniform, or lognormal with mean 1 for [`Noise::LogNormal`]), where `in_flight` counts the
+//! call itself: past its capacity the downstream queues, and every call slows down. With `thrash` 1 (the default) it serves `capacity / base` calls a second at any
 //! concurrency past its capacity; above 1 it serves fewer the further it is pushed, as a real
 //! server does under contention. With `refuses`, a call that would go past the capacity is
 //! refused at once instead (a 429 that takes a tenth of `base`). Capacity and base time can
@@ -21,13 +21,45 @@ use tokio::time::Instant;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Busy;
 
+/// The spread of a call's time around `base`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Noise {
+    /// A factor uniform in 0.9..1.1.
+    Uniform,
+    /// A factor `exp(sigma × Z - sigma² / 2)`, Z standard normal: mean 1, median below it, and
+    /// a heavy right tail (sigma 0.5: a tenth of the calls take over 1.6× the mean, one in a
+    /// hundred over 2.8×).
+    LogNormal(f64),
+}
+
 pub struct Downstream {
     in_flight: AtomicUsize,
     capacity: AtomicUsize,
     base_ns: AtomicU64,
     refuses: bool,
     thrash: f64,
+    noise: Noise,
     rng: AtomicU64,
+}
+
+/// A xorshift64 step: the same sequence on every run.
+fn xorshift(mut x: u64) -> u64 {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    x
+}
+
+/// A uniform number in (0, 1) from a xorshift state, which it moves on.
+fn uniform(state: &mut u64) -> f64 {
+    *state = xorshift(*state);
+    ((*state >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+}
+
+/// A standard normal number (Box-Muller) from a xorshift state, which it moves on.
+fn normal(state: &mut u64) -> f64 {
+    let (u, v) = (uniform(state), uniform(state));
+    (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
 }
 
 impl Downstream {
@@ -42,12 +74,24 @@ impl Downstream {
         refuses: bool,
         thrash: f64,
     ) -> Arc<Downstream> {
+        Downstream::noisy(capacity, base, refuses, thrash, Noise::Uniform)
+    }
+
+    /// A thrashing downstream whose calls spread around `base` as `noise` says.
+    pub fn noisy(
+        capacity: usize,
+        base: Duration,
+        refuses: bool,
+        thrash: f64,
+        noise: Noise,
+    ) -> Arc<Downstream> {
         Arc::new(Downstream {
             in_flight: AtomicUsize::new(0),
             capacity: AtomicUsize::new(capacity),
             base_ns: AtomicU64::new(base.as_nanos() as u64),
             refuses,
             thrash,
+            noise,
             rng: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
         })
     }
@@ -65,19 +109,28 @@ impl Downstream {
             .store(base.as_nanos() as u64, Ordering::Relaxed);
     }
 
-    /// A factor in 0.9..1.1, from a xorshift: the same sequence on every run.
+    /// The next noise factor (see [`Noise`]): the same sequence on every run.
     fn noise(&self) -> f64 {
-        let step = |mut x: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
-        let old = self
-            .rng
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |x| Some(step(x)))
-            .unwrap();
-        0.9 + 0.2 * (step(old) % 1000) as f64 / 1000.0
+        match self.noise {
+            Noise::Uniform => {
+                let old = self
+                    .rng
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |x| Some(xorshift(x)))
+                    .unwrap();
+                0.9 + 0.2 * (xorshift(old) % 1000) as f64 / 1000.0
+            }
+            Noise::LogNormal(sigma) => {
+                // Box-Muller takes two steps of the state: move it on by two, and draw from
+                // where it was.
+                let mut old = self
+                    .rng
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |x| {
+                        Some(xorshift(xorshift(x)))
+                    })
+                    .unwrap();
+                (sigma * normal(&mut old) - sigma * sigma / 2.0).exp()
+            }
+        }
     }
 
     /// One call.
@@ -183,17 +236,46 @@ pub async fn run_open(
     base: Duration,
     phases: &[(usize, Duration)],
 ) -> Trace {
+    let arrivals = Arrivals {
+        load: 0.8,
+        poisson: false,
+    };
+    run_arrivals(limiter, downstream, base, arrivals, phases).await
+}
+
+/// How calls arrive in [`run_arrivals`].
+#[derive(Clone, Copy, Debug)]
+pub struct Arrivals {
+    /// The rate, as a share of the phase's capacity (`load × capacity / base` a second).
+    pub load: f64,
+    /// Exponential gaps between calls (a Poisson process, the same on every run) rather than
+    /// even ones.
+    pub poisson: bool,
+}
+
+/// [`run_open`], with calls arriving as `arrivals` says.
+pub async fn run_arrivals(
+    limiter: &Limiter,
+    downstream: &Arc<Downstream>,
+    base: Duration,
+    arrivals: Arrivals,
+    phases: &[(usize, Duration)],
+) -> Trace {
     let start = Instant::now();
     let trace = Arc::new(std::sync::Mutex::new(Trace::default()));
     let mut calls = tokio::task::JoinSet::new();
+    let mut rng = 0x2545_F491_4F6C_DD1D_u64;
     for &(capacity, duration) in phases {
         downstream.set_capacity(capacity);
-        let every = base.div_f64(0.8 * capacity as f64);
+        let every = base.div_f64(arrivals.load * capacity as f64);
         let phase_end = Instant::now() + duration;
         let mut next = Instant::now();
         while next < phase_end {
             tokio::time::sleep_until(next).await;
-            next += every;
+            next += match arrivals.poisson {
+                true => every.mul_f64(-uniform(&mut rng).ln()),
+                false => every,
+            };
             let (limiter, downstream, trace) = (limiter.clone(), downstream.clone(), trace.clone());
             calls.spawn(async move { call(&limiter, &downstream, start, &trace).await });
             // Reap as we go, so that a long run does not hold every finished task.
@@ -233,4 +315,80 @@ async fn call(
     trace.latencies.push(asked.elapsed());
     trace.run_times.push(run_time);
     trace.refused.push(reply.is_err());
+}
+
+/// The share of `limits` within `low..=high`.
+pub fn share_within(limits: &[usize], low: usize, high: usize) -> f64 {
+    let within = limits.iter().filter(|l| (low..=high).contains(*l)).count();
+    within as f64 / limits.len().max(1) as f64
+}
+
+/// The mean of `limits`.
+pub fn mean(limits: &[usize]) -> f64 {
+    limits.iter().sum::<usize>() as f64 / limits.len().max(1) as f64
+}
+
+impl Trace {
+    /// The calls that finished from `warm_up` on, as a trace of their own (for settled
+    /// figures; its throughput counts from the run's start, so it is only for latencies).
+    pub fn after(&self, warm_up: Duration) -> Trace {
+        let from = self.at.partition_point(|at| *at < warm_up);
+        Trace {
+            at: self.at[from..].to_vec(),
+            limits: self.limits[from..].to_vec(),
+            capacities: self.capacities[from..].to_vec(),
+            latencies: self.latencies[from..].to_vec(),
+            run_times: self.run_times[from..].to_vec(),
+            refused: self.refused[from..].to_vec(),
+        }
+    }
+}
+
+/// Served calls a second and the latencies of one open-loop run: over the whole run, and
+/// (`settled_p99`) over the calls that finished after a warm-up.
+#[derive(Clone, Copy, Debug)]
+pub struct OpenFigures {
+    pub throughput: f64,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub settled_p99: Duration,
+}
+
+impl OpenFigures {
+    pub fn of(trace: &Trace, warm_up: Duration) -> OpenFigures {
+        OpenFigures {
+            throughput: trace.throughput(),
+            p50: trace.latency_quantile(0.5),
+            p99: trace.latency_quantile(0.99),
+            settled_p99: trace.after(warm_up).latency_quantile(0.99),
+        }
+    }
+}
+
+/// Runs each of `limits` as a fixed limit against a fresh downstream from `downstream`, with
+/// calls arriving as `arrivals` says for `duration` at `capacity`, and returns the figures of
+/// each, and the best: the lowest settled p99 (after `warm_up`) among the limits that serve at
+/// least 99 % of the most any of them served.
+pub async fn best_fixed(
+    limits: &[usize],
+    downstream: impl Fn() -> Arc<Downstream>,
+    base: Duration,
+    arrivals: Arrivals,
+    phases: &[(usize, Duration)],
+    warm_up: Duration,
+) -> (Vec<(usize, OpenFigures)>, (usize, OpenFigures)) {
+    let mut all = Vec::new();
+    for &n in limits {
+        let limiter = Limiter::new(n);
+        let trace = run_arrivals(&limiter, &downstream(), base, arrivals, phases).await;
+        all.push((n, OpenFigures::of(&trace, warm_up)));
+    }
+    let most = all.iter().map(|(_, f)| f.throughput).fold(0.0, f64::max);
+    let best = all
+        .iter()
+        .filter(|(_, f)| f.throughput >= 0.99 * most)
+        .min_by_key(|(_, f)| f.settled_p99)
+        .copied()
+        .expect("one limit at least");
+    (all, best)
 }

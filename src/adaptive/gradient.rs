@@ -6,33 +6,41 @@ use super::{Algorithm, Sample};
 /// filter: shrinks the limit as run times grow past a baseline, grows it while they do not.
 ///
 /// - **The baseline** is the run time of the downstream when it is not queueing. It is
-///   *measured*, not inferred: at the first sample and then every
-///   [`probe_every`](Self::probe_every) samples, the limit drops to
-///   [`probe_limit`](Self::probe_limit) (or stays where it is, if lower) until
-///   [`probe_samples`](Self::probe_samples) items
-///   admitted under it have ended; their mean run time is the baseline, and the limit goes
-///   back to where it was. Between probes the baseline only ever moves down (to a lower
-///   recent average), never up: sustained load cannot drag it upwards (the drift reported
-///   against Gradient2 and Envoy), and a latency spike does not pollute it. A downstream that
-///   really got slower is seen at the next probe, which also lifts a limit that sank to the
-///   minimum.
-/// - **Each round** of [`window`](Self::window) samples (default 10) of items let start under
-///   the limit in force (the items admitted under an earlier limit are still draining and say
-///   nothing of this one) gives the mean run time of the round, and the gradient
-///   `clamp(tolerance × baseline / average, 0.5, 1)`. The limit moves towards
-///   `(limit + √limit) × gradient`: down at once, up by [`smoothing`](Self::smoothing) of the
-///   way. Without queueing (gradient 1) it grows by `smoothing × √limit` per round, and that
-///   growth doubles each round while the downstream does not queue (as in TCP's slow
-///   start); with the downstream queueing it settles a few items past the downstream's
-///   capacity (about `√capacity`); at worst it halves per round.
-/// - **It grows only in rounds with items that found the limit full**, so a limiter that is
-///   handed less work than its limit does not drift upwards.
+///   *measured*, not inferred: a probe drops the limit to [`probe_limit`](Self::probe_limit)
+///   (or keeps it, if lower) until [`probe_samples`](Self::probe_samples) items admitted under
+///   it have ended; their mean run time is the baseline, and the limit goes back to where it
+///   was. A probe runs at the first sample, when the limit has fallen
+///   [eight rounds in a row](#when-it-probes), and every
+///   [`probe_every`](Self::probe_every) samples if asked. Between probes the baseline only
+///   ever moves down, and only by what a round shows beyond its noise: sustained load cannot
+///   drag it upwards (the drift reported against Gradient2 and Envoy), a latency spike does
+///   not pollute it, and a lucky fast round does not drag it (and the limit) down for good.
+/// - **Each round** of [`window`](Self::window) samples (default 10; more where run times
+///   spread, see [`confidence`](Self::confidence)) of items let start under the limit in force
+///   (the items admitted under an earlier limit are still draining and say nothing of this
+///   one) gives the mean run time of the round; a long round that already shows a clear queue
+///   ends early. Less the noise allowance, over the baseline, it gives the gradient `clamp(tolerance × baseline / mean, 0.5, 1)`. Below 1, the limit
+///   falls at once to `(limit + 1) × gradient`: what the round says the downstream serves
+///   without a queue, plus one item. At 1, it grows by [`smoothing`](Self::smoothing) of
+///   `√limit`, and that growth doubles each round while the downstream does not queue (as in
+///   TCP's slow start). So it settles at about the downstream's capacity, plus one item and
+///   the noise allowance, with no standing queue: on a downstream that serves fewer calls the
+///   further it is pushed, each item queued in it costs throughput.
+/// - **It grows only in rounds in which most items found the limit full**, so a limiter that
+///   is handed less work than its limit does not drift upwards.
 /// - **An overload** (see [`overload_if`](crate::TaskBuilder::overload_if)) backs the limit
 ///   off by [`backoff`](Self::backoff), once per round, as [`Aimd`](super::Aimd) does, even
 ///   while run times look fine. Panicked items are skipped.
 ///
-/// The probes cost some throughput: with the defaults, a few rounds at 4 items in every
-/// 2,000 samples.
+/// # When it probes
+///
+/// A probe holds the limit low for a while: calls that arrive meanwhile queue in the limiter,
+/// and near capacity that queue drains slowly. So `Gradient` does not probe on a timer by
+/// default. It probes at the start, and again when the limit has fallen eight rounds in a row
+/// (or stayed at the floor): a downstream that got slower for good looks like a queue at
+/// every limit, and only a new baseline tells the two apart. A downstream that got slower by
+/// a little (say 20 %) without that is seen as queueing, and the limit settles lower than it
+/// could; [`probe_every`](Self::probe_every) adds periodic probes for such downstreams.
 ///
 /// # Examples
 ///
@@ -58,7 +66,9 @@ pub struct Gradient {
     backoff: f64,
     probe_limit: usize,
     probe_samples: usize,
-    probe_every: usize,
+    /// `None`: no periodic probes.
+    probe_every: Option<usize>,
+    confidence: f64,
     /// The limit as a real number.
     estimate: f64,
     /// The run times of the round under way.
@@ -67,18 +77,44 @@ pub struct Gradient {
     growth: f64,
     /// The baseline run time, in seconds; `None` until the first probe ends.
     baseline: Option<f64>,
+    /// The spread of run times at a given limit: their squared coefficient of variation
+    /// (variance ÷ mean²), averaged over the probe and the last `SPREAD_ROUNDS` rounds.
+    spread: f64,
+    /// How many measurements `spread` averages (up to `SPREAD_ROUNDS`).
+    spread_weight: usize,
     probe: Probe,
     /// Samples since the last probe ended.
     since_probe: usize,
+    /// Rounds in a row that lowered the limit (or found it at the floor).
+    falling: usize,
 }
+
+/// How far (as a share of it) the noise may move a round's mean run time at `confidence`
+/// standard errors before rounds get longer: rounds take `(confidence × cv / MARGIN)²`
+/// samples where run times spread with a coefficient of variation `cv`, from `window` up to
+/// `LONGEST_ROUND × window`.
+const MARGIN: f64 = 0.1;
+const LONGEST_ROUND: usize = 16;
+
+/// Rounds in a row that lower the limit before the baseline is measured again: a limit still
+/// falling after that many is more likely held down by a downstream that got slower than by
+/// a queue (a limit halves at worst per round, so eight rounds take it down 256-fold).
+const STALE_ROUNDS: usize = 8;
+
+/// How many rounds the measured spread of run times averages over. A heavy tail shows in a
+/// round only now and then (a round's spread is mostly below the true one, and now and then
+/// far above it): a short average would swing the noise allowance, and the limit with it.
+const SPREAD_ROUNDS: usize = 32;
 
 /// The samples of one round: items let start under the limit in force.
 #[derive(Clone, Debug, Default)]
 struct Round {
     sum: f64,
+    /// The sum of the squared run times.
+    squares: f64,
     samples: usize,
-    /// Some item of the round found the limit full.
-    full: bool,
+    /// How many items of the round found the limit full.
+    full: usize,
     /// Some item reported an overload during the round.
     overloaded: bool,
 }
@@ -94,6 +130,7 @@ enum Probe {
         /// The probe's limit: `probe_limit`, or the limit in force if that is lower.
         at: usize,
         sum: f64,
+        squares: f64,
         samples: usize,
     },
     Done,
@@ -101,7 +138,7 @@ enum Probe {
 
 impl Gradient {
     /// `Gradient` with its defaults: smoothing 0.5, tolerance 1.0, window 10, backoff 0.9,
-    /// probes at 4 items for 16 samples every 2,000 samples.
+    /// confidence 2, probes at 4 items for 16 samples, no periodic probes.
     ///
     /// # Examples
     ///
@@ -119,13 +156,17 @@ impl Gradient {
             backoff: 0.9,
             probe_limit: 4,
             probe_samples: 16,
-            probe_every: 2000,
+            probe_every: None,
+            confidence: 2.0,
             estimate: 0.0,
             round: Round::default(),
             growth: 0.0,
             baseline: None,
+            spread: 0.0,
+            spread_weight: 0,
             probe: Probe::Due,
             since_probe: 0,
+            falling: 0,
         }
     }
 
@@ -278,8 +319,8 @@ impl Gradient {
         self
     }
 
-    /// How many samples pass between the end of one baseline probe and the start of the next
-    /// (default 2,000).
+    /// Probes the baseline periodically too: `samples` samples after the end of one probe, the
+    /// next starts (default: no periodic probes; see [When it probes](Self#when-it-probes)).
     ///
     /// # Panics
     ///
@@ -299,8 +340,64 @@ impl Gradient {
             samples > 0,
             "task_limiter: `Gradient::probe_every` must be at least 1"
         );
-        self.probe_every = samples;
+        self.probe_every = Some(samples);
         self
+    }
+
+    /// How many standard errors of a round's mean run time the noise is allowed before the
+    /// round counts as queueing (default 2). The spread of run times is measured as the limit
+    /// runs; a round's mean counts as queued only by what is left once `confidence` standard
+    /// errors are taken off it, and the baseline moves down between probes only when a
+    /// round's mean plus `confidence + 1` standard errors is below it. Rounds get longer as the
+    /// spread grows (up to 16 × [`window`](Self::window)), so that the allowance stays near 10 %
+    /// of the mean; one that shows queueing past `confidence + 1` standard errors at `window`,
+    /// twice, four times... its samples ends there. 0 believes every round as it is.
+    ///
+    /// # Panics
+    ///
+    /// Panics unless `confidence >= 0` and finite.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::adaptive::Gradient;
+    ///
+    /// let gradient = Gradient::new().confidence(3.0);
+    /// # drop(gradient);
+    /// ```
+    #[track_caller]
+    pub fn confidence(mut self, confidence: f64) -> Gradient {
+        assert!(
+            (0.0..f64::INFINITY).contains(&confidence),
+            "task_limiter: `Gradient::confidence` must be at least 0 and finite, not {confidence}"
+        );
+        self.confidence = confidence;
+        self
+    }
+
+    /// Whether the round under way, before its end (at `window`, twice, four times... its
+    /// samples), already shows queueing past `confidence + 1` standard errors: then it ends at
+    /// once, so that long rounds (noisy run times) do not slow the answer to a clear queue.
+    /// (Not so for growth: rounds cut short when they look good would bias the measured
+    /// spread low, and a short allowance lets noise drag the limit down.)
+    fn clearly_queued(&self) -> bool {
+        let round = &self.round;
+        let checkpoint = round.samples >= self.window
+            && (round.samples / self.window).is_power_of_two()
+            && round.samples % self.window == 0;
+        let Some(baseline) = self.baseline.filter(|_| checkpoint) else {
+            return false;
+        };
+        let n = round.samples as f64;
+        let error = (self.spread / n).sqrt();
+        let floor = round.sum / n * (1.0 - (self.confidence + 1.0) * error);
+        floor > self.tolerance * baseline
+    }
+
+    /// How many samples the round under way takes: `window`, longer where run times spread.
+    fn round_len(&self) -> usize {
+        let wanted = self.confidence * self.confidence * self.spread / (MARGIN * MARGIN);
+        (wanted.ceil() as usize).clamp(self.window, LONGEST_ROUND * self.window)
     }
 
     /// Goes on with a probe; returns the limit to use while it runs, or `None` once it has
@@ -315,6 +412,7 @@ impl Gradient {
                     at,
                     resume: self.estimate,
                     sum: 0.0,
+                    squares: 0.0,
                     samples: 0,
                 };
                 Some(at)
@@ -323,26 +421,49 @@ impl Gradient {
                 at,
                 resume,
                 sum,
+                squares,
                 samples,
             } => {
                 // Only items admitted under the probe's limit measure the unqueued downstream;
                 // the ones started before it are still draining.
                 if sample.limit() <= *at {
                     *sum += run_time;
+                    *squares += run_time * run_time;
                     *samples += 1;
                 }
                 if *samples < self.probe_samples {
                     return Some(*at);
                 }
-                self.baseline = Some(*sum / *samples as f64);
+                // The probe's mean is the baseline, whatever it was before: the one way it
+                // moves up.
+                let mean = *sum / *samples as f64;
+                self.baseline = Some(mean);
+                if let Some(spread) = spread(*sum, *squares, *samples) {
+                    // One measurement, of a few samples: the rounds soon outweigh it.
+                    self.spread = spread;
+                    self.spread_weight = 1;
+                }
                 self.estimate = *resume;
                 self.round = Round::default();
                 self.probe = Probe::Done;
                 self.since_probe = 0;
+                self.falling = 0;
                 None
             }
         }
     }
+}
+
+/// The squared coefficient of variation of `samples` run times summing to `sum`, with squares
+/// summing to `squares`; `None` with fewer than two, or a mean of zero.
+fn spread(sum: f64, squares: f64, samples: usize) -> Option<f64> {
+    let n = samples as f64;
+    let mean = sum / n;
+    if samples < 2 || mean <= 0.0 {
+        return None;
+    }
+    let variance = ((squares - n * mean * mean) / (n - 1.0)).max(0.0);
+    Some(variance / (mean * mean))
 }
 
 impl Default for Gradient {
@@ -373,9 +494,11 @@ impl Algorithm for Gradient {
             None if probing => return self.estimate as usize,
             None => {}
         }
-        self.since_probe += 1;
-        if self.since_probe >= self.probe_every {
-            self.probe = Probe::Due;
+        if let Some(every) = self.probe_every {
+            self.since_probe += 1;
+            if self.since_probe >= every {
+                self.probe = Probe::Due;
+            }
         }
         if sample.is_overload() {
             // Once per round, as `Aimd` does: an item let start under a higher limit started
@@ -393,41 +516,76 @@ impl Algorithm for Gradient {
         if sample.limit() != limit {
             return self.estimate as usize;
         }
+        let round_len = self.round_len();
         let round = &mut self.round;
         round.sum += run_time;
+        round.squares += run_time * run_time;
         round.samples += 1;
-        round.full |= sample.found_limit_full();
-        if round.samples < self.window {
+        round.full += usize::from(sample.found_limit_full());
+        if round.samples < round_len && !self.clearly_queued() {
             return self.estimate as usize;
         }
-        let average = round.sum / round.samples as f64;
-        let full = round.full && !round.overloaded;
+        let round = &self.round;
+        let n = round.samples as f64;
+        let average = round.sum / n;
+        // Most of its items found the limit full: the limit, not the work handed to the
+        // limiter, held items back. (One item now and then finds it full when work arrives in
+        // bursts, with the limit well above what the work needs.)
+        let full = 2 * round.full >= round.samples && !round.overloaded;
+        if let Some(spread) = spread(round.sum, round.squares, round.samples) {
+            self.spread_weight = (self.spread_weight + 1).min(SPREAD_ROUNDS);
+            self.spread += (spread - self.spread) / self.spread_weight as f64;
+        }
         self.round = Round::default();
-        let baseline = self
-            .baseline
-            .map_or(average, |baseline| baseline.min(average));
+        // The standard error of the round's mean, as a share of it.
+        let error = (self.spread / n).sqrt();
+        // The first probe sets it, at the first sample.
+        let Some(baseline) = self.baseline else {
+            return self.estimate as usize;
+        };
+        // Between probes the baseline only moves down, and only to what this round shows
+        // beyond its noise: the mean plus `confidence + 1` standard errors. Following the
+        // lower means themselves would let every lucky round pull the baseline down for
+        // good, and the limit with it.
+        let ceiling = average * (1.0 + (self.confidence + 1.0) * error);
+        let baseline = baseline.min(ceiling);
         self.baseline = Some(baseline);
-        let gradient = if average > 0.0 {
-            (self.tolerance * baseline / average).clamp(0.5, 1.0)
+        // The queueing the round shows beyond its noise.
+        let floor = average * (1.0 - self.confidence * error);
+        let gradient = if floor > 0.0 {
+            (self.tolerance * baseline / floor).clamp(0.5, 1.0)
         } else {
             1.0
         };
-        // Vegas's estimate of the items queueing in the downstream. Well under the queue the
-        // target allows, the growth doubles each round, as in TCP's slow start, so that a
-        // limit far under the downstream's capacity gets there in a few rounds; otherwise it
-        // is the square root of the limit.
-        let queue = self.estimate * (1.0 - gradient);
-        let room = self.estimate.sqrt();
-        self.growth = match queue < room / 2.0 && full {
-            true => (self.growth * 2.0).clamp(room, self.estimate),
-            false => room,
+        let mut target = if gradient < 1.0 {
+            // Queueing beyond the noise: down to what the round says the downstream serves
+            // without a queue, plus one item, and the growth starts over. No standing queue
+            // is aimed for: on a downstream that serves less the further it is pushed, every
+            // item queued in it costs throughput.
+            self.growth = 0.0;
+            (self.estimate + 1.0) * gradient
+        } else if full {
+            // No queueing, and the limit held items back: up by √limit, doubling each round
+            // it goes on (as in TCP's slow start), so that a limit far under the downstream's
+            // capacity gets there in a few rounds.
+            let room = self.estimate.sqrt();
+            self.growth = (self.growth * 2.0).clamp(room, self.estimate);
+            self.estimate + self.growth
+        } else {
+            self.estimate
         };
-        // The growth is scaled by the gradient too, so that a downstream that queues at
-        // any limit drives the limit all the way down to the minimum.
-        let mut target = (self.estimate + self.growth) * gradient;
         if !full {
             // The limiter had less work than its limit: never grow on that.
             target = target.min(self.estimate);
+        }
+        // A limit that keeps falling (or stays on the floor) is more likely held down by a
+        // downstream that got slower than by a queue: measure the baseline again.
+        self.falling = match target < self.estimate {
+            true => self.falling + 1,
+            false => 0,
+        };
+        if self.falling >= STALE_ROUNDS {
+            self.probe = Probe::Due;
         }
         // Down at once (queueing inflates every latency), up by `smoothing`.
         self.estimate = match target < self.estimate {

@@ -15,8 +15,9 @@
 //!   [`timeout`](crate::TaskBuilder::timeout), or an optional latency bound), and grows while
 //!   the limit is what holds items back.
 //! - [`Gradient`]: latency based, in the family of Netflix's Gradient2 and Envoy's adaptive
-//!   concurrency filter. It compares recent run times with a baseline measured at low
-//!   concurrency, and shrinks the limit as run times grow past it.
+//!   concurrency filter. It compares recent run times, less what their measured noise allows,
+//!   with a baseline measured at low concurrency, and shrinks the limit as run times grow
+//!   past it.
 //!
 //! Both grow the limit only from samples of items that found the limit full (the limiter
 //! knows exactly how many items ran when each one started), so a limiter that is handed less
