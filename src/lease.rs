@@ -24,7 +24,7 @@ use crate::error::{AcquireError, AcquireErrorKind, TryAcquireError};
 use crate::key::Key;
 use crate::limiter::Limiter;
 use crate::sync::rt::time::{sleep_until, Instant, Sleep};
-use crate::sync::Arc;
+use crate::sync::{poll_budget, Arc};
 use crate::task_builder::TaskBuilder;
 use crate::timeout::Limits;
 use crate::trace::{Report, Submitted};
@@ -225,9 +225,13 @@ impl<S> Future for Acquire<S> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
+        // A lease granted at once is ready at once: in a loop of requests, the coop budget is
+        // what lets the other tasks on this thread run (as with `Semaphore::acquire`).
+        let budget = std::task::ready!(poll_budget(cx));
         if let Stage::First = this.stage {
             match this.first() {
                 Ok(Some(lease)) => {
+                    budget.made_progress();
                     this.stage = Stage::Done;
                     return Poll::Ready(Ok(lease));
                 }
@@ -245,6 +249,7 @@ impl<S> Future for Acquire<S> {
             panic!("`Acquire` polled after it resolved");
         };
         let result = std::task::ready!(request.poll_grant(cx));
+        budget.made_progress();
         this.stage = Stage::Done;
         Poll::Ready(match result {
             Ok((id, load)) => Ok(this.lease(Grant { id, load })),

@@ -70,3 +70,38 @@ pub(crate) async fn recv_batch<T>(
         }
     }
 }
+
+/// Takes one unit of the task's coop budget, as tokio's own primitives do when they are ready
+/// at once: `Pending` (with the task woken to run again soon) once the budget is spent, so that
+/// a loop of futures that are always ready still lets the other tasks on its thread run.
+/// Dropped without [`Budget::made_progress`], the unit comes back.
+#[cfg(not(feature = "shuttle"))]
+pub(crate) fn poll_budget(cx: &mut std::task::Context<'_>) -> std::task::Poll<Budget> {
+    rt::task::coop::poll_proceed(cx).map(Budget)
+}
+
+/// A unit of the coop budget taken by [`poll_budget`].
+#[cfg(not(feature = "shuttle"))]
+pub(crate) struct Budget(rt::task::coop::RestoreOnPending);
+
+#[cfg(not(feature = "shuttle"))]
+impl Budget {
+    /// The unit was used: the future made progress.
+    pub(crate) fn made_progress(&self) {
+        self.0.made_progress();
+    }
+}
+
+/// The model checks schedule every task point themselves: no budget.
+#[cfg(feature = "shuttle")]
+pub(crate) fn poll_budget(_: &mut std::task::Context<'_>) -> std::task::Poll<Budget> {
+    std::task::Poll::Ready(Budget)
+}
+
+#[cfg(feature = "shuttle")]
+pub(crate) struct Budget;
+
+#[cfg(feature = "shuttle")]
+impl Budget {
+    pub(crate) fn made_progress(&self) {}
+}

@@ -457,3 +457,21 @@ fn bounds() {
     send_sync::<task_limiter::AcquireError>();
     send_sync::<task_limiter::TryAcquireError>();
 }
+
+/// A lease granted at once is ready at once; the coop budget still makes a loop of them yield,
+/// as a loop of `Semaphore::acquire` does, so the other tasks on the thread run.
+#[tokio::test]
+async fn a_loop_of_ready_leases_lets_other_tasks_run() {
+    let limiter = Limiter::new(4);
+    let other = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tokio::spawn({
+        let other = other.clone();
+        async move { other.store(true, Ordering::SeqCst) }
+    });
+    let mut rounds = 0u64;
+    while !other.load(Ordering::SeqCst) {
+        limiter.run(async {}).await.unwrap();
+        rounds += 1;
+        assert!(rounds < 100_000, "the loop never yielded");
+    }
+}

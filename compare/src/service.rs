@@ -10,7 +10,9 @@
 //! - `limiter`: `limiter.spawn(work).await`, one `Limiter::new(N)` shared by the clients;
 //! - `semaphore`: `tokio::spawn(async move { sem.acquire().await; work.await }).await`, one
 //!   `Arc<Semaphore>`;
-//! - `inline`: the client acquires a permit and runs the work itself, no spawn: the floor.
+//! - `inline`: the client acquires a permit and runs the work itself, no spawn: the floor;
+//! - `run`: `limiter.run(work).await`, the work inline under a lease (issue 19);
+//! - `acquire`: `let _lease = limiter.acquire().await?; work.await`.
 //!
 //! Items: `yield` calls `tokio::task::yield_now().await` once; `spin` busy-spins for about 2 µs, a
 //! number of loop iterations calibrated once in the parent, so every child does the same work.
@@ -39,7 +41,14 @@ fn keep_alive_override() -> Option<Duration> {
         .map(|ms| Duration::from_millis(ms.parse().expect("a number of milliseconds")))
 }
 
-pub(crate) const ALL_PATTERNS: &[&str] = &["limiter", "adaptive", "semaphore", "inline"];
+pub(crate) const ALL_PATTERNS: &[&str] = &[
+    "limiter",
+    "adaptive",
+    "semaphore",
+    "inline",
+    "run",
+    "acquire",
+];
 pub(crate) const ALL_JOBS: &[&str] = &["yield", "spin"];
 
 /// How long one `spin` item busy-spins.
@@ -64,7 +73,7 @@ impl Config {
             clients: vec![4, 16, 256],
             limits: vec![8, 64],
             jobs: crate::list("yield,spin"),
-            patterns: crate::list("limiter,semaphore,inline"),
+            patterns: crate::list("limiter,run,acquire,semaphore,inline"),
             // Quick: 36 cells × 6 children in about 20 s. A full run measures 1 s per child.
             warmup: Duration::from_millis(if quick { 20 } else { 200 }),
             duration: Duration::from_millis(if quick { 50 } else { 1000 }),
@@ -159,6 +168,8 @@ pub(crate) fn calibrate_spin() -> u64 {
 #[derive(Clone)]
 enum Target {
     Limiter(Limiter),
+    Run(Limiter),
+    Acquire(Limiter),
     Semaphore(Arc<Semaphore>),
     Inline(Arc<Semaphore>),
 }
@@ -167,6 +178,11 @@ impl Target {
     async fn call(&self, job: Job, i: u64) -> u64 {
         match self {
             Target::Limiter(limiter) => limiter.spawn(item(job, i)).await.expect("item failed"),
+            Target::Run(limiter) => limiter.run(item(job, i)).await.expect("limiter closed"),
+            Target::Acquire(limiter) => {
+                let _lease = limiter.acquire().await.expect("limiter closed");
+                item(job, i).await
+            }
             Target::Semaphore(sem) => {
                 let sem = sem.clone();
                 tokio::spawn(async move {
@@ -183,11 +199,18 @@ impl Target {
         }
     }
 
-    fn workers_spawned(&self) -> u64 {
+    fn limiter(&self) -> Option<&Limiter> {
         match self {
-            Target::Limiter(limiter) => limiter.metrics().workers_spawned,
-            _ => 0,
+            Target::Limiter(limiter) | Target::Run(limiter) | Target::Acquire(limiter) => {
+                Some(limiter)
+            }
+            Target::Semaphore(_) | Target::Inline(_) => None,
         }
+    }
+
+    fn workers_spawned(&self) -> u64 {
+        self.limiter()
+            .map_or(0, |limiter| limiter.metrics().workers_spawned)
     }
 }
 
@@ -259,6 +282,8 @@ async fn drive(pattern: &str, n: usize, c: usize, job: Job, run: &RunSpec) -> Ou
                 .max_limit(n)
                 .build(),
         ),
+        "run" => Target::Run(Limiter::new(n)),
+        "acquire" => Target::Acquire(Limiter::new(n)),
         "semaphore" => Target::Semaphore(Arc::new(Semaphore::new(n))),
         "inline" => Target::Inline(Arc::new(Semaphore::new(n))),
         other => panic!("unknown service pattern {other:?}"),
@@ -289,7 +314,7 @@ async fn drive(pattern: &str, n: usize, c: usize, job: Job, run: &RunSpec) -> Ou
     let secs = start.elapsed().as_secs_f64();
     let latencies = per_client.concat();
     let spawns = target.workers_spawned() - spawned_before;
-    if let Target::Limiter(limiter) = &target {
+    if let Some(limiter) = target.limiter() {
         limiter.close();
         limiter.wait().await;
     }
@@ -544,6 +569,8 @@ fn pattern_title(p: &str) -> &str {
         "adaptive" => "**task-limiter**, `adaptive(Gradient)` held at N",
         "semaphore" => "`tokio::spawn` + `Semaphore` inside, awaited",
         "inline" => "permit, work inline, no spawn (floor)",
+        "run" => "**task-limiter** `run(work).await` (a lease, inline)",
+        "acquire" => "**task-limiter** `acquire().await`, work inline",
         other => other,
     }
 }
@@ -711,8 +738,8 @@ fn targets(config: &crate::Config, cells: &std::collections::BTreeMap<Key, Cell>
                 let rates = format!("{} vs {}", fmt_rate(mine.rate()), fmt_rate(sem.rate()));
                 if c < n {
                     line(format!(
-                        "{at} (C < N): ≥ 1.0× spawn + semaphore req/s: ×{ratio:.2} ({rates}) — {}",
-                        mark(ratio >= 1.0)
+                        "{at} (C < N): ≥ 1.1× spawn + semaphore req/s: ×{ratio:.2} ({rates}) — {}",
+                        mark(ratio >= 1.1)
                     ));
                     line(format!(
                         "{at} (C < N): p99 ≤ spawn + semaphore's: {:.1} µs vs {:.1} µs — {}",
@@ -727,8 +754,32 @@ fn targets(config: &crate::Config, cells: &std::collections::BTreeMap<Key, Cell>
                     ));
                 } else if c > n {
                     line(format!(
-                        "{at} (C > N): ≥ 2× spawn + semaphore req/s: ×{ratio:.2} ({rates}) — {}",
-                        mark(ratio >= 2.0)
+                        "{at} (C > N): ≥ 1.5× spawn + semaphore req/s: ×{ratio:.2} ({rates}) — {}",
+                        mark(ratio >= 1.5)
+                    ));
+                }
+                // Leases (issue 19): `run` against the spawn pattern and the inline floor.
+                if let (Some(run), Some(floor)) = (get(job, n, c, "run"), get(job, n, c, "inline"))
+                {
+                    let to_floor = run.rate() / floor.rate();
+                    if c < n {
+                        let to_sem = run.rate() / sem.rate();
+                        line(format!(
+                            "{at} (C < N): run ≥ 2× spawn + semaphore req/s: ×{to_sem:.2} — {}",
+                            mark(to_sem >= 2.0)
+                        ));
+                    }
+                    line(format!(
+                        "{at}: run ≥ 0.8× the inline floor's req/s: ×{to_floor:.2} ({} vs {}) — {}",
+                        fmt_rate(run.rate()),
+                        fmt_rate(floor.rate()),
+                        mark(to_floor >= 0.8)
+                    ));
+                    line(format!(
+                        "{at}: run's p99 ≤ 1.5× the floor's: {:.1} µs vs {:.1} µs — {}",
+                        run.p99(),
+                        floor.p99(),
+                        mark(run.p99() <= 1.5 * floor.p99())
                     ));
                 }
             }

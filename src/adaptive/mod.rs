@@ -32,17 +32,19 @@
 //! - **Only items that found the limit full can grow it.** The limiter knows exactly what ran
 //!   when each item started, so a service that hands it less work than its limit never inflates
 //!   it.
-//! - **[`Gradient`]'s baseline is measured, not inferred**: at the start and every 2,000 samples
-//!   it holds the limit at 4 for 16 items and takes their mean run time; between probes the
-//!   baseline only moves down. Sustained load cannot drag it upwards, a latency spike does not
-//!   pollute it, and a downstream that really got slower is seen at the next probe (which also
-//!   lifts a limit stuck at the minimum). A probe never raises the limit: below 4 it probes at
-//!   the limit in force.
+//! - **[`Gradient`]'s baseline is measured, not inferred**: at the start it holds the limit
+//!   at 4 for 16 items and takes their mean run time and spread. Between probes the baseline
+//!   only moves down, and only to a round's mean plus three standard errors when that is lower,
+//!   so noisy run times (lognormal, heavy-tailed) do not drag it down round by round, and
+//!   sustained load cannot drag it up. It probes again when the limit has fallen eight rounds in
+//!   a row (a downstream slower for good); periodic probes are opt-in
+//!   ([`Gradient::probe_every`]), since a dip to 4 costs tail latency.
 //! - **It recomputes once per round** of items let start under the limit in force (the items
-//!   admitted under an earlier limit say nothing about this one), falls at once when the
-//!   downstream queues, and grows by √limit per round, doubling the step while nothing queues:
-//!   from a limit of 1 it reaches a capacity of 32 in a few hundred samples, not thousands. It
-//!   settles about √capacity above the downstream's capacity: the queue it aims for.
+//!   admitted under an earlier limit say nothing about this one). A round counts as queueing
+//!   only past a noise allowance ([`Gradient::confidence`] standard errors; rounds grow longer
+//!   where run times spread); a queueing round takes the limit to `(limit + 1) × gradient`,
+//!   and only rounds with no queueing, in which most items found the limit full, grow it (by
+//!   √limit, doubling while nothing queues). It aims for no standing queue in the downstream.
 //! - **[`Aimd`] backs off by 0.9 once per round** on overloads (an `overload_if` match, a run
 //!   `timeout`, or a latency bound), and grows by a step per round that doubles while nothing is
 //!   refused, so it climbs back quickly after a change and does not collapse on one burst of
