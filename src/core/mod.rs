@@ -178,8 +178,8 @@ impl Core {
     /// A lease now, if one may start without waiting and without passing anything queued.
     #[inline]
     pub(crate) fn lease_now(&self, weight: u32, key: Option<&Key>) -> Option<Grant> {
+        // Counted as submitted under the admission lock (`leased_at_once`).
         let (id, load) = self.shared.lease_now(weight, key)?;
-        self.shared.submitted.fetch_add(1, Ordering::Relaxed);
         Some(Grant { id, load })
     }
 
