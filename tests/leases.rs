@@ -475,3 +475,34 @@ async fn a_loop_of_ready_leases_lets_other_tasks_run() {
         assert!(rounds < 100_000, "the loop never yielded");
     }
 }
+
+/// The first queue deadline of a limiter whose manager already sleeps (nothing was ever sent
+/// through its channel: leases queue without it) still fires.
+#[tokio::test(start_paused = true)]
+async fn a_first_queue_deadline_wakes_a_sleeping_manager() {
+    let limiter = Limiter::new(1);
+    settle().await; // the manager has run and waits
+    let holder = limiter.acquire().await.unwrap();
+    let err = limiter
+        .build_task()
+        .queue_timeout(SEC)
+        .acquire()
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout());
+    drop(holder);
+    // The same for a spawned item handed over without the channel.
+    let limiter = Limiter::builder()
+        .limit(1)
+        .keep_alive(Duration::MAX)
+        .build();
+    limiter.spawn(async {}).await.unwrap();
+    settle().await; // a worker is parked: the next item is handed to it directly
+    let holder = limiter.acquire().await.unwrap();
+    let late = limiter
+        .build_task()
+        .queue_timeout(SEC)
+        .spawn(async { "never" });
+    assert!(late.await.unwrap_err().is_timeout());
+    drop(holder);
+}

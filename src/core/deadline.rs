@@ -139,14 +139,19 @@ impl Watches {
         self.active.load(Ordering::Relaxed)
     }
 
-    /// Watches `task`'s deadline and token while it is queued.
-    pub(crate) fn register(&self, watch: &Watch, task: Weak<dyn RawTask>) {
+    /// Watches `task`'s deadline and token while it is queued. Returns true for the limiter's
+    /// first registration: the manager does not poll its watcher before one, so the caller
+    /// must wake it by other means (a registration's own wake reaches only a watcher that was
+    /// polled).
+    pub(crate) fn register(&self, watch: &Watch, task: Weak<dyn RawTask>) -> bool {
+        let first = !self.active();
         if let Some(at) = watch.deadline {
             self.deadline(at, task.clone());
         }
         if let Some(token) = &watch.token {
             self.token(token.clone(), task);
         }
+        first
     }
 
     /// Times `task` out if it is still queued at `at`.

@@ -168,7 +168,9 @@ impl Core {
             // Registered after the submission, so the item may have started (or ended)
             // already: the manager then finds it no longer queued and leaves it be.
             let task: std::sync::Weak<dyn RawTask> = Arc::downgrade(&cell) as _;
-            self.watches.register(watch, task);
+            if self.watches.register(watch, task) {
+                self.shared.control.notify_one();
+            }
         }
         Ok(cell)
     }
@@ -216,7 +218,9 @@ impl Core {
         }
         if let Some(watch) = watch {
             let task: std::sync::Weak<dyn RawTask> = Arc::downgrade(&request) as _;
-            self.watches.register(watch, task);
+            if self.watches.register(watch, task) {
+                self.shared.control.notify_one();
+            }
         }
         Ok(request)
     }
