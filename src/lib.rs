@@ -70,9 +70,52 @@
 //! ready items does not starve other tasks, and awaiting a `JoinHandle` takes coop budget as
 //! tokio's does.
 //!
+//! **One submission path.** Every way in (`spawn*`, `try_spawn*`, [`Permit`], batches,
+//! [`TaskBuilder`], leases) describes its item as one set of options, and one function wraps the
+//! work in the features it uses (its run timeout and token, its place in a bounded queue, the
+//! adaptive limit's sample, its tracing span), in one fixed order, before the core queues it. An
+//! item pays only for the wrappers it uses.
+//!
 //! Every handle resolves exactly once: the value, a panic (with its original payload), or
 //! cancelled. Worker IDs come back on every exit path: completion, panic, abort, shutdown and
 //! runtime shutdown.
+//!
+//! # Leases: requests that run in their own task
+//!
+//! A service runs each request in its connection's task; spawning it as an item would cost a
+//! task hop. A [`Lease`] is an item without a task: [`acquire`](Limiter::acquire) waits in the
+//! same queue as spawned items (the same order, keys, weights, priority, deadlines and tokens,
+//! through [`TaskBuilder::acquire`]), and the lease holds a worker ID and its weight until it is
+//! dropped. [`run`](Limiter::run) polls a future inline under one. Spawned items and leases
+//! share the limit in force, the key limits and the worker IDs; the limiter spawns no task for a
+//! lease, and an idle limiter grants one at once, without an allocation.
+//!
+//! ```
+//! use std::time::Duration;
+//! use task_limiter::Limiter;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let limiter = Limiter::builder().limit(64).per_key_limit(8).build();
+//! // In a request handler:
+//! let reply = limiter
+//!     .build_task()
+//!     .key("tenant-7")
+//!     .queue_timeout(Duration::from_millis(100))
+//!     .run(async { "response" })
+//!     .await;
+//! let status = match reply {
+//!     Ok(_) => 200,
+//!     Err(err) if err.is_timeout() => 503, // waited too long for its turn
+//!     Err(_) => 503,                       // shutting down
+//! };
+//! assert_eq!(status, 200);
+//! # }
+//! ```
+//!
+//! The limiter cannot cancel a lease (it runs in its holder's task): [`Limiter::shutdown`]
+//! resolves queued requests with an error and waits for held leases. `cargo run --example
+//! service` shows handlers, a flooding tenant and quiet ones.
 //!
 //! # Beyond spawning futures
 //!
