@@ -98,7 +98,10 @@ async fn main() -> std::io::Result<()> {
                 ("queued", m.queued as u64),
                 ("completed", m.completed),
                 ("cancelled", m.cancelled),
-                ("downstream_refused", downstream.refused.load(Ordering::Relaxed) as u64),
+                (
+                    "downstream_refused",
+                    downstream.refused.load(Ordering::Relaxed) as u64,
+                ),
             ]))
         }
     };
