@@ -529,11 +529,7 @@ where
     type Service = LimitService<S, K, W, P, O, R>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        LimitService::new(
-            inner,
-            Arc::new(self.admit.clone()),
-            Arc::new(self.respond.clone()),
-        )
+        LimitService::new(inner, Arc::new(self.admit.clone()), self.respond.clone())
     }
 }
 

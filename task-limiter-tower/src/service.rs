@@ -92,8 +92,11 @@ impl Drop for QueuePlace {
 /// service's own.
 ///
 /// Clones share the limiter (and the layer's [`max_queued`](crate::LimitLayer::max_queued)
-/// count). `call` calls the inner service that `poll_ready` made ready, after the wait: the
-/// ready service moves into the [`ResponseFuture`] and a clone takes its place.
+/// count). `call` calls the inner service that `poll_ready` made ready: at once if a lease is
+/// free, or after the wait, the ready service moving into the [`ResponseFuture`] and a clone
+/// taking its place. The [`overload_if`](crate::LimitLayer::overload_if) and
+/// [`on_refused`](crate::LimitLayer::on_refused) closures are cloned into each response future:
+/// put what they capture behind an `Arc`.
 ///
 /// # Examples
 ///
@@ -119,14 +122,16 @@ impl Drop for QueuePlace {
 pub struct LimitService<S, K = (), W = (), P = (), O = (), R = ()> {
     inner: S,
     admit: Arc<Admit<K, W, P>>,
-    respond: Arc<Respond<O, R>>,
+    /// Cloned into each response future (closures without captures are free to clone), so
+    /// that no request touches a reference count shared by every connection for it.
+    respond: Respond<O, R>,
 }
 
 impl<S, K, W, P, O, R> LimitService<S, K, W, P, O, R> {
     pub(crate) fn new(
         inner: S,
         admit: Arc<Admit<K, W, P>>,
-        respond: Arc<Respond<O, R>>,
+        respond: Respond<O, R>,
     ) -> LimitService<S, K, W, P, O, R> {
         LimitService {
             inner,
@@ -213,7 +218,7 @@ impl<S, K, W, P, O, R> LimitService<S, K, W, P, O, R> {
     }
 }
 
-impl<S: Clone, K, W, P, O, R> Clone for LimitService<S, K, W, P, O, R> {
+impl<S: Clone, K, W, P, O: Clone, R: Clone> Clone for LimitService<S, K, W, P, O, R> {
     fn clone(&self) -> Self {
         LimitService {
             inner: self.inner.clone(),
@@ -239,8 +244,8 @@ where
     K: PerRequest<ReqBody, Option<Key>>,
     W: PerRequest<ReqBody, u32>,
     P: PerRequest<ReqBody, i32>,
-    O: Overload<Response<ResBody>>,
-    R: OnRefused<ResBody>,
+    O: Overload<Response<ResBody>> + Clone,
+    R: OnRefused<ResBody> + Clone,
 {
     type Response = Response<LimitBody<ResBody>>;
     type Error = S::Error;
@@ -250,42 +255,60 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        // The service `poll_ready` made ready is the one to call, after the wait.
-        let clone = self.inner.clone();
-        let service = std::mem::replace(&mut self.inner, clone);
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let admit = &*self.admit;
         let key = admit.key.get(&request).flatten();
-        let mut task = admit.limiter.build_task();
-        if let Some(key) = &key {
-            task = task.key(key);
-        }
-        if let Some(weight) = admit.weight.get(&request) {
-            task = task.weight(weight.max(1));
-        }
-        if let Some(priority) = admit.priority.get(&request) {
-            task = task.priority(priority);
-        }
-        // The queue timeout is the layer's own timer, made only if the request waits: the
-        // core's queue deadline for a lease is not watched until the manager wakes for
-        // something else, when it is the first deadline the limiter has seen and the lease was
-        // queued without the manager (see the crate's README).
-        let deadline = admit
-            .queue_timeout
-            .and_then(|timeout| Instant::now().checked_add(timeout));
-        let queue = admit
-            .max_queued
-            .clone()
-            .map(|bound| QueuePlace { bound, held: false });
+        let weight = admit.weight.get(&request).map(|weight| weight.max(1));
+        let priority = admit.priority.get(&request);
+        let task = || {
+            let mut task = admit.limiter.build_task();
+            if let Some(key) = &key {
+                task = task.key(key);
+            }
+            if let Some(weight) = weight {
+                task = task.weight(weight);
+            }
+            if let Some(priority) = priority {
+                task = task.priority(priority);
+            }
+            task
+        };
+        // A lease now (nothing queued and room in the limits) calls the service `poll_ready`
+        // made ready at once; this is the path of a limit that is not reached.
+        let state = match task().try_acquire() {
+            Ok(lease) => {
+                request.extensions_mut().insert(lease.worker());
+                State::Calling {
+                    future: self.inner.call(request),
+                    lease: Some(lease),
+                }
+            }
+            Err(_) => {
+                // The request waits (or is refused: `Acquire` says why): the ready service
+                // moves into the future, to be called after the wait, and a clone takes its
+                // place. The queue timeout is the layer's own timer, made only if the request
+                // waits: the core's queue deadline for a lease may not be watched until the
+                // limiter's manager wakes for something else (see the crate's README).
+                let clone = self.inner.clone();
+                let service = std::mem::replace(&mut self.inner, clone);
+                let deadline = admit
+                    .queue_timeout
+                    .and_then(|timeout| Instant::now().checked_add(timeout));
+                State::Admitting {
+                    acquire: task().acquire(),
+                    service: Some(service),
+                    request: Some(request),
+                    queue: admit
+                        .max_queued
+                        .clone()
+                        .map(|bound| QueuePlace { bound, held: false }),
+                    deadline,
+                    timer: None,
+                }
+            }
+        };
         ResponseFuture {
-            state: State::Admitting {
-                acquire: task.acquire(),
-                service: Some(service),
-                request: Some(request),
-                queue,
-                deadline,
-                timer: None,
-            },
+            state,
             key,
             respond: self.respond.clone(),
         }
@@ -333,7 +356,7 @@ pin_project! {
         #[pin]
         state: State<S, ReqBody>,
         key: Option<Key>,
-        respond: Arc<Respond<O, R>>,
+        respond: Respond<O, R>,
     }
 }
 

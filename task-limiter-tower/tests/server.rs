@@ -589,6 +589,65 @@ async fn a_tenant_with_one_request_is_served_within_one_round() {
     assert!(quiet <= 3, "the quiet tenant started {quiet}th: {log:?}");
 }
 
+// === admission in `call`, adaptive limits ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_hold_no_place() {
+    let limiter = Limiter::new(2);
+    let router = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(LimitLayer::new(limiter.clone()));
+    let addr = serve(router).await;
+    // Two keep-alive connections, each ready for its next request.
+    let mut connections = Vec::new();
+    for _ in 0..2 {
+        let mut stream = raw_get(addr, "/").await;
+        let mut seen = Vec::new();
+        let mut buf = [0; 1024];
+        while !seen.ends_with(b"ok") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the server closed the connection");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        connections.push(stream);
+    }
+    until("both leases ended", || limiter.metrics().running == 0).await;
+    // Nothing is held for the idle connections: the whole limit is free.
+    let leases = [
+        limiter.try_acquire().unwrap(),
+        limiter.try_acquire().unwrap(),
+    ];
+    drop(leases);
+    assert_eq!(limiter.metrics().completed, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_passed_on_from_a_downstream_backs_an_adaptive_limit_off() {
+    let limiter = Limiter::builder()
+        .adaptive(task_limiter::adaptive::Aimd::new())
+        .limit(10)
+        .build();
+    let layer = LimitLayer::new(limiter.clone())
+        .overload_if(|res: &Response<Body>| res.status() == StatusCode::SERVICE_UNAVAILABLE);
+    let router = Router::new()
+        .route(
+            "/busy",
+            get(|| async { (StatusCode::SERVICE_UNAVAILABLE, "downstream busy") }),
+        )
+        .route("/fine", get(|| async { "ok" }))
+        .layer(layer);
+    let addr = serve(router).await;
+    let client = client();
+    let reply = get_as(&client, addr, "/busy", None).await.unwrap();
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    until("the limit backed off", || limiter.limit() == 9).await; // Aimd's 0.9
+    let reply = get_as(&client, addr, "/fine", None).await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    until("its lease ended", || limiter.metrics().completed == 2).await;
+    // A 200 is no overload: no further backoff (AIMD grows only a limit that was found full).
+    assert_eq!(limiter.limit(), 9);
+}
+
 // === the worker ID, and the types ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
