@@ -508,7 +508,8 @@ impl<S> Limiter<S> {
         self.core().metrics()
     }
 
-    /// Returns the worker IDs held by live worker tasks, lowest first: a view for dashboards.
+    /// Returns the worker IDs held by live worker tasks or by [leases](crate::Lease), lowest
+    /// first: a view for dashboards.
     ///
     /// # Examples
     ///

@@ -5,6 +5,13 @@
 /// `submitted == completed + panicked + cancelled + timed_out`: every item is counted in exactly
 /// one of the four.
 ///
+/// A [lease](crate::Lease) counts as an item: submitted when it is requested (or granted at
+/// once), queued while it waits, started and running from its grant to its drop, then
+/// completed (or panicked, if a panic's unwind drops it; timed out or cancelled, if a
+/// [`run`](crate::Limiter::run) is cut by its timeout or token). A request that leaves the
+/// queue without a lease counts as cancelled or timed out, as a spawned item does. Leases are
+/// not worker tasks: `workers` does not count them.
+///
 /// # Examples
 ///
 /// ```

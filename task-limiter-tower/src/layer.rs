@@ -265,13 +265,15 @@ impl<K, W, P, O, R> LimitLayer<K, W, P, O, R> {
     /// the queue and is refused ([`Refusal::is_timeout`]), by default with `503` and
     /// `Retry-After`. Without it a request waits until it is admitted or dropped.
     ///
-    /// The timer is the request's own, made only once it has to wait, on tokio's clock (so
-    /// paused time drives it). The limiter's [`metrics`](Limiter::metrics) count such a
-    /// request as cancelled, not timed out, once its queue passes its entry.
+    /// It is the request's queue deadline in the limiter
+    /// ([`TaskBuilder::queue_timeout`](task_limiter::TaskBuilder::queue_timeout)): one timer
+    /// for all waiting requests, in the limiter's manager, on tokio's clock (so paused time
+    /// drives it); [`metrics`](Limiter::metrics) count such a request as timed out.
     ///
     /// # Panics
     ///
-    /// A request that waits panics if the runtime has no time driver (no `enable_time`).
+    /// A request that waits panics if the limiter's runtime has no time driver (no
+    /// `enable_time`).
     ///
     /// # Examples
     ///

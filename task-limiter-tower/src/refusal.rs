@@ -67,14 +67,6 @@ impl Refusal {
         }
     }
 
-    pub(crate) fn timeout(key: Option<Key>, retry_after: Duration) -> Refusal {
-        Refusal {
-            kind: Kind::Timeout,
-            key,
-            retry_after,
-        }
-    }
-
     pub(crate) fn full(key: Option<Key>, retry_after: Duration) -> Refusal {
         Refusal {
             kind: Kind::Full,

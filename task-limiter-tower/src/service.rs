@@ -10,7 +10,6 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use task_limiter::adaptive::Overload;
 use task_limiter::{Acquire, Key, Lease, Limiter};
-use tokio::time::{sleep_until, Instant, Sleep};
 use tower_service::Service;
 
 use crate::body::LimitBody;
@@ -286,24 +285,22 @@ where
             Err(_) => {
                 // The request waits (or is refused: `Acquire` says why): the ready service
                 // moves into the future, to be called after the wait, and a clone takes its
-                // place. The queue timeout is the layer's own timer, made only if the request
-                // waits: the core's queue deadline for a lease may not be watched until the
-                // limiter's manager wakes for something else (see the crate's README).
+                // place. The queue timeout is the request's queue deadline in the limiter (one
+                // timer for all of them, in its manager).
                 let clone = self.inner.clone();
                 let service = std::mem::replace(&mut self.inner, clone);
-                let deadline = admit
-                    .queue_timeout
-                    .and_then(|timeout| Instant::now().checked_add(timeout));
+                let task = match admit.queue_timeout {
+                    Some(timeout) => task().queue_timeout(timeout),
+                    None => task(),
+                };
                 State::Admitting {
-                    acquire: task().acquire(),
+                    acquire: task.acquire(),
                     service: Some(service),
                     request: Some(request),
                     queue: admit
                         .max_queued
                         .clone()
                         .map(|bound| QueuePlace { bound, held: false }),
-                    deadline,
-                    timer: None,
                 }
             }
         };
@@ -371,9 +368,6 @@ pin_project! {
             service: Option<S>,
             request: Option<Request<ReqBody>>,
             queue: Option<QueuePlace>,
-            deadline: Option<Instant>,
-            #[pin]
-            timer: Option<Sleep>,
         },
         Calling {
             #[pin]
@@ -401,8 +395,6 @@ where
                     service,
                     request,
                     queue,
-                    deadline,
-                    mut timer,
                 } => {
                     let refusal = match Pin::new(acquire).poll(cx) {
                         Poll::Ready(Ok(lease)) => {
@@ -421,14 +413,6 @@ where
                         Poll::Pending => {
                             if !queue.as_mut().is_none_or(QueuePlace::enter) {
                                 Refusal::full(this.key.take(), this.respond.retry_after)
-                            } else if let Some(at) = *deadline {
-                                if timer.is_none() {
-                                    timer.set(Some(sleep_until(at)));
-                                }
-                                let timer = timer.as_pin_mut().expect("set above");
-                                std::task::ready!(timer.poll(cx));
-                                // After the grant's poll: a grant at the deadline wins.
-                                Refusal::timeout(this.key.take(), this.respond.retry_after)
                             } else {
                                 return Poll::Pending;
                             }
