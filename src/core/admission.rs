@@ -717,17 +717,7 @@ impl State {
         let (weight, key) = task.charge();
         if let Some(waiter) = task.grant(id, load) {
             wake.extend(waiter);
-            let held = Held {
-                weight,
-                key: key.cloned(),
-            };
-            match lender {
-                Lender::Free => {
-                    self.take_free(id, Slot::Leased(held));
-                    self.leased_alone += 1;
-                }
-                Lender::Worker(waker) => self.slots[id.index()] = Slot::Lent(held, waker),
-            }
+            self.lend(id, weight, key.cloned(), lender);
             return true;
         }
         self.dispatch_due |= charge_back(
@@ -742,6 +732,19 @@ impl State {
             self.park(id);
         }
         false
+    }
+
+    /// Puts ID `id` in a lease's hands: `Leased` when it was free, `Lent` when a parked
+    /// worker lends it (and waits behind it).
+    fn lend(&mut self, id: WorkerId, weight: u32, key: Option<Key>, lender: Lender) {
+        let held = Held { weight, key };
+        match lender {
+            Lender::Free => {
+                self.take_free(id, Slot::Leased(held));
+                self.leased_alone += 1;
+            }
+            Lender::Worker(waker) => self.slots[id.index()] = Slot::Lent(held, waker),
+        }
     }
 
     /// A lease now, unless something queued would start before it or the limits leave it no
@@ -776,17 +779,7 @@ impl State {
         self.counters.started += 1;
         self.counters.leased_at_once += 1;
         self.counters.max_running = self.counters.max_running.max(self.busy);
-        let held = Held {
-            weight,
-            key: key.cloned(),
-        };
-        match lender {
-            Lender::Free => {
-                self.take_free(id, Slot::Leased(held));
-                self.leased_alone += 1;
-            }
-            Lender::Worker(waker) => self.slots[id.index()] = Slot::Lent(held, waker),
-        }
+        self.lend(id, weight, key.cloned(), lender);
         let load = Load {
             running: self.weight_running,
             limit: self.limit,
