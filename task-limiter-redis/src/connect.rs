@@ -53,12 +53,12 @@ impl Builder {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn connect<S: 'static>(self, limiter: &Limiter<S>) -> Connect {
+    pub fn connect<S: Send + 'static>(self, limiter: &Limiter<S>) -> Connect {
         connect(self, limiter.clone())
     }
 }
 
-fn connect<S: 'static>(builder: Builder, limiter: Limiter<S>) -> Connect {
+fn connect<S: Send + 'static>(builder: Builder, limiter: Limiter<S>) -> Connect {
     Connect {
         inner: Box::pin(async move {
             let cfg = builder.check()?;

@@ -82,7 +82,7 @@ pub(crate) struct Renewer<S> {
     failing: bool,
 }
 
-impl<S: 'static> Renewer<S> {
+impl<S: Send + 'static> Renewer<S> {
     pub(crate) fn new(
         limiter: Limiter<S>,
         conn: ConnectionManager,
