@@ -1,16 +1,17 @@
 //! The one admission point, and the one piece of locked state it rules over.
 //!
-//! Whether an item may start now, on which worker ID, is decided by [`State::admit`] alone,
-//! for the manager (starting a new worker, or handing work to a parked one) and for a worker
-//! (taking its next item, or waking from its park) alike, under one lock over the limit in
-//! force, the queue, the per-ID slots and the running count. So the invariants are enforced,
-//! and model-checked, in one place:
+//! Whether an item (or a lease request) may start now, on which worker ID, is decided by
+//! [`State::admit`] alone, for the manager (starting a new worker, or handing work to a parked
+//! one), for a worker (taking its next item, or waking from its park) and for a lease's end
+//! alike, under one lock over the limit in force, the queue, the worker-ID table (`ids.rs`) and
+//! the running count. So the invariants are enforced, and model-checked, in one place:
 //!
-//! - items running at once never exceed the limit in force when each started;
-//! - a worker ID is held by at most one worker, and an item starts only on an ID below the limit;
+//! - items running at once (spawned or leased) never exceed the limit in force when each
+//!   started;
+//! - a worker ID is held by at most one worker or lease, and an item starts only on an ID below
+//!   the limit;
 //! - nothing starts once the limiter shuts down.
 
-use std::collections::BTreeSet;
 use std::mem;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::cell::{Job, Load, Outcome, RawTask};
+use super::ids::{Asking, Gone, Held, Ids};
 use super::lanes::{Lanes, Skipped};
 use crate::key::Key;
 use crate::metrics::{KeyMetrics, Metrics};
@@ -51,37 +53,12 @@ impl Lifecycle {
     }
 }
 
-/// What one worker ID is doing.
-enum Slot {
-    /// No worker holds it.
-    Free,
-    /// Its worker runs this item (or is about to start it). Kept so that `shutdown` can cancel it.
-    Busy(Arc<dyn RawTask>),
-    /// The manager admitted this job for the parked worker, which has yet to wake and take it.
-    Handed(Job, Load),
-    /// Its worker waits for work, holding the ID.
-    Parked(Option<Waker>),
-    /// Its worker is on its way out; the ID comes back to the manager on the done channel.
-    Exiting,
-    /// A lease holds it, with no worker task behind the ID. Comes back when the lease ends.
-    Leased(Held),
-    /// A lease holds it, lent by a parked worker that waits behind it: the worker is parked
-    /// again when the lease ends.
-    Lent(Held, Option<Waker>),
-}
-
-/// What a lease counts against the limits while it holds its ID: kept in its slot, so that the
-/// lease itself needs no cell once granted.
-pub(crate) struct Held {
-    weight: u32,
-    key: Option<Key>,
-}
-
 /// Where a lease's worker ID comes from.
 enum Lender {
     /// A free ID: the lease holds it alone.
     Free,
-    /// A parked worker's ID; the worker waits behind the lease (its waker, if it left one).
+    /// A worker's ID; the worker waits behind the lease, woken through this waker (a parked
+    /// worker's own is kept when it is `None`).
     Worker(Option<Waker>),
 }
 
@@ -130,22 +107,11 @@ pub(crate) struct State {
     dispatch_due: bool,
     /// The work channel is closed and empty: nothing more will reach the queue.
     drained: bool,
-    /// Indexed by worker ID; only as long as the most workers alive at once.
-    slots: Vec<Slot>,
-    /// An index over `slots`: the IDs in it that are `Free`.
-    free: BTreeSet<u32>,
-    /// An index over `slots`: the IDs in it that are `Parked`, the most recently parked last.
-    /// Work goes to the most recently parked worker: its stack and caches are warm, and the
-    /// others can run into their keep-alive when there is less work than workers.
-    parked: Vec<u32>,
-    /// `parked.len()`, readable without the lock: submitters look at it to decide whether to
-    /// try handing their item to a parked worker themselves.
-    parked_hint: Arc<AtomicUsize>,
-    /// Slots that are `Busy`, `Handed`, `Leased` or `Lent`: items running now, leases
-    /// included. A count kept beside the slots because admission reads it for every item.
+    /// Which worker task or lease holds each worker ID (`ids.rs`).
+    ids: Ids,
+    /// Items running now (IDs `Busy`, `Handed`, `Leased` or `Lent`), leases included. A count
+    /// kept beside the ID table because admission reads it for every item.
     busy: usize,
-    /// Slots that are `Leased`: IDs held with no worker task behind them.
-    leased_alone: usize,
     /// IDs handed an item by admission outside the manager (a lease's end), for the manager to
     /// spawn their workers: it stays the one place that spawns.
     to_spawn: Vec<WorkerId>,
@@ -178,7 +144,7 @@ pub(crate) struct Shared {
     /// Items sent on the work channel and not yet moved into the queue by the manager: a
     /// submitter may put its item in the queue itself only while nothing waits ahead of it there.
     pub(crate) in_channel: AtomicUsize,
-    /// Shared with `State::parked_hint`.
+    /// Parked workers, readable without the lock (see `Ids`).
     parked_hint: Arc<AtomicUsize>,
 }
 
@@ -215,12 +181,8 @@ impl Shared {
                 weight_running: 0,
                 dispatch_due: false,
                 drained: false,
-                slots: Vec::new(),
-                free: BTreeSet::new(),
-                parked: Vec::new(),
-                parked_hint,
+                ids: Ids::new(parked_hint),
                 busy: 0,
-                leased_alone: 0,
                 to_spawn: Vec::new(),
                 refill_asked: false,
                 refill_due: false,
@@ -455,9 +417,7 @@ impl State {
 
     /// Counts how a worker's item ended and gives up its place among the running items.
     fn end_item(&mut self, id: WorkerId, outcome: Outcome) {
-        let Slot::Busy(task) = &self.slots[id.index()] else {
-            unreachable!("{id} ends an item it does not run");
-        };
+        let task = self.ids.running(id);
         self.dispatch_due |= charge_back(
             &mut self.lanes,
             &mut self.busy,
@@ -489,74 +449,35 @@ impl State {
         if let Some(outcome) = ended {
             self.end_item(id, outcome);
         }
-        let mut was_parked = match &self.slots[id.index()] {
+        match self.ids.ask(id, cx) {
             // Handed over by the manager, a submitter, or (for a new worker) at its spawn.
-            Slot::Handed(job, _) => {
-                let task = job.task().expect("a handed job is queued");
-                let Slot::Handed(job, load) =
-                    mem::replace(&mut self.slots[id.index()], Slot::Busy(task))
-                else {
-                    unreachable!("matched above")
-                };
-                return Poll::Ready(Some((job, load)));
-            }
-            Slot::Busy(_) => {
-                debug_assert!(
-                    ended.is_some(),
-                    "a busy worker asks for work only after an item"
-                );
-                false
-            }
-            Slot::Parked(_) => true,
-            // Its ID is lent to a lease: it waits for it to come back.
-            Slot::Lent(_, waker) => {
-                if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    let slot = &mut self.slots[id.index()];
-                    if let Slot::Lent(_, waker) = slot {
-                        *waker = Some(cx.waker().clone());
-                    }
-                }
-                return Poll::Pending;
-            }
-            Slot::Free | Slot::Exiting | Slot::Leased(_) => {
-                unreachable!("{id} asks for work without holding its ID")
-            }
-        };
+            Asking::Handed(job, load) => return Poll::Ready(Some((job, load))),
+            Asking::Lent => return Poll::Pending,
+            Asking::Busy => debug_assert!(
+                ended.is_some(),
+                "a busy worker asks for work only after an item"
+            ),
+            Asking::Parked => {}
+        }
         while let Some((job, load)) = self.admit(id, lifecycle) {
             if job.is_lease() {
                 // The worker lends its ID to the lease and waits behind it.
-                if was_parked {
-                    self.unpark(id);
-                }
                 let waker = Some(cx.waker().clone());
                 if self.grant(id, job, load, Lender::Worker(waker), wake) {
                     return Poll::Pending;
                 }
-                // The lease's waiter was gone: the ID came back to the worker, parked (as
-                // `grant` leaves a lender); admit again.
-                was_parked = true;
+                // The lease's waiter was gone: admit again.
                 continue;
             }
-            if was_parked {
-                self.unpark(id);
-            }
-            self.slots[id.index()] = Slot::Busy(job.task().expect("an admitted job is queued"));
+            self.ids
+                .run(id, job.task().expect("an admitted job is queued"));
             return Poll::Ready(Some((job, load)));
         }
         if self.should_exit(id, lifecycle) {
-            if was_parked {
-                self.unpark(id);
-            }
-            self.slots[id.index()] = Slot::Exiting;
+            self.ids.exit(id);
             Poll::Ready(None)
         } else {
-            if !was_parked {
-                self.park(id);
-            }
-            match &mut self.slots[id.index()] {
-                Slot::Parked(Some(waker)) if waker.will_wake(cx.waker()) => {}
-                slot => *slot = Slot::Parked(Some(cx.waker().clone())),
-            }
+            self.ids.park(id, cx.waker());
             Poll::Pending
         }
     }
@@ -564,12 +485,7 @@ impl State {
     /// A parked worker's keep-alive ran out: it exits, unless work was handed to it meanwhile.
     #[cfg(not(feature = "shuttle"))]
     pub(crate) fn expire(&mut self, id: WorkerId) -> bool {
-        if !matches!(self.slots[id.index()], Slot::Parked(_)) {
-            return false;
-        }
-        self.unpark(id);
-        self.slots[id.index()] = Slot::Exiting;
-        true
+        self.ids.expire(id)
     }
 
     /// Worker `id`'s task is gone (its guard dropped), whatever it was doing; a runtime that
@@ -577,46 +493,21 @@ impl State {
     /// caller to drop (and so cancel) outside the lock, and whether the ID goes back to the
     /// manager: not when a lease holds it (the lease gives it back as it ends).
     pub(crate) fn worker_gone(&mut self, id: WorkerId) -> (Option<Job>, bool) {
-        let slot = mem::replace(&mut self.slots[id.index()], Slot::Exiting);
-        let handed = match slot {
-            Slot::Busy(task) => {
-                self.dispatch_due |= charge_back(
-                    &mut self.lanes,
-                    &mut self.busy,
-                    &mut self.weight_running,
-                    task.charge(),
-                );
-                self.counters.cancelled_running += 1;
-                None
-            }
-            Slot::Handed(job, _) => {
-                if let Some(task) = job.task() {
-                    self.dispatch_due |= charge_back(
-                        &mut self.lanes,
-                        &mut self.busy,
-                        &mut self.weight_running,
-                        task.charge(),
-                    );
-                }
-                self.counters.cancelled_running += 1;
-                Some(job)
-            }
-            Slot::Parked(_) => {
-                self.unpark(id);
-                None
-            }
-            Slot::Exiting => None,
-            Slot::Lent(held, _) => {
-                self.slots[id.index()] = Slot::Leased(held);
-                self.leased_alone += 1;
-                return (None, false);
-            }
-            Slot::Free | Slot::Leased(_) => {
-                debug_assert!(false, "{id} released while not a worker's");
-                self.slots[id.index()] = slot;
-                return (None, false);
-            }
+        let (task, handed) = match self.ids.gone(id) {
+            Gone::Running(task) => (Some(task), None),
+            Gone::Handed(job) => (job.task(), Some(job)),
+            Gone::Idle => return (None, true),
+            Gone::Lent => return (None, false),
         };
+        if let Some(task) = task {
+            self.dispatch_due |= charge_back(
+                &mut self.lanes,
+                &mut self.busy,
+                &mut self.weight_running,
+                task.charge(),
+            );
+        }
+        self.counters.cancelled_running += 1;
         (handed, true)
     }
 
@@ -647,7 +538,7 @@ impl State {
             }
             // The new worker takes its first job from its slot, as a woken parked worker does:
             // a worker dropped before its first poll then resolves the job on its ID.
-            self.take_free(id, Slot::Handed(job, load));
+            self.ids.hand_free(id, job, load);
             self.counters.workers_spawned += 1;
             self.to_spawn.push(id);
         }
@@ -664,15 +555,14 @@ impl State {
         self.parked_below_limit().is_some()
     }
 
-    /// The most recently parked worker whose ID is below the limit (the others are on their way
-    /// out, woken by the change of limit).
+    /// The most recently parked worker whose ID is below the limit.
     fn parked_below_limit(&self) -> Option<WorkerId> {
-        let limit = self.limit;
-        self.parked
-            .iter()
-            .rev()
-            .find(|&&id| (id as usize) < limit)
-            .map(|&id| WorkerId(id))
+        self.ids.parked_below(self.limit)
+    }
+
+    /// The lowest ID no worker or lease holds, below the limit.
+    fn lowest_free(&self) -> Option<WorkerId> {
+        self.ids.lowest_free(self.limit)
     }
 
     /// Admits the next queued item for the most recently parked worker (below the limit) and
@@ -687,15 +577,10 @@ impl State {
         let Some((job, load)) = self.admit(id, lifecycle) else {
             return false;
         };
-        self.unpark(id);
-        let Slot::Parked(waker) = mem::replace(&mut self.slots[id.index()], Slot::Exiting) else {
-            unreachable!("the parked index lists only parked slots")
-        };
         if job.is_lease() {
-            self.grant(id, job, load, Lender::Worker(waker), wake);
+            self.grant(id, job, load, Lender::Worker(None), wake);
         } else {
-            self.slots[id.index()] = Slot::Handed(job, load);
-            wake.extend(waker);
+            wake.extend(self.ids.hand_parked(id, job, load));
         }
         true
     }
@@ -727,23 +612,16 @@ impl State {
             (weight, key),
         );
         self.counters.cancelled_running += 1;
-        if let Lender::Worker(waker) = lender {
-            self.slots[id.index()] = Slot::Parked(waker);
-            self.park(id);
-        }
         false
     }
 
-    /// Puts ID `id` in a lease's hands: `Leased` when it was free, `Lent` when a parked
-    /// worker lends it (and waits behind it).
+    /// Puts ID `id` in a lease's hands: `Leased` when it was free, `Lent` when a worker lends
+    /// it (and waits behind it).
     fn lend(&mut self, id: WorkerId, weight: u32, key: Option<Key>, lender: Lender) {
         let held = Held { weight, key };
         match lender {
-            Lender::Free => {
-                self.take_free(id, Slot::Leased(held));
-                self.leased_alone += 1;
-            }
-            Lender::Worker(waker) => self.slots[id.index()] = Slot::Lent(held, waker),
+            Lender::Free => self.ids.lend_free(id, held),
+            Lender::Worker(waker) => self.ids.lend_worker(id, held, waker),
         }
     }
 
@@ -761,15 +639,7 @@ impl State {
         }
         let (id, lender) = match self.lowest_free() {
             Some(id) => (id, Lender::Free),
-            None => {
-                let id = self.parked_below_limit()?;
-                self.unpark(id);
-                let Slot::Parked(waker) = mem::replace(&mut self.slots[id.index()], Slot::Exiting)
-                else {
-                    unreachable!("the parked index lists only parked slots")
-                };
-                (id, Lender::Worker(waker))
-            }
+            None => (self.parked_below_limit()?, Lender::Worker(None)),
         };
         if let Some(key) = key {
             self.lanes.charge(key, weight);
@@ -790,20 +660,9 @@ impl State {
     /// Ends the lease on `id`: its charge comes back, and its ID to its lender (free again, or
     /// back to the parked worker behind it, which is woken to look for work).
     fn end_lease(&mut self, id: WorkerId, outcome: Outcome, wake: &mut Vec<Waker>) {
-        let held = match mem::replace(&mut self.slots[id.index()], Slot::Exiting) {
-            Slot::Leased(held) => {
-                self.leased_alone -= 1;
-                self.free_id(id);
-                held
-            }
-            Slot::Lent(held, waker) => {
-                self.slots[id.index()] = Slot::Parked(None);
-                self.park(id);
-                wake.extend(waker);
-                held
-            }
-            _ => unreachable!("{id} ends a lease it does not hold"),
-        };
+        let (held, waker) = self.ids.end_lease(id);
+        // Its worker, parked again, looks for work (or its keep-alive's end).
+        wake.extend(waker);
         self.dispatch_due |= charge_back(
             &mut self.lanes,
             &mut self.busy,
@@ -814,62 +673,9 @@ impl State {
         self.counters.leases_ended += 1;
     }
 
-    fn park(&mut self, id: WorkerId) {
-        debug_assert!(!self.parked.contains(&id.0), "{id} parked twice");
-        self.parked.push(id.0);
-        self.parked_hint.store(self.parked.len(), Ordering::Relaxed);
-    }
-
-    fn unpark(&mut self, id: WorkerId) {
-        let at = self.parked.iter().rposition(|&parked| parked == id.0);
-        debug_assert!(at.is_some(), "{id} is not parked");
-        if let Some(at) = at {
-            self.parked.remove(at);
-        }
-        self.parked_hint.store(self.parked.len(), Ordering::Relaxed);
-    }
-
-    /// The lowest ID no worker holds, below the limit.
-    fn lowest_free(&self) -> Option<WorkerId> {
-        let next = self
-            .free
-            .first()
-            .copied()
-            .unwrap_or(self.slots.len() as u32);
-        ((next as usize) < self.limit && next < u32::MAX).then_some(WorkerId(next))
-    }
-
-    fn take_free(&mut self, id: WorkerId, slot: Slot) {
-        if id.index() == self.slots.len() {
-            self.slots.push(slot);
-        } else {
-            let was_free = self.free.remove(&id.0);
-            debug_assert!(was_free, "{id} handed out twice");
-            self.slots[id.index()] = slot;
-        }
-    }
-
     /// An exited worker's ID came back on the done channel.
     pub(crate) fn release(&mut self, id: WorkerId) {
-        debug_assert!(matches!(self.slots[id.index()], Slot::Exiting));
-        self.free_id(id);
-    }
-
-    /// Marks `id` free.
-    fn free_id(&mut self, id: WorkerId) {
-        // Keep `slots` as long as the highest ID held, so a burst at a huge limit leaves nothing
-        // behind. The highest ID (the common case: a lease alone on an idle limiter) goes
-        // without a trip through the free set.
-        if id.index() + 1 == self.slots.len() {
-            self.slots.pop();
-        } else {
-            self.slots[id.index()] = Slot::Free;
-            self.free.insert(id.0);
-        }
-        while let Some(Slot::Free) = self.slots.last() {
-            self.slots.pop();
-            self.free.remove(&(self.slots.len() as u32));
-        }
+        self.ids.release(id);
     }
 
     /// Whether the manager should move work from the channel into the queue now. When it
@@ -918,23 +724,12 @@ impl State {
     /// Takes the wakers of all parked workers, for them to look again at whether they should
     /// run, park or exit (after close, shutdown or a change of the limit).
     pub(crate) fn wake_parked(&mut self, wake: &mut Vec<Waker>) {
-        for &id in &self.parked {
-            if let Slot::Parked(waker) = &mut self.slots[id as usize] {
-                wake.extend(waker.take());
-            }
-        }
+        self.ids.wake_parked(wake);
     }
 
     /// The items running or handed to a parked worker, for `shutdown` to cancel.
     pub(crate) fn running_tasks(&self) -> Vec<Arc<dyn RawTask>> {
-        self.slots
-            .iter()
-            .filter_map(|slot| match slot {
-                Slot::Busy(task) => Some(task.clone()),
-                Slot::Handed(job, _) => job.task(),
-                _ => None,
-            })
-            .collect()
+        self.ids.running_tasks()
     }
 
     /// Counts items leaving the limiter unstarted (refused, cancelled by shutdown).
@@ -985,21 +780,17 @@ impl State {
 
     /// Worker tasks alive (or just spawned, or exiting with their ID not yet back).
     pub(crate) fn workers(&self) -> usize {
-        self.ids_held() - self.leased_alone
+        self.ids.workers()
     }
 
     /// IDs held by worker tasks or leases: the manager exits only once there are none.
     pub(crate) fn ids_held(&self) -> usize {
-        // `free` indexes the free slots, and `slots` ends at the highest ID held.
-        self.slots.len() - self.free.len()
+        self.ids.held()
     }
 
     /// The IDs held by live workers or leases, lowest first.
     pub(crate) fn busy_ids(&self) -> Vec<WorkerId> {
-        (0..self.slots.len() as u32)
-            .filter(|id| !self.free.contains(id))
-            .map(WorkerId)
-            .collect()
+        self.ids.held_ids()
     }
 
     /// A snapshot of the counters; `submitted` is read by the caller after it, so that a
@@ -1022,7 +813,7 @@ impl State {
             max_running: c.max_running,
             workers_spawned: c.workers_spawned,
             workers: self.workers(),
-            idle_workers: self.parked.len(),
+            idle_workers: self.ids.idle(),
         }
     }
 }

@@ -21,6 +21,7 @@
 mod admission;
 pub(crate) mod cell;
 mod deadline;
+mod ids;
 mod lanes;
 mod lease;
 mod manager;

@@ -1,0 +1,367 @@
+//! The worker-ID table: for each ID, who holds it (a worker task, in one of its states, or a
+//! lease) or that it is free, with every transition between those in this file. Exclusivity
+//! can be read off it: an ID leaves `Free` only through [`Ids::hand_free`] and
+//! [`Ids::lend_free`], every other transition keeps its one holder (a worker hands its ID to a
+//! lease and gets it back, or gives it up by exiting), and an ID comes back to `Free` only from
+//! `Exiting` (its worker task gone, [`Ids::release`]) or `Leased` (its lease ended,
+//! [`Ids::end_lease`]).
+//!
+//! Admission (`admission.rs`) decides what starts, and on which ID; this table only records it.
+//! Both live under the one admission lock.
+
+use std::collections::BTreeSet;
+use std::mem;
+use std::task::{Context, Waker};
+
+use super::cell::{Job, Load, RawTask};
+use crate::key::Key;
+use crate::sync::{Arc, AtomicUsize, Ordering};
+use crate::worker_id::WorkerId;
+
+/// What one worker ID is doing.
+enum Slot {
+    /// No worker or lease holds it.
+    Free,
+    /// Its worker runs this item (or is about to start it). Kept so that `shutdown` can cancel
+    /// it.
+    Busy(Arc<dyn RawTask>),
+    /// Admission gave this job to the ID's worker (parked, or yet to be spawned), which has yet
+    /// to take it.
+    Handed(Job, Load),
+    /// Its worker waits for work, holding the ID.
+    Parked(Option<Waker>),
+    /// Its worker is on its way out; the ID comes back to the manager on the done channel.
+    Exiting,
+    /// A lease holds it, with no worker task behind the ID.
+    Leased(Held),
+    /// A lease holds it, lent by a worker that waits behind it for the ID back.
+    Lent(Held, Option<Waker>),
+}
+
+/// What a lease counts against the limits while it holds its ID: kept in its slot, so that the
+/// lease itself needs no cell once granted.
+pub(crate) struct Held {
+    pub(crate) weight: u32,
+    pub(crate) key: Option<Key>,
+}
+
+/// What a worker finds in its slot as it asks for work.
+pub(crate) enum Asking {
+    /// A job handed to it: it runs it now (its slot is `Busy`).
+    Handed(Job, Load),
+    /// It just ended an item.
+    Busy,
+    /// It waits for work.
+    Parked,
+    /// Its ID is lent to a lease: it waits for it to come back.
+    Lent,
+}
+
+/// What a worker left behind as its task went (see [`Ids::gone`]).
+pub(crate) enum Gone {
+    /// It was running this item.
+    Running(Arc<dyn RawTask>),
+    /// It had been handed this job and never took it.
+    Handed(Job),
+    /// It held no item.
+    Idle,
+    /// Its ID is lent to a lease, which keeps it (the ID does not go back to the manager).
+    Lent,
+}
+
+/// The table, and two indexes over it.
+pub(crate) struct Ids {
+    /// Indexed by worker ID; only as long as the highest ID held.
+    slots: Vec<Slot>,
+    /// The IDs in `slots` that are `Free`.
+    free: BTreeSet<u32>,
+    /// The IDs that are `Parked`, the most recently parked last. Work goes to the most recently
+    /// parked worker: its stack and caches are warm, and the others can run into their
+    /// keep-alive when there is less work than workers.
+    parked: Vec<u32>,
+    /// `parked.len()`, readable without the lock: submitters look at it to decide whether to
+    /// try handing their item to a parked worker themselves.
+    parked_hint: Arc<AtomicUsize>,
+    /// The IDs that are `Leased`: held with no worker task behind them.
+    leased_alone: usize,
+}
+
+impl Ids {
+    pub(crate) fn new(parked_hint: Arc<AtomicUsize>) -> Ids {
+        Ids {
+            slots: Vec::new(),
+            free: BTreeSet::new(),
+            parked: Vec::new(),
+            parked_hint,
+            leased_alone: 0,
+        }
+    }
+
+    // --- a worker's own transitions ---
+
+    /// Worker `id` asks for work: takes a job handed to it (`Handed` → `Busy`), or says where
+    /// it is. Behind a lease, it leaves `cx`'s waker for the ID's return.
+    pub(crate) fn ask(&mut self, id: WorkerId, cx: &Context<'_>) -> Asking {
+        let slot = &mut self.slots[id.index()];
+        match slot {
+            Slot::Handed(job, _) => {
+                let task = job.task().expect("a handed job is queued");
+                let Slot::Handed(job, load) = mem::replace(slot, Slot::Busy(task)) else {
+                    unreachable!("matched above")
+                };
+                Asking::Handed(job, load)
+            }
+            Slot::Busy(_) => Asking::Busy,
+            Slot::Parked(_) => Asking::Parked,
+            Slot::Lent(_, waker) => {
+                if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *waker = Some(cx.waker().clone());
+                }
+                Asking::Lent
+            }
+            Slot::Free | Slot::Exiting | Slot::Leased(_) => {
+                unreachable!("{id} asks for work without holding its ID")
+            }
+        }
+    }
+
+    /// Worker `id` (which just ended an item, or was parked) starts `task`.
+    pub(crate) fn run(&mut self, id: WorkerId, task: Arc<dyn RawTask>) {
+        self.leave_park(id);
+        self.slots[id.index()] = Slot::Busy(task);
+    }
+
+    /// Worker `id` (which just ended an item, or was parked) exits; its ID goes back to the
+    /// manager when its task is gone.
+    pub(crate) fn exit(&mut self, id: WorkerId) {
+        self.leave_park(id);
+        self.slots[id.index()] = Slot::Exiting;
+    }
+
+    /// Worker `id` waits for work, to be woken through `waker`.
+    pub(crate) fn park(&mut self, id: WorkerId, waker: &Waker) {
+        if let Slot::Parked(Some(parked)) = &self.slots[id.index()] {
+            if parked.will_wake(waker) {
+                return;
+            }
+        }
+        if !matches!(self.slots[id.index()], Slot::Parked(_)) {
+            self.index_parked(id);
+        }
+        self.slots[id.index()] = Slot::Parked(Some(waker.clone()));
+    }
+
+    /// A parked worker's keep-alive ran out: it exits, unless it is no longer parked (work was
+    /// handed to it, or its ID lent). Returns whether it exits.
+    #[cfg(not(feature = "shuttle"))]
+    pub(crate) fn expire(&mut self, id: WorkerId) -> bool {
+        if !matches!(self.slots[id.index()], Slot::Parked(_)) {
+            return false;
+        }
+        self.exit(id);
+        true
+    }
+
+    /// Worker `id`'s task is gone, whatever it was doing (a runtime that shuts down drops
+    /// workers mid-item): its ID is on its way back to the manager, unless a lease holds it.
+    pub(crate) fn gone(&mut self, id: WorkerId) -> Gone {
+        self.leave_park(id);
+        match mem::replace(&mut self.slots[id.index()], Slot::Exiting) {
+            Slot::Busy(task) => Gone::Running(task),
+            Slot::Handed(job, _) => Gone::Handed(job),
+            Slot::Parked(_) | Slot::Exiting => Gone::Idle,
+            Slot::Lent(held, _) => {
+                self.slots[id.index()] = Slot::Leased(held);
+                self.leased_alone += 1;
+                Gone::Lent
+            }
+            slot @ (Slot::Free | Slot::Leased(_)) => {
+                debug_assert!(false, "{id} released while not a worker's");
+                self.slots[id.index()] = slot;
+                Gone::Lent
+            }
+        }
+    }
+
+    // --- admission's transitions ---
+
+    /// Hands `job` to parked worker `id`; returns its waker, if it left one (a worker yet to
+    /// register one looks at its slot before it waits).
+    pub(crate) fn hand_parked(&mut self, id: WorkerId, job: Job, load: Load) -> Option<Waker> {
+        self.leave_park(id);
+        match mem::replace(&mut self.slots[id.index()], Slot::Handed(job, load)) {
+            Slot::Parked(waker) => waker,
+            _ => unreachable!("{id} is handed work while not parked"),
+        }
+    }
+
+    /// Takes free ID `id` for a new worker, handed `job` as its first: the manager spawns it.
+    pub(crate) fn hand_free(&mut self, id: WorkerId, job: Job, load: Load) {
+        self.take_free(id, Slot::Handed(job, load));
+    }
+
+    /// Free ID `id` goes to a lease.
+    pub(crate) fn lend_free(&mut self, id: WorkerId, held: Held) {
+        self.take_free(id, Slot::Leased(held));
+        self.leased_alone += 1;
+    }
+
+    /// Worker `id` (parked, or asking for work with `waker`) lends its ID to a lease and waits
+    /// behind it. A parked worker's own waker stays unless `waker` replaces it.
+    pub(crate) fn lend_worker(&mut self, id: WorkerId, held: Held, waker: Option<Waker>) {
+        self.leave_park(id);
+        let kept = match mem::replace(&mut self.slots[id.index()], Slot::Exiting) {
+            Slot::Parked(kept) => kept,
+            Slot::Busy(_) => None,
+            _ => unreachable!("{id} is lent while not its worker's"),
+        };
+        self.slots[id.index()] = Slot::Lent(held, waker.or(kept));
+    }
+
+    /// The lease on `id` ended: the ID goes back to its lender (free again, or to its worker,
+    /// parked, whose waker is returned for the caller to wake). Returns what the lease held.
+    pub(crate) fn end_lease(&mut self, id: WorkerId) -> (Held, Option<Waker>) {
+        match mem::replace(&mut self.slots[id.index()], Slot::Exiting) {
+            Slot::Leased(held) => {
+                self.leased_alone -= 1;
+                self.free_id(id);
+                (held, None)
+            }
+            Slot::Lent(held, waker) => {
+                self.slots[id.index()] = Slot::Parked(None);
+                self.index_parked(id);
+                (held, waker)
+            }
+            _ => unreachable!("{id} ends a lease it does not hold"),
+        }
+    }
+
+    /// An exited worker's ID came back on the done channel.
+    pub(crate) fn release(&mut self, id: WorkerId) {
+        debug_assert!(matches!(self.slots[id.index()], Slot::Exiting));
+        self.free_id(id);
+    }
+
+    // --- views ---
+
+    /// The item worker `id` runs.
+    pub(crate) fn running(&self, id: WorkerId) -> &Arc<dyn RawTask> {
+        match &self.slots[id.index()] {
+            Slot::Busy(task) => task,
+            _ => unreachable!("{id} ends an item it does not run"),
+        }
+    }
+
+    /// The most recently parked worker whose ID is below `limit` (the others are on their way
+    /// out, woken by the change of limit).
+    pub(crate) fn parked_below(&self, limit: usize) -> Option<WorkerId> {
+        self.parked
+            .iter()
+            .rev()
+            .find(|&&id| (id as usize) < limit)
+            .map(|&id| WorkerId(id))
+    }
+
+    /// The lowest ID nobody holds, below `limit`.
+    pub(crate) fn lowest_free(&self, limit: usize) -> Option<WorkerId> {
+        let next = self
+            .free
+            .first()
+            .copied()
+            .unwrap_or(self.slots.len() as u32);
+        ((next as usize) < limit && next < u32::MAX).then_some(WorkerId(next))
+    }
+
+    /// Takes the wakers of all parked workers, for them to look again at whether they should
+    /// run, park or exit (after close, shutdown or a change of the limit).
+    pub(crate) fn wake_parked(&mut self, wake: &mut Vec<Waker>) {
+        for &id in &self.parked {
+            if let Slot::Parked(waker) = &mut self.slots[id as usize] {
+                wake.extend(waker.take());
+            }
+        }
+    }
+
+    /// The items running or handed to a worker, for `shutdown` to cancel.
+    pub(crate) fn running_tasks(&self) -> Vec<Arc<dyn RawTask>> {
+        self.slots
+            .iter()
+            .filter_map(|slot| match slot {
+                Slot::Busy(task) => Some(task.clone()),
+                Slot::Handed(job, _) => job.task(),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// IDs held by worker tasks or leases.
+    pub(crate) fn held(&self) -> usize {
+        // `free` indexes the free slots, and `slots` ends at the highest ID held.
+        self.slots.len() - self.free.len()
+    }
+
+    /// Worker tasks alive (or just spawned, or exiting with their ID not yet back).
+    pub(crate) fn workers(&self) -> usize {
+        self.held() - self.leased_alone
+    }
+
+    /// Parked workers.
+    pub(crate) fn idle(&self) -> usize {
+        self.parked.len()
+    }
+
+    /// The IDs held, lowest first.
+    pub(crate) fn held_ids(&self) -> Vec<WorkerId> {
+        (0..self.slots.len() as u32)
+            .filter(|id| !self.free.contains(id))
+            .map(WorkerId)
+            .collect()
+    }
+
+    // --- the indexes ---
+
+    fn take_free(&mut self, id: WorkerId, slot: Slot) {
+        if id.index() == self.slots.len() {
+            self.slots.push(slot);
+        } else {
+            let was_free = self.free.remove(&id.0);
+            debug_assert!(was_free, "{id} handed out twice");
+            self.slots[id.index()] = slot;
+        }
+    }
+
+    fn free_id(&mut self, id: WorkerId) {
+        // Keep `slots` as long as the highest ID held, so a burst at a huge limit leaves nothing
+        // behind. The highest ID (the common case: a lease alone on an idle limiter) goes
+        // without a trip through the free set.
+        if id.index() + 1 == self.slots.len() {
+            self.slots.pop();
+        } else {
+            self.slots[id.index()] = Slot::Free;
+            self.free.insert(id.0);
+        }
+        while let Some(Slot::Free) = self.slots.last() {
+            self.slots.pop();
+            self.free.remove(&(self.slots.len() as u32));
+        }
+    }
+
+    fn index_parked(&mut self, id: WorkerId) {
+        debug_assert!(!self.parked.contains(&id.0), "{id} parked twice");
+        self.parked.push(id.0);
+        self.parked_hint.store(self.parked.len(), Ordering::Relaxed);
+    }
+
+    /// Takes `id` out of the parked index if it is parked.
+    fn leave_park(&mut self, id: WorkerId) {
+        if !matches!(self.slots[id.index()], Slot::Parked(_)) {
+            return;
+        }
+        let at = self.parked.iter().rposition(|&parked| parked == id.0);
+        debug_assert!(at.is_some(), "{id} is parked but not indexed");
+        if let Some(at) = at {
+            self.parked.remove(at);
+        }
+        self.parked_hint.store(self.parked.len(), Ordering::Relaxed);
+    }
+}
