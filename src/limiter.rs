@@ -29,7 +29,7 @@ use crate::worker_id::WorkerId;
 /// [`shutdown`]: Self::shutdown
 ///
 /// The type parameter `S` is the type of the per-worker state made by
-/// [`Builder::worker_state`] and lent to items by
+/// [`Builder::worker_state`](crate::Builder::worker_state) and lent to items by
 /// [`spawn_with_state`](Self::spawn_with_state); it is `()` for a limiter built without one.
 ///
 /// # Examples
@@ -382,8 +382,8 @@ impl<S> Limiter<S> {
     }
 
     /// Returns the limit in force for `key`: its own ([`set_key_limit`](Self::set_key_limit)),
-    /// else [`Builder::per_key_limit`], else `usize::MAX` (the key is limited by the global
-    /// limit only).
+    /// else [`Builder::per_key_limit`](crate::Builder::per_key_limit), else `usize::MAX` (the
+    /// key is limited by the global limit only).
     ///
     /// # Examples
     ///
@@ -436,7 +436,7 @@ impl<S> Limiter<S> {
         self.core().key_metrics(&key.into())
     }
 
-    /// Returns the limiter's name (see [`Builder::name`]).
+    /// Returns the limiter's name (see [`Builder::name`](crate::Builder::name)).
     ///
     /// # Examples
     ///
