@@ -82,6 +82,11 @@ struct Registry {
     heap: BinaryHeap<Reverse<Entry>>,
     next_seq: u64,
     sweep_at: usize,
+    /// The earliest deadline in the heap when the manager last looked, which its timer is
+    /// armed for; `None` before it first looks or while the heap is empty. A registration
+    /// wakes the manager only when its deadline comes earlier (or the heap is due a sweep):
+    /// a burst of items with deadlines wakes it once, not once per item.
+    armed_at: Option<Instant>,
     tokens: Vec<(CancellationToken, Weak<dyn RawTask>)>,
 }
 
@@ -124,6 +129,7 @@ impl Watches {
                 heap: BinaryHeap::new(),
                 next_seq: 0,
                 sweep_at: SWEEP_AT_LEAST,
+                armed_at: None,
                 tokens: Vec::new(),
             }),
             dirty: AtomicBool::new(false),
@@ -160,8 +166,19 @@ impl Watches {
         let seq = registry.next_seq;
         registry.next_seq += 1;
         registry.heap.push(Reverse(Entry { at, seq, task }));
+        let look = registry.armed_at.is_none_or(|armed| at < armed)
+            || registry.heap.len() >= registry.sweep_at;
         drop(registry);
-        self.wake();
+        if look {
+            self.wake();
+        } else {
+            // The manager's timer fires at or before this deadline, and it looks at the heap
+            // then. `armed_at` is set only by a look, after a registration set `active`; read
+            // first, so that the shared line is not written per item.
+            if !self.active() {
+                self.active.store(true, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Cancels `task` if it is still queued when `token` is cancelled.
@@ -299,6 +316,7 @@ impl Watcher {
             registry.sweep_at = (registry.heap.len() * 2).max(SWEEP_AT_LEAST);
         }
         let next = registry.heap.peek().map(|Reverse(entry)| entry.at);
+        registry.armed_at = next;
         drop(registry);
 
         // Outside the registry's lock: this drops the items' work.
