@@ -114,17 +114,17 @@ impl<S> Limiter<S> {
             None => (None, None),
             Some(limits) => limits.split(runs_to_end),
         };
-        let path = Path {
-            core: &self.inner.core,
-            adaptive: self.inner.extras.adaptive.as_ref(),
-            props: Props {
-                priority: options.priority,
-                runs_to_end,
-            },
-            watch: watch.as_ref(),
-            on_closed,
+        let props = Props {
+            priority: options.priority,
+            runs_to_end,
         };
-        path.limited(work, run, options.place, charge, options.overload)
+        self.path(props, watch.as_ref(), on_closed).limited(
+            work,
+            run,
+            options.place,
+            charge,
+            options.overload,
+        )
     }
 
     /// [`submit`](Self::submit) for an item without options: `spawn`, `spawn_with`,
@@ -135,19 +135,26 @@ impl<S> Limiter<S> {
         work: W,
         runs_to_end: bool,
     ) -> JoinHandle<W::Output> {
-        let path = Path {
-            core: &self.inner.core,
-            adaptive: self.inner.extras.adaptive.as_ref(),
-            props: Props {
-                priority: 0,
-                runs_to_end,
-            },
-            watch: None,
-            on_closed: OnClosed::Cancel,
+        let props = Props {
+            priority: 0,
+            runs_to_end,
         };
-        match path.measured(work, None, ()) {
+        match self
+            .path(props, None, OnClosed::Cancel)
+            .measured(work, None, ())
+        {
             Ok(handle) => handle,
             Err(_) => unreachable!("`OnClosed::Cancel` never gives the work back"),
+        }
+    }
+
+    fn path<'a>(&'a self, props: Props, watch: Option<&'a Watch>, on_closed: OnClosed) -> Path<'a> {
+        Path {
+            core: &self.inner.core,
+            adaptive: self.inner.extras.adaptive.as_ref(),
+            props,
+            watch,
+            on_closed,
         }
     }
 }

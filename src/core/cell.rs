@@ -93,14 +93,6 @@ pub(crate) struct Props {
     pub(crate) runs_to_end: bool,
 }
 
-impl Props {
-    /// An item with no options set.
-    pub(crate) const PLAIN: Props = Props {
-        priority: 0,
-        runs_to_end: false,
-    };
-}
-
 /// What an item counts against the limits while it runs: its weight, and its key's share.
 ///
 /// A type parameter of the cell rather than a field, so that an item without a key or a
@@ -137,12 +129,6 @@ impl Charge for Weighed {
 
     fn key(&self) -> Option<&Key> {
         self.key.as_ref()
-    }
-}
-
-impl Default for Props {
-    fn default() -> Props {
-        Props::PLAIN
     }
 }
 
