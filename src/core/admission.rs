@@ -19,8 +19,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::cell::{Job, Load, Outcome, RawTask};
-use super::ids::{Asking, Gone, Held, Ids};
+use super::ids::{Asking, Gone, Held, Ids, Inbox};
 use super::lanes::{Lanes, Skipped};
+use super::wakers::Wakers;
 use crate::key::Key;
 use crate::metrics::{KeyMetrics, Metrics};
 use crate::sync::rt::sync::mpsc::UnboundedSender;
@@ -109,7 +110,7 @@ pub(crate) struct State {
     drained: bool,
     /// Which worker task or lease holds each worker ID (`ids.rs`).
     ids: Ids,
-    /// Items running now (IDs `Busy`, `Handed`, `Leased` or `Lent`), leases included. A count
+    /// Items running now (IDs `Busy`, `Leased` or `Lent`), leases included. A count
     /// kept beside the ID table because admission reads it for every item.
     busy: usize,
     /// IDs handed an item by admission outside the manager (a lease's end), for the manager to
@@ -223,7 +224,7 @@ impl Shared {
     ) -> Poll<Option<(Job, Load)>> {
         let lifecycle = self.lifecycle();
         let mut state = self.state();
-        let mut wake = Vec::new();
+        let mut wake = Wakers::default();
         let poll = state.poll_next(id, ended, cx, lifecycle, &mut wake);
         let more = state.dispatch_due && state.dispatch_more(lifecycle, &mut wake);
         self.after_admission(state, wake, more);
@@ -233,10 +234,10 @@ impl Shared {
     /// Ends a turn of admission taken outside the manager: wakes the workers and lease waiters
     /// it handed work to (outside the lock), and the manager when there is something for it:
     /// workers to spawn, a FIFO queue that a pop brought to its low-water mark, or `also`.
-    fn after_admission(&self, mut state: MutexGuard<'_, State>, wake: Vec<Waker>, also: bool) {
+    fn after_admission(&self, mut state: MutexGuard<'_, State>, mut wake: Wakers, also: bool) {
         let due = also || mem::take(&mut state.refill_due) || !state.to_spawn.is_empty();
         drop(state);
-        wake.into_iter().for_each(Waker::wake);
+        wake.wake_all();
         if due {
             self.control.notify_one();
         }
@@ -273,7 +274,7 @@ impl Shared {
         state.lanes.push(job);
         // Should admission refuse (every running place taken), the item waits in the queue,
         // where the next worker to finish an item takes it.
-        let mut wake = Vec::new();
+        let mut wake = Wakers::default();
         state.hand_to_parked(lifecycle, &mut wake);
         self.after_admission(state, wake, false);
         Ok(())
@@ -305,7 +306,7 @@ impl Shared {
             return Err(job);
         }
         state.lanes.push(job);
-        let mut wake = Vec::new();
+        let mut wake = Wakers::default();
         state.dispatch(lifecycle, &mut wake);
         self.after_admission(state, wake, false);
         Ok(())
@@ -316,7 +317,7 @@ impl Shared {
     pub(crate) fn end_lease(&self, id: WorkerId, outcome: Outcome) {
         let lifecycle = self.lifecycle();
         let mut state = self.state();
-        let mut wake = Vec::new();
+        let mut wake = Wakers::default();
         state.end_lease(id, outcome, &mut wake);
         // Nothing waits that this lease's room could start: no admission round (the common
         // case of a service whose queue is mostly empty).
@@ -395,7 +396,7 @@ impl State {
     /// for the caller to wake outside the lock. Returns true if more may start than were
     /// parked: the manager then spawns workers for it.
     #[cold]
-    fn dispatch_more(&mut self, lifecycle: Lifecycle, wake: &mut Vec<Waker>) -> bool {
+    fn dispatch_more(&mut self, lifecycle: Lifecycle, wake: &mut Wakers) -> bool {
         self.dispatch_due = false;
         while self.hand_to_parked(lifecycle, wake) {}
         self.may_start_more()
@@ -444,7 +445,7 @@ impl State {
         ended: Option<Outcome>,
         cx: &mut Context<'_>,
         lifecycle: Lifecycle,
-        wake: &mut Vec<Waker>,
+        wake: &mut Wakers,
     ) -> Poll<Option<(Job, Load)>> {
         if let Some(outcome) = ended {
             self.end_item(id, outcome);
@@ -493,22 +494,20 @@ impl State {
     /// caller to drop (and so cancel) outside the lock, and whether the ID goes back to the
     /// manager: not when a lease holds it (the lease gives it back as it ends).
     pub(crate) fn worker_gone(&mut self, id: WorkerId) -> (Option<Job>, bool) {
-        let (task, handed) = match self.ids.gone(id) {
-            Gone::Running(task) => (Some(task), None),
-            Gone::Handed(job) => (job.task(), Some(job)),
+        let task = match self.ids.gone(id) {
+            Gone::Running(task) => task,
             Gone::Idle => return (None, true),
             Gone::Lent => return (None, false),
         };
-        if let Some(task) = task {
-            self.dispatch_due |= charge_back(
-                &mut self.lanes,
-                &mut self.busy,
-                &mut self.weight_running,
-                task.charge(),
-            );
-        }
+        self.dispatch_due |= charge_back(
+            &mut self.lanes,
+            &mut self.busy,
+            &mut self.weight_running,
+            task.charge(),
+        );
         self.counters.cancelled_running += 1;
-        (handed, true)
+        // A job handed to the worker that it never took is still in the ID's inbox.
+        (self.ids.inbox(id).take().map(|(job, _)| job), true)
     }
 
     // --- the manager's side ---
@@ -517,7 +516,7 @@ impl State {
     /// recently parked first), then takes free IDs (lowest first) for new workers, each handed
     /// its first job. Returns the wakers of the parked workers given work, and the IDs to spawn
     /// workers for.
-    pub(crate) fn dispatch(&mut self, lifecycle: Lifecycle, wake: &mut Vec<Waker>) {
+    pub(crate) fn dispatch(&mut self, lifecycle: Lifecycle, wake: &mut Wakers) {
         self.expire_limit();
         loop {
             if self.has_parked_below_limit() {
@@ -542,6 +541,11 @@ impl State {
             self.counters.workers_spawned += 1;
             self.to_spawn.push(id);
         }
+    }
+
+    /// Worker `id`'s inbox, where admission hands it its jobs.
+    pub(crate) fn inbox(&self, id: WorkerId) -> Arc<Inbox> {
+        self.ids.inbox(id).clone()
     }
 
     /// The IDs admission handed an item whose worker is yet to be spawned: the manager's to
@@ -570,7 +574,7 @@ impl State {
     /// worker or admission refused. The wakers to wake outside the lock go to `wake`: the
     /// worker's, if it registered one (a worker yet to register looks at its slot before it
     /// waits), or the lease's waiter's.
-    fn hand_to_parked(&mut self, lifecycle: Lifecycle, wake: &mut Vec<Waker>) -> bool {
+    fn hand_to_parked(&mut self, lifecycle: Lifecycle, wake: &mut Wakers) -> bool {
         let Some(id) = self.parked_below_limit() else {
             return false;
         };
@@ -596,7 +600,7 @@ impl State {
         job: Job,
         load: Load,
         lender: Lender,
-        wake: &mut Vec<Waker>,
+        wake: &mut Wakers,
     ) -> bool {
         let task = job.into_task().expect("an admitted job is queued");
         let (weight, key) = task.charge();
@@ -659,7 +663,7 @@ impl State {
 
     /// Ends the lease on `id`: its charge comes back, and its ID to its lender (free again, or
     /// back to the parked worker behind it, which is woken to look for work).
-    fn end_lease(&mut self, id: WorkerId, outcome: Outcome, wake: &mut Vec<Waker>) {
+    fn end_lease(&mut self, id: WorkerId, outcome: Outcome, wake: &mut Wakers) {
         let (held, waker) = self.ids.end_lease(id);
         // Its worker, parked again, looks for work (or its keep-alive's end).
         wake.extend(waker);
@@ -723,7 +727,7 @@ impl State {
 
     /// Takes the wakers of all parked workers, for them to look again at whether they should
     /// run, park or exit (after close, shutdown or a change of the limit).
-    pub(crate) fn wake_parked(&mut self, wake: &mut Vec<Waker>) {
+    pub(crate) fn wake_parked(&mut self, wake: &mut Wakers) {
         self.ids.wake_parked(wake);
     }
 

@@ -7,27 +7,27 @@
 //! [`Ids::end_lease`]).
 //!
 //! Admission (`admission.rs`) decides what starts, and on which ID; this table only records it.
-//! Both live under the one admission lock.
+//! Both live under the one admission lock, except for one move: the job handed to an ID's
+//! worker waits in the ID's [`Inbox`], which the worker empties as it wakes, without that lock
+//! (the slot is `Busy` from the hand-over on).
 
 use std::collections::BTreeSet;
 use std::mem;
 use std::task::{Context, Waker};
 
 use super::cell::{Job, Load, RawTask};
+use super::wakers::Wakers;
 use crate::key::Key;
-use crate::sync::{Arc, AtomicUsize, Ordering};
+use crate::sync::{lock, Arc, AtomicUsize, Mutex, Ordering};
 use crate::worker_id::WorkerId;
 
 /// What one worker ID is doing.
 enum Slot {
     /// No worker or lease holds it.
     Free,
-    /// Its worker runs this item (or is about to start it). Kept so that `shutdown` can cancel
-    /// it.
+    /// Its worker runs this item, or is about to: admission handed it the item's job through
+    /// the ID's [`Inbox`], which the worker takes it from. Kept so that `shutdown` can cancel it.
     Busy(Arc<dyn RawTask>),
-    /// Admission gave this job to the ID's worker (parked, or yet to be spawned), which has yet
-    /// to take it.
-    Handed(Job, Load),
     /// Its worker waits for work, holding the ID.
     Parked(Option<Waker>),
     /// Its worker is on its way out; the ID comes back to the manager on the done channel.
@@ -47,7 +47,7 @@ pub(crate) struct Held {
 
 /// What a worker finds in its slot as it asks for work.
 pub(crate) enum Asking {
-    /// A job handed to it: it runs it now (its slot is `Busy`).
+    /// A job handed to it, taken from its inbox: it runs it now.
     Handed(Job, Load),
     /// It just ended an item.
     Busy,
@@ -59,10 +59,8 @@ pub(crate) enum Asking {
 
 /// What a worker left behind as its task went (see [`Ids::gone`]).
 pub(crate) enum Gone {
-    /// It was running this item.
+    /// It was running this item, or had been handed its job (then still in the ID's inbox).
     Running(Arc<dyn RawTask>),
-    /// It had been handed this job and never took it.
-    Handed(Job),
     /// It held no item.
     Idle,
     /// Its ID is lent to a lease, which keeps it (the ID does not go back to the manager).
@@ -84,6 +82,29 @@ pub(crate) struct Ids {
     parked_hint: Arc<AtomicUsize>,
     /// The IDs that are `Leased`: held with no worker task behind them.
     leased_alone: usize,
+    /// Each ID's inbox, made with its first slot and kept (an ID's next worker reuses it).
+    inboxes: Vec<Arc<Inbox>>,
+}
+
+/// Where admission leaves the job it hands to an ID's worker (parked, or yet to be spawned).
+///
+/// Written under the admission lock, together with the slot becoming `Busy`; read by the
+/// worker without it, as it wakes: a service's request so costs its worker no trip through
+/// the admission lock to learn what to run. The worker's own lock is held for a move, by one
+/// writer and one reader that the wake-up puts in turn.
+#[derive(Default)]
+pub(crate) struct Inbox(Mutex<Option<(Job, Load)>>);
+
+impl Inbox {
+    /// Takes the job handed to this ID's worker, if there is one.
+    pub(crate) fn take(&self) -> Option<(Job, Load)> {
+        lock(&self.0).take()
+    }
+
+    fn put(&self, job: Job, load: Load) {
+        let previous = lock(&self.0).replace((job, load));
+        debug_assert!(previous.is_none(), "a job handed over another");
+    }
 }
 
 impl Ids {
@@ -94,24 +115,21 @@ impl Ids {
             parked: Vec::new(),
             parked_hint,
             leased_alone: 0,
+            inboxes: Vec::new(),
         }
     }
 
     // --- a worker's own transitions ---
 
-    /// Worker `id` asks for work: takes a job handed to it (`Handed` → `Busy`), or says where
+    /// Worker `id` asks for work: takes a job handed to it (from its inbox), or says where
     /// it is. Behind a lease, it leaves `cx`'s waker for the ID's return.
     pub(crate) fn ask(&mut self, id: WorkerId, cx: &Context<'_>) -> Asking {
         let slot = &mut self.slots[id.index()];
         match slot {
-            Slot::Handed(job, _) => {
-                let task = job.task().expect("a handed job is queued");
-                let Slot::Handed(job, load) = mem::replace(slot, Slot::Busy(task)) else {
-                    unreachable!("matched above")
-                };
-                Asking::Handed(job, load)
-            }
-            Slot::Busy(_) => Asking::Busy,
+            Slot::Busy(_) => match self.inboxes[id.index()].take() {
+                Some((job, load)) => Asking::Handed(job, load),
+                None => Asking::Busy,
+            },
             Slot::Parked(_) => Asking::Parked,
             Slot::Lent(_, waker) => {
                 if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
@@ -168,7 +186,6 @@ impl Ids {
         self.leave_park(id);
         match mem::replace(&mut self.slots[id.index()], Slot::Exiting) {
             Slot::Busy(task) => Gone::Running(task),
-            Slot::Handed(job, _) => Gone::Handed(job),
             Slot::Parked(_) | Slot::Exiting => Gone::Idle,
             Slot::Lent(held, _) => {
                 self.slots[id.index()] = Slot::Leased(held);
@@ -189,7 +206,9 @@ impl Ids {
     /// register one looks at its slot before it waits).
     pub(crate) fn hand_parked(&mut self, id: WorkerId, job: Job, load: Load) -> Option<Waker> {
         self.leave_park(id);
-        match mem::replace(&mut self.slots[id.index()], Slot::Handed(job, load)) {
+        let task = job.task().expect("a handed job is queued");
+        self.inboxes[id.index()].put(job, load);
+        match mem::replace(&mut self.slots[id.index()], Slot::Busy(task)) {
             Slot::Parked(waker) => waker,
             _ => unreachable!("{id} is handed work while not parked"),
         }
@@ -197,7 +216,9 @@ impl Ids {
 
     /// Takes free ID `id` for a new worker, handed `job` as its first: the manager spawns it.
     pub(crate) fn hand_free(&mut self, id: WorkerId, job: Job, load: Load) {
-        self.take_free(id, Slot::Handed(job, load));
+        let task = job.task().expect("a handed job is queued");
+        self.take_free(id, Slot::Busy(task));
+        self.inboxes[id.index()].put(job, load);
     }
 
     /// Free ID `id` goes to a lease.
@@ -244,6 +265,11 @@ impl Ids {
 
     // --- views ---
 
+    /// The inbox of `id`, an ID that has been handed out before.
+    pub(crate) fn inbox(&self, id: WorkerId) -> &Arc<Inbox> {
+        &self.inboxes[id.index()]
+    }
+
     /// The item worker `id` runs.
     pub(crate) fn running(&self, id: WorkerId) -> &Arc<dyn RawTask> {
         match &self.slots[id.index()] {
@@ -274,7 +300,7 @@ impl Ids {
 
     /// Takes the wakers of all parked workers, for them to look again at whether they should
     /// run, park or exit (after close, shutdown or a change of the limit).
-    pub(crate) fn wake_parked(&mut self, wake: &mut Vec<Waker>) {
+    pub(crate) fn wake_parked(&mut self, wake: &mut Wakers) {
         for &id in &self.parked {
             if let Slot::Parked(waker) = &mut self.slots[id as usize] {
                 wake.extend(waker.take());
@@ -288,7 +314,6 @@ impl Ids {
             .iter()
             .filter_map(|slot| match slot {
                 Slot::Busy(task) => Some(task.clone()),
-                Slot::Handed(job, _) => job.task(),
                 _ => None,
             })
             .collect()
@@ -323,6 +348,9 @@ impl Ids {
     fn take_free(&mut self, id: WorkerId, slot: Slot) {
         if id.index() == self.slots.len() {
             self.slots.push(slot);
+            if self.inboxes.len() < self.slots.len() {
+                self.inboxes.push(Arc::default());
+            }
         } else {
             let was_free = self.free.remove(&id.0);
             debug_assert!(was_free, "{id} handed out twice");

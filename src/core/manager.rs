@@ -5,13 +5,12 @@
 //! batches into the queue). After every wake-up it starts what admission allows: it hands work
 //! to parked workers first, and spawns a worker only for a free ID.
 
-use std::task::Waker;
-
 use futures_util::FutureExt;
 
 use super::admission::{Lifecycle, Shared};
 use super::cell::Job;
 use super::deadline::{Fired, Watcher, Watches};
+use super::wakers::Wakers;
 use super::worker::{self, IdGuard};
 use crate::sync::rt::sync::mpsc::UnboundedReceiver;
 use crate::sync::{recv_batch, rt, Arc, Ordering};
@@ -76,7 +75,7 @@ struct Manager {
     watches: Arc<Watches>,
     watcher: Watcher,
     /// Reused from wake-up to wake-up.
-    wake: Vec<Waker>,
+    wake: Wakers,
     spawn: Vec<WorkerId>,
 }
 
@@ -96,7 +95,7 @@ pub(crate) fn run(
         work_open: true,
         watches,
         watcher,
-        wake: Vec::new(),
+        wake: Wakers::default(),
         spawn: Vec::new(),
     };
     async move { manager.run().await }
@@ -171,7 +170,7 @@ impl Manager {
                     state.wake_parked(&mut self.wake);
                 }
                 drop(state);
-                self.wake.drain(..).for_each(Waker::wake);
+                self.wake.wake_all();
             }
         }
     }
@@ -199,7 +198,7 @@ impl Manager {
         state.set_drained();
         state.wake_parked(&mut self.wake);
         drop(state);
-        self.wake.drain(..).for_each(Waker::wake);
+        self.wake.wake_all();
     }
 
     fn on_control(&mut self, shared: &Arc<Shared>) {
@@ -224,7 +223,7 @@ impl Manager {
         // Whatever changed (close, shutdown, the limit), parked workers look again at whether
         // they should exit.
         shared.state().wake_parked(&mut self.wake);
-        self.wake.drain(..).for_each(Waker::wake);
+        self.wake.wake_all();
         // Running items drop their work at their next poll and resolve cancelled; their
         // workers then exit. Items that run to their end keep their IDs until they return.
         for task in running {
@@ -239,7 +238,7 @@ impl Manager {
         state.dispatch(lifecycle, &mut self.wake);
         state.take_to_spawn(&mut self.spawn);
         drop(state);
-        self.wake.drain(..).for_each(Waker::wake);
+        self.wake.wake_all();
         for id in self.spawn.drain(..) {
             // Made before the spawn, so that a runtime refusing the task still hands the ID back
             // (and cancels the job handed to it).

@@ -27,6 +27,7 @@ mod lease;
 mod manager;
 mod queue;
 mod timer;
+mod wakers;
 mod worker;
 
 pub(crate) use worker::planted::item_id as planted_id;

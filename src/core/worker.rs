@@ -16,6 +16,7 @@ use std::task::Poll;
 
 use super::admission::Shared;
 use super::cell::{Job, Load, Outcome, Run};
+use super::ids::Inbox;
 use crate::sync::{rt, Arc};
 use crate::worker_id::WorkerId;
 
@@ -46,13 +47,14 @@ impl Drop for IdGuard {
     }
 }
 
-/// A worker task's future. Its first job waits in its slot, handed to it at its spawn.
+/// A worker task's future. Its first job waits in its inbox, handed to it at its spawn.
 pub(crate) async fn work(guard: IdGuard) {
     let shared = &*guard.shared;
     let id = guard.id;
+    let inbox = shared.state().inbox(id);
     let mut keep_alive = KeepAlive::new(shared);
     let mut ended = None;
-    while let Some((job, load)) = keep_alive.next(shared, id, ended.take()).await {
+    while let Some((job, load)) = keep_alive.next(shared, &inbox, id, ended.take()).await {
         let runs_to_end = job.runs_to_end();
         let outcome = match job.start(planted::item_id(id), load) {
             Ok(run) => Running::new(run, runs_to_end).await,
@@ -169,6 +171,7 @@ impl KeepAlive {
     async fn next(
         &mut self,
         shared: &Shared,
+        inbox: &Inbox,
         id: WorkerId,
         mut ended: Option<Outcome>,
     ) -> Option<(Job, Load)> {
@@ -176,6 +179,13 @@ impl KeepAlive {
         #[cfg(not(feature = "shuttle"))]
         let mut expires = None;
         poll_fn(|cx| {
+            // Woken with a job handed over (or spawned with one): no need for the admission
+            // lock to find it. After an item, the lock counts its end first.
+            if ended.is_none() {
+                if let Some(job) = inbox.take() {
+                    return Poll::Ready(Some(job));
+                }
+            }
             if let Poll::Ready(job) = shared.poll_next(id, ended.take(), cx) {
                 return Poll::Ready(job);
             }
