@@ -23,6 +23,9 @@
 //! - `joinset`: `JoinSet`, `join_next` whenever `len() == N`;
 //! - `buffered`: `futures` `buffer_unordered(N)` (one task: a ceiling, not a peer);
 //! - `unlimited`: `tokio::spawn` per item with no limit.
+//! - `proto`: the featureless prototype of the core's shape that issue 18 measured against
+//!   (`proto.rs`): a manager, one queue under one lock, workers taking their next item, one cell
+//!   per item; task-limiter with nothing else.
 //! - `keyed`: task-limiter with `per_key_limit(max(1, N / 8))`, each item given one of 1,000
 //!   keys (`i % 1000`) through `build_task().key(..)`;
 //! - `keyed-semaphores`: the usual hand-made alternative for the same limits: a `HashMap` of
@@ -49,6 +52,7 @@ use task_limiter::Limiter;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+mod proto;
 mod service;
 
 const ALL_SHAPES: &[&str] = &["burst", "service"];
@@ -66,6 +70,7 @@ const ALL_PATTERNS: &[&str] = &[
     "deadline",
     "adaptive-gradient",
     "adaptive-aimd",
+    "proto",
 ];
 /// The default set: every pattern submitting from `block_on`, plus task-limiter and `JoinSet`
 /// submitting from a spawned task. A submitter that waits (`JoinSet`, `acquire_owned`) is much
@@ -318,6 +323,18 @@ where
     drain_limiter(&limiter, handles).await
 }
 
+/// The featureless prototype of the core's shape (`proto.rs`): what task-limiter would cost if
+/// its features cost nothing.
+async fn run_proto<W: Work>(m: u64, n: usize) -> (u64, Extra) {
+    let proto = proto::Proto::new(n);
+    let handles: Vec<_> = (0..m).map(|i| proto.spawn(W::job(i))).collect();
+    let mut sum = 0;
+    for handle in handles {
+        sum += handle.await;
+    }
+    (sum, Extra::default())
+}
+
 async fn run_pattern<W: Work>(pattern: &str, m: u64, n: usize) -> (u64, Extra) {
     match pattern {
         "limiter" => run_limiter::<W>(m, n).await,
@@ -334,6 +351,7 @@ async fn run_pattern<W: Work>(pattern: &str, m: u64, n: usize) -> (u64, Extra) {
             run_adaptive::<W, _>(m, n, task_limiter::adaptive::Gradient::new()).await
         }
         "adaptive-aimd" => run_adaptive::<W, _>(m, n, task_limiter::adaptive::Aimd::new()).await,
+        "proto" => run_proto::<W>(m, n).await,
         other => panic!("unknown pattern {other:?}"),
     }
 }
@@ -856,6 +874,7 @@ fn pattern_title(p: &str) -> String {
         "deadline" => "**task-limiter**, every item with a queue deadline",
         "adaptive-gradient" => "**task-limiter**, `adaptive(Gradient)` held at N",
         "adaptive-aimd" => "**task-limiter**, `adaptive(Aimd)` held at N",
+        "proto" => "featureless prototype of the core's shape (reference)",
         other => other,
     };
     if in_task {
