@@ -274,3 +274,49 @@ async fn lifts<A: Algorithm + Clone + Sync>(
         &settled[..20]
     );
 }
+
+/// An overload seen under a cap was seen at the cap: `Aimd` backs off from the cap, not from its
+/// own higher limit, and once per round (later overloads of items admitted under the cap are
+/// answered by then).
+#[tokio::test(start_paused = true)]
+async fn an_overload_under_a_cap_backs_off_from_the_cap() {
+    for items in [1, 10] {
+        let limiter = adaptive(Aimd::new(), 20).build();
+        limiter.set_limit_until(10, Instant::now() + LONG, 0);
+        let handles: Vec<_> = (0..items)
+            .map(|_| {
+                limiter
+                    .build_task()
+                    .overload_if(|busy: &bool| *busy)
+                    .spawn(async {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        true
+                    })
+            })
+            .collect();
+        for handle in handles {
+            assert!(handle.await.unwrap());
+        }
+        // 10 × 0.9, not 20 × 0.9 (nor 10 × 0.9 × 0.9 ...).
+        assert_eq!(
+            (limiter.limit(), limiter.adaptive_limit()),
+            (9, Some(9)),
+            "{items} items"
+        );
+    }
+}
+
+/// A downstream that queues past 4 calls, under a cap of 10 with the algorithm at 20: `Gradient`
+/// sees the queue at the cap and takes its own limit below the cap, around the capacity.
+#[tokio::test(start_paused = true)]
+async fn a_queue_at_the_cap_takes_gradient_below_it() {
+    let limiter = adaptive(Gradient::new(), 20).build();
+    limiter.set_limit_until(10, Instant::now() + LONG, 0);
+    let downstream = Downstream::new(4, BASE, false);
+    let trace = run(&limiter, &downstream, CLIENTS, &[(4, 1500)]).await;
+    let own = limiter.adaptive_limit().unwrap();
+    // `Gradient`'s band at a capacity of 4 (see `tests/adaptive.rs`): 4..=8.
+    assert!((4..=8).contains(&own), "its own limit is {own}");
+    let late = &trace.limits[1000..];
+    assert!(late.iter().all(|&l| l <= 8), "{:?}", &late[..20]);
+}
