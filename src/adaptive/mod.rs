@@ -21,7 +21,8 @@
 //!
 //! Both grow the limit only from samples of items that found the limit full (the limiter
 //! knows exactly how many items ran when each one started), so a limiter that is handed less
-//! work than its limit never drifts upwards. Users can bring their own algorithm by
+//! work than its limit never drifts upwards, and one held back by a cap (slots leased from a
+//! cluster budget) does not grow past what it may use. Users can bring their own algorithm by
 //! implementing [`Algorithm`].
 //!
 //! # How the built-in algorithms behave
@@ -52,7 +53,8 @@
 //! - **Never 0, never above `max_limit`** (default 1,000): the bounds clamp every choice. A panic
 //!   is not an overload; a cancelled item gives no sample; a retry is a new item with its own
 //!   sample. [`Limiter::set_limit`](crate::Limiter::set_limit) still works, and the algorithm goes
-//!   on from the value set.
+//!   on from the value set; [`Limiter::set_limit_until`](crate::Limiter::set_limit_until) caps
+//!   the algorithm's limit ([below](#under-a-cap-adaptive-limits-inside-a-cluster-budget)).
 //!
 //! ```
 //! use task_limiter::adaptive::{Aimd, Gradient};
@@ -79,6 +81,54 @@
 //! limits with adaptive ones; its plot, its table and what adaptive limits cost per item (in
 //! short: nothing measurable when off, 9–40 % per item that does nothing when on) are in
 //! `benches/adaptive-results.md`.
+//!
+//! # Under a cap: adaptive limits inside a cluster budget
+//!
+//! An adaptive limit finds what the downstream serves from one process; twenty processes that
+//! each find their own can still overrun the downstream's total. A budget shared across
+//! processes (`task-limiter-redis`'s `ClusterBudget` leases slots of it from Redis) caps each
+//! one: [`Limiter::set_limit_until`](crate::Limiter::set_limit_until) on an adaptive limiter
+//! sets a **cap**, kept apart from the algorithm's limit.
+//!
+//! - **The limit in force is the lower of the two**: the algorithm's limit, capped by the
+//!   slots leased. The cap carries the lease's expiry, checked at every admission as on any
+//!   limiter: from then on the fallback caps the algorithm's limit (a floor of 0: nothing new
+//!   starts). [`Limiter::limit`](crate::Limiter::limit) reports the limit in force,
+//!   [`Limiter::adaptive_limit`](crate::Limiter::adaptive_limit) the algorithm's own.
+//! - **The algorithm knows when it was capped.** Items let start under a cap below the
+//!   algorithm's limit give samples marked [`Sample::capped`], whose
+//!   [`found_limit_full`](Sample::found_limit_full) is false: the cap, not the algorithm's
+//!   limit, held them back, so neither built-in algorithm grows from them (nor does a user
+//!   algorithm that grows only on `found_limit_full`). They still measure the downstream at
+//!   the cap: on an overload `Aimd` and `Gradient` back off from the cap, and a queue at the
+//!   cap takes `Gradient`'s limit below it. When the cap rises or lifts, the algorithm goes on
+//!   from its own limit. (Its limit may stand one round's growth above a cap it met while
+//!   uncapped, at the slots leased then: a process that gets the slots it asked for grows
+//!   into the next ones; it then asks for those.)
+//! - **The demand it reports is what its algorithm wants**, when it has the work for it:
+//!   `task-limiter-redis` reports running + queued items capped at the algorithm's own limit
+//!   (within its `max_limit`) and the budget. Not more, as slots above the algorithm's limit
+//!   would sit unused while other processes want them; not the algorithm's limit alone, as a
+//!   process with an empty queue would hoard slots.
+//!
+//! [`Limiter::set_limit`](crate::Limiter::set_limit) lifts the cap, as it clears the expiry of
+//! a limiter that is not adaptive.
+//!
+//! ```
+//! use std::time::Duration;
+//! use task_limiter::adaptive::Gradient;
+//! use task_limiter::Limiter;
+//! use tokio::time::Instant;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let limiter = Limiter::builder().adaptive(Gradient::new()).limit(16).build();
+//! // Six slots leased for 10 s; none after that unless the lease is renewed.
+//! limiter.set_limit_until(6, Instant::now() + Duration::from_secs(10), 0);
+//! assert_eq!(limiter.limit(), 6);
+//! assert_eq!(limiter.adaptive_limit(), Some(16));
+//! # }
+//! ```
 //!
 //! # What is sampled
 //!
