@@ -27,12 +27,15 @@ fn adaptive(algorithm: impl Algorithm + Clone + Sync, start: usize) -> Builder {
         .max_limit(200)
 }
 
+/// What a [`Watch`] saw, in order: the sample, the limit the algorithm was handed, and the
+/// limit it chose.
+type Seen = Arc<Mutex<Vec<(Sample, usize, usize)>>>;
+
 /// Hands every sample to the algorithm it wraps, and keeps what it was given and what it chose.
 #[derive(Clone)]
 struct Watch<A> {
     algorithm: A,
-    /// The sample, the limit the algorithm was handed, and the limit it chose.
-    seen: Arc<Mutex<Vec<(Sample, usize, usize)>>>,
+    seen: Seen,
 }
 
 impl<A> Watch<A> {
@@ -196,7 +199,7 @@ async fn the_cap_expires_to_its_fallback_at_admission() {
 #[tokio::test(start_paused = true)]
 async fn the_algorithm_does_not_grow_while_capped() {
     for capped in [true, false] {
-        let runs: [(&str, Builder, Arc<Mutex<Vec<(Sample, usize, usize)>>>); 2] = {
+        let runs: [(&str, Builder, Seen); 2] = {
             let gradient = Watch::new(Gradient::new());
             let aimd = Watch::new(Aimd::new());
             [
