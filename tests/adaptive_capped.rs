@@ -323,3 +323,80 @@ async fn a_queue_at_the_cap_takes_gradient_below_it() {
     let late = &trace.limits[1000..];
     assert!(late.iter().all(|&l| l <= 8), "{:?}", &late[..20]);
 }
+
+/// Random limits from the algorithm, random caps with short expiries and random fallbacks (0
+/// among them) from another task, on the multi-thread runtime: every item started within the
+/// limit in force when it started, every worker ID below it, and every item ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_caps_and_algorithm_limits_hold_items_within_the_limit_in_force() {
+    #[derive(Clone, Default)]
+    struct Random {
+        state: Arc<Mutex<u64>>,
+        broken: Arc<Mutex<Vec<Sample>>>,
+    }
+
+    impl Algorithm for Random {
+        fn update(&mut self, sample: &Sample, _: usize) -> usize {
+            if sample.running() > sample.limit() {
+                self.broken.lock().unwrap().push(*sample);
+            }
+            let mut state = self.state.lock().unwrap();
+            *state = xorshift(*state);
+            1 + (*state % 12) as usize
+        }
+    }
+
+    fn xorshift(mut x: u64) -> u64 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+
+    let algorithm = Random::default();
+    *algorithm.state.lock().unwrap() = 0x9e37_79b9_7f4a_7c15;
+    let limiter = adaptive(algorithm.clone(), 6).build();
+    let (ids_seen, max_cap) = (Arc::new(Mutex::new(Vec::new())), 12);
+    let caps = {
+        let limiter = limiter.clone();
+        tokio::spawn(async move {
+            let mut x = 0x2545_f491_4f6c_dd1d_u64;
+            for _ in 0..400 {
+                x = xorshift(x);
+                let cap = 1 + (x % max_cap) as usize;
+                let fallback = ((x >> 8) % 13) as usize;
+                let until = Instant::now() + Duration::from_micros((x >> 16) % 3000);
+                limiter.set_limit_until(cap, until, fallback);
+                tokio::time::sleep(Duration::from_micros(500)).await;
+            }
+        })
+    };
+    let handles: Vec<_> = (0..3000_u64)
+        .map(|i| {
+            let ids_seen = ids_seen.clone();
+            limiter.spawn_with(move |id| async move {
+                ids_seen.lock().unwrap().push(id.index());
+                if i % 3 == 0 {
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                } else {
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    caps.await.unwrap();
+    // Lift the cap, so that what is still queued runs.
+    limiter.set_limit(8);
+    for handle in handles {
+        handle.await.unwrap();
+    }
+    assert_eq!(limiter.metrics().completed, 3000);
+    let broken = algorithm.broken.lock().unwrap();
+    assert!(
+        broken.is_empty(),
+        "started above the limit: {:?}",
+        &broken[..]
+    );
+    let highest = ids_seen.lock().unwrap().iter().copied().max().unwrap();
+    assert!(highest < 12, "worker ID {highest}");
+}

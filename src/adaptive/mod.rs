@@ -216,7 +216,7 @@ pub struct Sample {
 
 impl Sample {
     /// A sample of an item that ran for `run_time`, started while `running` items (its own
-    /// included) ran under `limit`; no queue wait, no overload, no panic.
+    /// included) ran under `limit`; no queue wait, no overload, no panic, not capped.
     ///
     /// # Examples
     ///
