@@ -102,9 +102,12 @@
 //!   algorithm that grows only on `found_limit_full`). They still measure the downstream at
 //!   the cap: on an overload `Aimd` and `Gradient` back off from the cap, and a queue at the
 //!   cap takes `Gradient`'s limit below it. When the cap rises or lifts, the algorithm goes on
-//!   from its own limit. (Its limit may stand one round's growth above a cap it met while
-//!   uncapped, at the slots leased then: a process that gets the slots it asked for grows
-//!   into the next ones; it then asks for those.)
+//!   from its own limit. Its limit may still end up above the cap by one round's growth:
+//!   items let start while its own limit was in force (up to the cap, before it bit) found it
+//!   full and grow it as they end, `Gradient` by about √limit per round, `Aimd` by its step,
+//!   which doubles in slow start (in a simulation with the cap alternating between 10 and 14
+//!   against a downstream that takes 32, `Gradient`'s limit stood at 12–16 and `Aimd`'s at 21).
+//!   A process under a budget then asks for that limit, and tries it once it is granted.
 //! - **The demand it reports is what its algorithm wants**, when it has the work for it:
 //!   `task-limiter-redis` reports running + queued items capped at the algorithm's own limit
 //!   (within its `max_limit`) and the budget. Not more, as slots above the algorithm's limit
