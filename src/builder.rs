@@ -351,8 +351,11 @@ impl<S> Builder<S> {
     /// puts it: growing it starts queued items at once, shrinking it lets running items
     /// finish. A user's
     /// `set_limit` still works: it sets the limit in force, and the algorithm goes on from it.
+    /// [`Limiter::set_limit_until`](crate::Limiter::set_limit_until) caps the algorithm's limit
+    /// (slots leased from a cluster budget): the limit in force is then the lower of the two.
     /// [`Limiter::limit`](crate::Limiter::limit) and [`Limiter::metrics`](crate::Limiter::metrics)
-    /// report the limit in force.
+    /// report the limit in force, [`Limiter::adaptive_limit`](crate::Limiter::adaptive_limit)
+    /// the algorithm's.
     ///
     /// The builder keeps `algorithm` as given; each limiter it builds gets a clone of it.
     ///

@@ -135,7 +135,8 @@
 //!   global limit, with turns across keys; [`weight`](TaskBuilder::weight) makes an item count
 //!   more than one unit; [`key_metrics`](Limiter::key_metrics) shows one key.
 //! - **Expiring limits**: [`set_limit_until`](Limiter::set_limit_until), for slots leased from a
-//!   budget shared with other processes (the `task-limiter-redis` crate leases them from Redis).
+//!   budget shared with other processes (the `task-limiter-redis` crate leases them from Redis);
+//!   on an adaptive limiter it caps the algorithm's limit.
 //! - **Time limits and cancellation**: see [below](#deadlines-time-limits-and-cancellation).
 //! - **Adaptive limits**: [`Builder::adaptive`] lets an algorithm set the limit from what the
 //!   items measure; see the [`adaptive`] module.

@@ -302,7 +302,8 @@ impl<S> Limiter<S> {
     /// on no item starts while `limit` or more are running, and no worker ID `>= limit` is
     /// handed out. On an [adaptive](crate::Builder::adaptive) limiter it sets the limit in force
     /// all the same (outside `min_limit`..=`max_limit` too), and the algorithm goes on from it
-    /// at its next sample.
+    /// at its next sample. On every limiter it clears what
+    /// [`set_limit_until`](Self::set_limit_until) set: the expiry, and an adaptive limiter's cap.
     ///
     /// # Panics
     ///
@@ -348,10 +349,21 @@ impl<S> Limiter<S> {
     /// has already passed puts `fallback` in force at once. [`limit`](Self::limit) and
     /// [`metrics`](Self::metrics) report the limit in force.
     ///
+    /// # On an adaptive limiter: a cap
+    ///
+    /// On an [adaptive](crate::Builder::adaptive) limiter, `limit` (and `fallback` from
+    /// `until` on) caps the algorithm's limit instead of replacing it: the limit in force is
+    /// the lower of the two, and the algorithm goes on choosing its own under the cap (see
+    /// [`adaptive_limit`](Self::adaptive_limit)). Items let start under a cap below the
+    /// algorithm's limit give samples marked [`capped`](crate::adaptive::Sample::capped), from
+    /// which the algorithm does not grow its limit: it was not allowed to use it. When the cap
+    /// is raised or lifted, the algorithm goes on from its own limit. The cap is not clamped to
+    /// [`Builder::min_limit`](crate::Builder::min_limit): the one who leased the slots knows
+    /// best. Each call replaces the cap; [`set_limit`](Self::set_limit) lifts it.
+    ///
     /// # Panics
     ///
-    /// Panics if `limit` is 0, or if the limiter is [adaptive](crate::Builder::adaptive): its
-    /// algorithm would set the limit again before the expiry.
+    /// Panics if `limit` is 0.
     ///
     /// # Examples
     ///
@@ -370,15 +382,59 @@ impl<S> Limiter<S> {
     /// assert_eq!(limiter.limit(), 0);
     /// # }
     /// ```
+    ///
+    /// An adaptive limiter under a cap:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use task_limiter::adaptive::Aimd;
+    /// use task_limiter::Limiter;
+    /// use tokio::time::Instant;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let limiter = Limiter::builder().adaptive(Aimd::new()).limit(10).build();
+    /// // Four slots for the next second, one after it unless renewed.
+    /// limiter.set_limit_until(4, Instant::now() + Duration::from_secs(1), 1);
+    /// assert_eq!((limiter.limit(), limiter.adaptive_limit()), (4, Some(10)));
+    /// tokio::time::sleep(Duration::from_secs(1)).await;
+    /// assert_eq!((limiter.limit(), limiter.adaptive_limit()), (1, Some(10)));
+    /// # }
+    /// ```
     #[track_caller]
     pub fn set_limit_until(&self, limit: usize, until: tokio::time::Instant, fallback: usize) {
         assert!(limit > 0, "task_limiter: the limit must be at least 1");
-        assert!(
-            self.extras().adaptive.is_none(),
-            "task_limiter: `set_limit_until` on an adaptive limiter: its algorithm would set \
-             the limit again before the expiry; build the limiter without `adaptive`"
-        );
-        self.core().set_limit(limit, Some((until, fallback)));
+        match &self.extras().adaptive {
+            None => self.core().set_limit(limit, Some((until, fallback))),
+            // The algorithm moves the limit under the cap; the cap and its expiry stay.
+            Some(_) => self.core().set_cap(limit, until, fallback),
+        }
+    }
+
+    /// Returns an [adaptive](crate::Builder::adaptive) limiter's own limit: the one its
+    /// algorithm chose last (or [`set_limit`](Self::set_limit) set), before any cap that
+    /// [`set_limit_until`](Self::set_limit_until) puts on it. It is what the limiter would use
+    /// if it could, and [`limit`](Self::limit), the limit in force, is at most this.
+    /// `None` on a limiter that is not adaptive.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::adaptive::Gradient;
+    /// use task_limiter::Limiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::builder().adaptive(Gradient::new()).limit(8).build();
+    /// assert_eq!(limiter.adaptive_limit(), Some(8));
+    /// assert_eq!(Limiter::new(8).adaptive_limit(), None);
+    /// # }
+    /// ```
+    pub fn adaptive_limit(&self) -> Option<usize> {
+        self.extras()
+            .adaptive
+            .as_ref()
+            .map(|adaptive| adaptive.limit())
     }
 
     /// Returns the limit in force for `key`: its own ([`set_key_limit`](Self::set_key_limit)),

@@ -11,7 +11,6 @@ use std::time::Duration;
 use downstream::{run, Downstream, Trace};
 use task_limiter::adaptive::{Aimd, Algorithm, Gradient, Sample};
 use task_limiter::{Builder, Limiter};
-use tokio::time::Instant;
 
 const BASE: Duration = Duration::from_millis(10);
 /// More callers than any limit the tests settle at: the limit, not the callers, holds work back.
@@ -527,13 +526,6 @@ fn max_below_min_panics() {
 #[should_panic(expected = "the starting limit 50 is outside")]
 fn a_starting_limit_outside_the_bounds_panics() {
     build_in_a_runtime(adaptive(Aimd::new(), 50).max_limit(20));
-}
-
-#[test]
-#[should_panic(expected = "`set_limit_until` on an adaptive limiter")]
-fn set_limit_until_on_an_adaptive_limiter_panics() {
-    let limiter = build_in_a_runtime(adaptive(Aimd::new(), 5));
-    limiter.set_limit_until(3, Instant::now(), 0);
 }
 
 #[test]

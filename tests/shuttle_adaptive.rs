@@ -1,7 +1,8 @@
 //! Model checks of adaptive limits (issue 12), scheduled by shuttle through shuttle-tokio like
 //! tests/shuttle.rs: an algorithm that swings the limit up and down on every sample, from
-//! inside the items as they end on their workers, racing the user's `set_limit`, an abort and
-//! (in one property) `shutdown`, keeps every limiter invariant: each item is admitted with the
+//! inside the items as they end on their workers, racing the user's `set_limit`, an abort,
+//! (in one property) `shutdown`, and (in another) caps set with `set_limit_until` (issue 21),
+//! keeps every limiter invariant: each item is admitted with the
 //! weight running within the limit in force, worker IDs stay below the highest limit set, every
 //! handle resolves, and the counters add up.
 //!
@@ -177,4 +178,51 @@ fn swinging_limits_through_shutdown(limit: usize) {
 #[test]
 fn swinging_limits_resolve_through_shutdown() {
     explore(swinging_limits_through_shutdown);
+}
+
+/// The swings under a cap (issue 21): the user caps the algorithm's limit with
+/// `set_limit_until` (a cap that holds, one already expired to its fallback, a fallback of 0
+/// that stops all starts) and lifts it with `set_limit`, racing the algorithm's own changes
+/// from inside the items. Every item is admitted within the limit in force, every handle
+/// resolves, the counters add up.
+fn capped_swings_keep_the_invariants(limit: usize) {
+    block_on(async move {
+        let most = limit + 1;
+        let swing = Swing::new(vec![most, 1, limit]);
+        let limiter = Limiter::builder()
+            .adaptive(swing.clone())
+            .limit(limit)
+            .max_limit(most)
+            .build();
+        let running = Running::default();
+        let handles = spawn_items(&limiter, &running, most);
+        let user = shuttle_tokio::spawn({
+            let limiter = limiter.clone();
+            async move {
+                let far = tokio::time::Instant::now() + std::time::Duration::from_secs(3600);
+                limiter.set_limit_until(1, far, 0);
+                yield_now().await;
+                limiter.set_limit_until(most, tokio::time::Instant::now(), 2);
+                yield_now().await;
+                limiter.set_limit_until(2, tokio::time::Instant::now(), 0);
+                yield_now().await;
+                // Nothing starts until this lifts the cap.
+                limiter.set_limit(most);
+            }
+        });
+        for (i, handle) in handles.into_iter().enumerate() {
+            assert_eq!(handle.await.unwrap(), i);
+        }
+        user.await.unwrap();
+        limiter.close();
+        limiter.wait().await;
+        assert_drained(&limiter);
+        swing.assert_held();
+        assert!((1..=most).contains(&limiter.limit()));
+    });
+}
+
+#[test]
+fn capped_swings_keep_every_invariant() {
+    explore(capped_swings_keep_the_invariants);
 }

@@ -19,8 +19,9 @@ use super::{Algorithm, Sample};
 ///   limit itself (so the limit at most doubles per round, as in TCP's slow start); an
 ///   overload resets it. So a limiter that starts low, or whose downstream has just grown,
 ///   ramps up in a few rounds rather than one item per round.
-/// - **Other samples** (the limiter had fewer items than its limit; a panic) change nothing:
-///   a limiter that is handed little work does not inflate its limit.
+/// - **Other samples** (the limiter had fewer items than its limit; a panic; items held back
+///   by a [cap](super::Sample::capped) below the limit) change nothing: a limiter that is
+///   handed little work does not inflate its limit, nor does one that a cap holds back.
 ///
 /// With an overload signal and nothing else, the limit settles in a saw-tooth just under the
 /// point where the downstream starts to refuse: between about `backoff × capacity` and the
@@ -174,9 +175,15 @@ impl Algorithm for Aimd {
                 .is_some_and(|most| sample.run_time() > most);
         if overload {
             // An item let start under a higher limit than the one in force started before
-            // the last back-off: its overload is already answered.
+            // the last back-off: its overload is already answered. One let start under a cap
+            // saw the downstream overloaded at the cap: back off from there (the limit in force
+            // then, the algorithm's, is below the cap, so the next ones are answered too).
             if sample.limit() <= limit {
-                self.estimate = (self.estimate * self.backoff).max(1.0);
+                let from = match sample.capped() {
+                    true => self.estimate.min(sample.limit() as f64),
+                    false => self.estimate,
+                };
+                self.estimate = (from * self.backoff).max(1.0);
             }
             self.step = self.increase;
             self.calm = 0;

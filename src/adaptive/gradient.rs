@@ -28,6 +28,11 @@ use super::{Algorithm, Sample};
 ///   further it is pushed, each item queued in it costs throughput.
 /// - **It grows only in rounds in which most items found the limit full**, so a limiter that
 ///   is handed less work than its limit does not drift upwards.
+/// - **Under a [cap](super::Sample::capped)** below its limit (slots leased from a cluster
+///   budget, [`Limiter::set_limit_until`](crate::Limiter::set_limit_until)), rounds are of
+///   items let start under the cap: they never grow the limit, since the cap, not the limit,
+///   held items back; a round that shows a queue at the cap takes the limit to
+///   `(cap + 1) × gradient`, below the cap. When the cap lifts, it goes on from its own limit.
 /// - **An overload** (see [`overload_if`](crate::TaskBuilder::overload_if)) backs the limit
 ///   off by [`backoff`](Self::backoff), once per round, as [`Aimd`](super::Aimd) does, even
 ///   while run times look fine. Panicked items are skipped.
@@ -117,6 +122,9 @@ struct Round {
     full: usize,
     /// Some item reported an overload during the round.
     overloaded: bool,
+    /// The cap the round's items were let start under, below the algorithm's limit (see
+    /// `Sample::capped`); `None`: they started under the algorithm's limit.
+    cap: Option<usize>,
 }
 
 /// Where the baseline probe stands.
@@ -502,9 +510,14 @@ impl Algorithm for Gradient {
         }
         if sample.is_overload() {
             // Once per round, as `Aimd` does: an item let start under a higher limit started
-            // before the last back-off.
+            // before the last back-off. One let start under a cap saw the overload at the cap:
+            // back off from there.
             if sample.limit() <= limit {
-                self.estimate = (self.estimate * self.backoff).max(1.0);
+                let from = match sample.capped() {
+                    true => self.estimate.min(sample.limit() as f64),
+                    false => self.estimate,
+                };
+                self.estimate = (from * self.backoff).max(1.0);
             }
             // Nor may the round it fell in grow the limit.
             self.round.overloaded = true;
@@ -512,9 +525,21 @@ impl Algorithm for Gradient {
             return self.estimate as usize;
         }
         // Only items let start under the limit in force say what it does to run times; the
-        // ones admitted under an earlier limit are still draining.
-        if sample.limit() != limit {
+        // ones admitted under an earlier limit are still draining. Under a cap below the
+        // algorithm's limit, that is the cap: the algorithm does not know the cap in force
+        // now, only the one each sample started under, so a round is of one cap, and a sample
+        // under another (a new cap, or one that drains from before it) starts the round over.
+        // Such rounds can lower the limit (a queue at the cap) but never grow it: their items
+        // never found the algorithm's limit full.
+        let cap = sample.capped().then(|| sample.limit());
+        if cap.is_none() && sample.limit() != limit {
             return self.estimate as usize;
+        }
+        if cap != self.round.cap {
+            self.round = Round {
+                cap,
+                ..Round::default()
+            };
         }
         let round_len = self.round_len();
         let round = &mut self.round;
@@ -532,6 +557,8 @@ impl Algorithm for Gradient {
         // limiter, held items back. (One item now and then finds it full when work arrives in
         // bursts, with the limit well above what the work needs.)
         let full = 2 * round.full >= round.samples && !round.overloaded;
+        // The limit the round ran under: the algorithm's, or the cap below it.
+        let ran_under = round.cap.map_or(self.estimate, |cap| cap as f64);
         if let Some(spread) = spread(round.sum, round.squares, round.samples) {
             self.spread_weight = (self.spread_weight + 1).min(SPREAD_ROUNDS);
             self.spread += (spread - self.spread) / self.spread_weight as f64;
@@ -563,7 +590,7 @@ impl Algorithm for Gradient {
             // is aimed for: on a downstream that serves less the further it is pushed, every
             // item queued in it costs throughput.
             self.growth = 0.0;
-            (self.estimate + 1.0) * gradient
+            (ran_under + 1.0) * gradient
         } else if full {
             // No queueing, and the limit held items back: up by √limit, doubling each round
             // it goes on (as in TCP's slow start), so that a limit far under the downstream's

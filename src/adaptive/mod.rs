@@ -21,7 +21,8 @@
 //!
 //! Both grow the limit only from samples of items that found the limit full (the limiter
 //! knows exactly how many items ran when each one started), so a limiter that is handed less
-//! work than its limit never drifts upwards. Users can bring their own algorithm by
+//! work than its limit never drifts upwards, and one held back by a cap (slots leased from a
+//! cluster budget) does not grow past what it may use. Users can bring their own algorithm by
 //! implementing [`Algorithm`].
 //!
 //! # How the built-in algorithms behave
@@ -52,7 +53,8 @@
 //! - **Never 0, never above `max_limit`** (default 1,000): the bounds clamp every choice. A panic
 //!   is not an overload; a cancelled item gives no sample; a retry is a new item with its own
 //!   sample. [`Limiter::set_limit`](crate::Limiter::set_limit) still works, and the algorithm goes
-//!   on from the value set.
+//!   on from the value set; [`Limiter::set_limit_until`](crate::Limiter::set_limit_until) caps
+//!   the algorithm's limit ([below](#under-a-cap-adaptive-limits-inside-a-cluster-budget)).
 //!
 //! ```
 //! use task_limiter::adaptive::{Aimd, Gradient};
@@ -79,6 +81,57 @@
 //! limits with adaptive ones; its plot, its table and what adaptive limits cost per item (in
 //! short: nothing measurable when off, 9–40 % per item that does nothing when on) are in
 //! `benches/adaptive-results.md`.
+//!
+//! # Under a cap: adaptive limits inside a cluster budget
+//!
+//! An adaptive limit finds what the downstream serves from one process; twenty processes that
+//! each find their own can still overrun the downstream's total. A budget shared across
+//! processes (`task-limiter-redis`'s `ClusterBudget` leases slots of it from Redis) caps each
+//! one: [`Limiter::set_limit_until`](crate::Limiter::set_limit_until) on an adaptive limiter
+//! sets a **cap**, kept apart from the algorithm's limit.
+//!
+//! - **The limit in force is the lower of the two**: the algorithm's limit, capped by the
+//!   slots leased. The cap carries the lease's expiry, checked at every admission as on any
+//!   limiter: from then on the fallback caps the algorithm's limit (a floor of 0: nothing new
+//!   starts). [`Limiter::limit`](crate::Limiter::limit) reports the limit in force,
+//!   [`Limiter::adaptive_limit`](crate::Limiter::adaptive_limit) the algorithm's own.
+//! - **The algorithm knows when it was capped.** Items let start under a cap below the
+//!   algorithm's limit give samples marked [`Sample::capped`], whose
+//!   [`found_limit_full`](Sample::found_limit_full) is false: the cap, not the algorithm's
+//!   limit, held them back, so neither built-in algorithm grows from them (nor does a user
+//!   algorithm that grows only on `found_limit_full`). They still measure the downstream at
+//!   the cap: on an overload `Aimd` and `Gradient` back off from the cap, and a queue at the
+//!   cap takes `Gradient`'s limit below it. When the cap rises or lifts, the algorithm goes on
+//!   from its own limit. Its limit may still end up above the cap by one round's growth:
+//!   items let start while its own limit was in force (up to the cap, before it bit) found it
+//!   full and grow it as they end, `Gradient` by about √limit per round, `Aimd` by its step,
+//!   which doubles in slow start (in a simulation with the cap alternating between 10 and 14
+//!   against a downstream that takes 32, `Gradient`'s limit stood at 12–16 and `Aimd`'s at 21).
+//!   A process under a budget then asks for that limit, and tries it once it is granted.
+//! - **The demand it reports is what its algorithm wants**, when it has the work for it:
+//!   `task-limiter-redis` reports running + queued items capped at the algorithm's own limit
+//!   (within its `max_limit`) and the budget. Not more, as slots above the algorithm's limit
+//!   would sit unused while other processes want them; not the algorithm's limit alone, as a
+//!   process with an empty queue would hoard slots.
+//!
+//! [`Limiter::set_limit`](crate::Limiter::set_limit) lifts the cap, as it clears the expiry of
+//! a limiter that is not adaptive.
+//!
+//! ```
+//! use std::time::Duration;
+//! use task_limiter::adaptive::Gradient;
+//! use task_limiter::Limiter;
+//! use tokio::time::Instant;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let limiter = Limiter::builder().adaptive(Gradient::new()).limit(16).build();
+//! // Six slots leased for 10 s; none after that unless the lease is renewed.
+//! limiter.set_limit_until(6, Instant::now() + Duration::from_secs(10), 0);
+//! assert_eq!(limiter.limit(), 6);
+//! assert_eq!(limiter.adaptive_limit(), Some(16));
+//! # }
+//! ```
 //!
 //! # What is sampled
 //!
@@ -161,11 +214,12 @@ pub struct Sample {
     limit: usize,
     overload: bool,
     panicked: bool,
+    capped: bool,
 }
 
 impl Sample {
     /// A sample of an item that ran for `run_time`, started while `running` items (its own
-    /// included) ran under `limit`; no queue wait, no overload, no panic.
+    /// included) ran under `limit`; no queue wait, no overload, no panic, not capped.
     ///
     /// # Examples
     ///
@@ -184,6 +238,7 @@ impl Sample {
             limit,
             overload: false,
             panicked: false,
+            capped: false,
         }
     }
 
@@ -228,6 +283,20 @@ impl Sample {
     /// ```
     pub fn with_panicked(self, panicked: bool) -> Sample {
         Sample { panicked, ..self }
+    }
+
+    /// The sample with its cap mark set: see [`capped`](Self::capped).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use task_limiter::adaptive::Sample;
+    ///
+    /// assert!(Sample::new(Duration::ZERO, 4, 4).with_capped(true).capped());
+    /// ```
+    pub fn with_capped(self, capped: bool) -> Sample {
+        Sample { capped, ..self }
     }
 
     /// How long the item ran: from its first poll on its worker to its end, without its queue
@@ -276,7 +345,8 @@ impl Sample {
         self.running
     }
 
-    /// The limit in force when the item was let start.
+    /// The limit in force when the item was let start: the algorithm's limit, or the cap
+    /// below it (see [`capped`](Self::capped)).
     ///
     /// # Examples
     ///
@@ -290,9 +360,11 @@ impl Sample {
         self.limit
     }
 
-    /// Whether the item started with the limit full (`running() >= limit()`): the limit, not
-    /// the work handed to the limiter, was what held items back. An algorithm that grows the
-    /// limit only on such samples never grows it past what the work needs.
+    /// Whether the item started with the algorithm's limit full: `running() >= limit()`, and
+    /// the limit in force was the algorithm's own, not a [cap](Self::capped) below it. Then
+    /// the limit, not the work handed to the limiter, was what held items back. An algorithm
+    /// that grows the limit only on such samples never grows it past what the work needs, nor
+    /// past what a cap lets it use.
     ///
     /// # Examples
     ///
@@ -302,9 +374,56 @@ impl Sample {
     ///
     /// assert!(Sample::new(Duration::ZERO, 8, 8).found_limit_full());
     /// assert!(!Sample::new(Duration::ZERO, 2, 8).found_limit_full());
+    /// // Held back by a cap, not by the algorithm's limit.
+    /// assert!(!Sample::new(Duration::ZERO, 8, 8).with_capped(true).found_limit_full());
     /// ```
     pub fn found_limit_full(&self) -> bool {
-        self.running >= self.limit
+        self.running >= self.limit && !self.capped
+    }
+
+    /// Whether the limit in force when the item was let start was a cap below the algorithm's
+    /// limit: [`Limiter::set_limit_until`](crate::Limiter::set_limit_until) on an adaptive
+    /// limiter (slots leased from a budget that other processes share, for one) caps the
+    /// algorithm's limit, and [`limit`](Self::limit) is then the cap. Such an item says
+    /// nothing about a limit the algorithm was not allowed to use: it never
+    /// [found the limit full](Self::found_limit_full), and an algorithm should not grow from
+    /// it. It still measures the downstream at [`limit`](Self::limit) items: the built-in
+    /// algorithms back off from the cap on an overload, and [`Gradient`] from a queue.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use task_limiter::adaptive::{Algorithm, Sample};
+    /// use task_limiter::Limiter;
+    ///
+    /// /// Remembers whether it saw an item held back by the cap.
+    /// #[derive(Clone)]
+    /// struct SeesCap(std::sync::Arc<std::sync::atomic::AtomicBool>);
+    ///
+    /// impl Algorithm for SeesCap {
+    ///     fn update(&mut self, sample: &Sample, limit: usize) -> usize {
+    ///         if sample.capped() {
+    ///             self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    ///         }
+    ///         limit
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let seen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    /// let limiter = Limiter::builder().adaptive(SeesCap(seen.clone())).limit(8).build();
+    /// // Two slots for the next minute: the limit in force is min(8, 2).
+    /// let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    /// limiter.set_limit_until(2, until, 0);
+    /// assert_eq!(limiter.limit(), 2);
+    /// limiter.spawn(async {}).await.unwrap();
+    /// assert!(seen.load(std::sync::atomic::Ordering::Relaxed));
+    /// # }
+    /// ```
+    pub fn capped(&self) -> bool {
+        self.capped
     }
 
     /// Whether the item reported an overload: its output, by its
@@ -380,10 +499,12 @@ impl Sample {
 pub trait Algorithm: Send + 'static {
     /// Takes one finished item's sample and returns the limit to use from now on.
     ///
-    /// `limit` is the limit in force. It is what this algorithm returned last (after
-    /// clamping), unless the user has set the limit since with
-    /// [`Limiter::set_limit`](crate::Limiter::set_limit): an algorithm that keeps its own
-    /// estimate should start again from `limit` when the two differ.
+    /// `limit` is the algorithm's limit: what it returned last (after clamping), unless the
+    /// user has set the limit since with [`Limiter::set_limit`](crate::Limiter::set_limit): an
+    /// algorithm that keeps its own estimate should start again from `limit` when the two
+    /// differ. Under a cap ([`Limiter::set_limit_until`](crate::Limiter::set_limit_until)) the
+    /// limit in force may be lower: the cap, which [`Sample::limit`] gives with
+    /// [`Sample::capped`] set.
     fn update(&mut self, sample: &Sample, limit: usize) -> usize;
 
     /// Whether the algorithm reads [`Sample::queue_wait`] (by default it does). Measuring the
@@ -456,7 +577,8 @@ pub(crate) struct Controller {
 
 struct Inner {
     algorithm: Box<dyn Algorithm>,
-    /// The limit in force, as the controller (or the user, through `set_limit`) last set it.
+    /// The algorithm's limit, as the controller (or the user, through `set_limit`) last set
+    /// it; the limit in force is this under the cap, if one is set.
     limit: usize,
 }
 
@@ -527,17 +649,23 @@ impl Controller {
         if next != current {
             *limit = next;
             // Under the controller's lock, so that the limits reach the core in the order
-            // the algorithm chose them.
-            self.handle.set_limit(next);
+            // the algorithm chose them. Under the cap, which stays: only the lease's holder
+            // (`set_limit_until`) moves it.
+            self.handle.set_uncapped(next);
             tracing::trace!(target: "task_limiter", limit = next, "adaptive limit changed");
         }
     }
 
-    /// The user's `set_limit`: the controller goes on from `limit`.
+    /// The user's `set_limit`: the controller goes on from `limit`, and a cap is lifted.
     pub(crate) fn set_limit(&self, limit: usize) {
         let mut inner = lock(&self.inner.0);
         inner.limit = limit;
         self.handle.set_limit(limit);
+    }
+
+    /// The algorithm's limit: what it would use with no cap.
+    pub(crate) fn limit(&self) -> usize {
+        lock(&self.inner.0).limit
     }
 }
 
@@ -609,7 +737,9 @@ pin_project! {
 }
 
 fn sample(started: Instant, queue_wait: Duration, load: Load) -> Sample {
-    Sample::new(started.elapsed(), load.running, load.limit).with_queue_wait(queue_wait)
+    Sample::new(started.elapsed(), load.running, load.limit)
+        .with_queue_wait(queue_wait)
+        .with_capped(load.capped)
 }
 
 impl<F, O> MeasuredFuture<F, O> {

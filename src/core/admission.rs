@@ -92,12 +92,18 @@ struct Counters {
 
 /// Everything admission decides over, behind one lock.
 pub(crate) struct State {
-    /// The limit in force, unless `expiry` has passed.
+    /// The limit in force, `uncapped` capped by `cap`, unless `expiry` has passed. Kept as one
+    /// number because admission reads it for every item.
     limit: usize,
-    /// When the limit was set with an expiry (`Limiter::set_limit_until`): the instant it ends
-    /// and the limit from then on. Read at every admission, so a process that was paused past
-    /// the instant starts nothing under the old limit when it runs again, whatever else it runs
-    /// first.
+    /// The limit set with `Limiter::set_limit`, or an adaptive limiter's algorithm's; under a
+    /// limit set with an expiry on a plain limiter, `usize::MAX` (the cap alone is in force).
+    uncapped: usize,
+    /// The cap on `uncapped` (`usize::MAX`: none): the limit set with an expiry
+    /// (`Limiter::set_limit_until`). An adaptive limiter's algorithm moves `uncapped` under it.
+    cap: usize,
+    /// When the cap was set with an expiry: the instant it ends and the cap from then on. Read
+    /// at every admission, so a process that was paused past the instant starts nothing under
+    /// the old limit when it runs again, whatever else it runs first.
     expiry: Option<(Instant, usize)>,
     /// The queued items: per key, and in the limiter's queue order within each key.
     lanes: Lanes,
@@ -177,6 +183,8 @@ impl Shared {
             in_channel: AtomicUsize::new(0),
             state: Mutex::new(State {
                 limit,
+                uncapped: limit,
+                cap: usize::MAX,
                 expiry: None,
                 lanes,
                 weight_running: 0,
@@ -247,6 +255,20 @@ impl Shared {
     /// what a larger limit lets start.
     pub(crate) fn set_limit(&self, limit: usize, expiry: Option<(Instant, usize)>) {
         self.state().set_limit(limit, expiry);
+        self.control.notify_one();
+    }
+
+    /// Sets the limit under the cap, which stays (an adaptive limiter's algorithm), and wakes
+    /// the manager.
+    pub(crate) fn set_uncapped(&self, limit: usize) {
+        self.state().set_uncapped(limit);
+        self.control.notify_one();
+    }
+
+    /// Caps the limit set at `cap` until `until`, at `fallback` from then on, and wakes the
+    /// manager.
+    pub(crate) fn set_cap(&self, cap: usize, until: Instant, fallback: usize) {
+        self.state().set_cap(cap, until, fallback);
         self.control.notify_one();
     }
 
@@ -387,6 +409,7 @@ impl State {
         let load = Load {
             running: self.weight_running,
             limit: self.limit,
+            capped: self.capped(),
         };
         Some((job, load))
     }
@@ -657,6 +680,7 @@ impl State {
         let load = Load {
             running: self.weight_running,
             limit: self.limit,
+            capped: self.capped(),
         };
         Some((id, load))
     }
@@ -762,21 +786,47 @@ impl State {
         self.limit
     }
 
-    /// Sets the limit in force; with `expiry`, it holds until the instant and gives way to the
-    /// fallback then.
+    /// Sets the limit in force, with no cap; with `expiry`, it holds until the instant and
+    /// gives way to the fallback then (a cap over no limit of its own).
     pub(crate) fn set_limit(&mut self, limit: usize, expiry: Option<(Instant, usize)>) {
-        self.limit = limit;
+        match expiry {
+            None => (self.uncapped, self.cap) = (limit, usize::MAX),
+            Some(_) => (self.uncapped, self.cap) = (usize::MAX, limit),
+        }
         self.expiry = expiry;
+        self.limit = self.uncapped.min(self.cap);
         self.expire_limit();
     }
 
-    /// Puts the fallback in force once the limit's expiry has passed. One branch when the limit
+    /// Sets the limit under the cap; the cap and its expiry stay.
+    pub(crate) fn set_uncapped(&mut self, limit: usize) {
+        self.uncapped = limit;
+        self.limit = self.uncapped.min(self.cap);
+        self.expire_limit();
+    }
+
+    /// Caps the limit set: at `cap` until `until`, at `fallback` from then on.
+    pub(crate) fn set_cap(&mut self, cap: usize, until: Instant, fallback: usize) {
+        self.cap = cap;
+        self.expiry = Some((until, fallback));
+        self.limit = self.uncapped.min(self.cap);
+        self.expire_limit();
+    }
+
+    /// Whether the limit in force is a cap below the limit set: items held back by it were
+    /// held back by the cap, not by the limit set (an adaptive limiter's algorithm's).
+    fn capped(&self) -> bool {
+        self.limit < self.uncapped
+    }
+
+    /// Puts the fallback in force once the cap's expiry has passed. One branch when the limit
     /// has none; a read of the monotonic clock when it has.
     #[inline]
     fn expire_limit(&mut self) {
         if let Some((until, fallback)) = self.expiry {
             if Instant::now() >= until {
-                self.limit = fallback;
+                self.cap = fallback;
+                self.limit = self.uncapped.min(fallback);
                 self.expiry = None;
             }
         }

@@ -52,12 +52,13 @@ pub(crate) trait Work: Send + 'static {
     }
 }
 
-/// What admission saw as it let an item start: the weight running, the item's own included, and
-/// the limit in force.
+/// What admission saw as it let an item start: the weight running, the item's own included, the
+/// limit in force, and whether that limit was a cap below the limit set.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Load {
     pub(crate) running: usize,
     pub(crate) limit: usize,
+    pub(crate) capped: bool,
 }
 
 /// Why a started item ends before its future does (see [`Work::poll_cut`]).

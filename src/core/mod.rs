@@ -311,6 +311,13 @@ impl Core {
         self.shared.set_limit(limit, expiry);
     }
 
+    /// Caps the limit set (the one [`LimitHandle::set_uncapped`] moves) at `cap` until `until`,
+    /// at `fallback` from then on: the limit in force is the lower of the two, and the expiry is
+    /// checked at admission as `set_limit`'s is.
+    pub(crate) fn set_cap(&self, cap: usize, until: tokio::time::Instant, fallback: usize) {
+        self.shared.set_cap(cap, until, fallback);
+    }
+
     /// A handle that sets the limit without keeping the limiter alive (its items may hold it).
     pub(crate) fn limit_handle(&self) -> LimitHandle {
         LimitHandle(Arc::downgrade(&self.shared))
@@ -372,10 +379,19 @@ impl<W: Work, C: Charge> Refused<W, C> {
 pub(crate) struct LimitHandle(std::sync::Weak<Shared>);
 
 impl LimitHandle {
-    /// [`Core::set_limit`] with no expiry; does nothing once the limiter is gone.
+    /// [`Core::set_limit`] with no expiry (which lifts a cap); does nothing once the limiter is
+    /// gone.
     pub(crate) fn set_limit(&self, limit: usize) {
         if let Some(shared) = self.0.upgrade() {
             shared.set_limit(limit, None);
+        }
+    }
+
+    /// Sets the limit under the cap, which stays (see [`Core::set_cap`]); does nothing once
+    /// the limiter is gone.
+    pub(crate) fn set_uncapped(&self, limit: usize) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.set_uncapped(limit);
         }
     }
 }

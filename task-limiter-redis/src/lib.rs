@@ -47,8 +47,9 @@
 //! has passed, computes this process's fair share and grants slots.
 //!
 //! - **Shared by demand.** A process reports its demand (running + queued items, at least 1
-//!   if items came since the last look, capped at the budget; the highest of the last
-//!   hysteresis period). Shares are max-min fair over the
+//!   if items came since the last look, capped at the budget and, on an
+//!   [adaptive](#adaptive-limits-under-the-budget) limiter, at its algorithm's limit; the
+//!   highest of the last hysteresis period). Shares are max-min fair over the
 //!   processes with demand: a process with demand `d` is entitled to at least
 //!   `min(d, budget / n)` slots when `n` processes have demand. A process grows only into
 //!   slots nobody holds and shrinks to its share at its next renewal, so a process gets its
@@ -69,6 +70,49 @@
 //! - **A fresh Redis state** (first start, or a restart that lost the data) grants nobody more
 //!   than it already runs for one TTL, so that processes still running items re-register them
 //!   before anyone grows into their slots.
+//!
+//! # Adaptive limits under the budget
+//!
+//! A limiter built with [`Builder::adaptive`](task_limiter::Builder::adaptive) finds the limit
+//! its downstream serves from this process; the budget caps what all processes run together.
+//! They compose:
+//!
+//! - **The limit in force is the algorithm's limit capped by the slots leased.** The lease
+//!   is set with [`Limiter::set_limit_until`](task_limiter::Limiter::set_limit_until), which
+//!   on an adaptive limiter caps the algorithm's limit rather than replacing it; the lease's
+//!   expiry is checked at every admission as for any limiter, and after it the floor caps it.
+//!   So the budget's guarantee holds as it does for a fixed limit.
+//! - **The demand reported is what the algorithm wants**, when the process has the work for
+//!   it: running + queued items capped at the algorithm's own limit
+//!   ([`Limiter::adaptive_limit`](task_limiter::Limiter::adaptive_limit), within its
+//!   `max_limit`) and the budget. A process whose algorithm settled at 8 with hundreds queued
+//!   asks for 8, not the whole budget, and leaves the rest to others; a process with an empty
+//!   queue does not ask for its algorithm's limit, so it does not hoard slots it would not use.
+//! - **The algorithm knows when it was capped**: items held back by the lease rather than by
+//!   its own limit do not grow it ([`Sample::capped`](task_limiter::adaptive::Sample::capped)),
+//!   so it does not climb to a limit it was never allowed to use, and goes on from its own
+//!   limit once more slots are granted. It grows into the slots it gets, then asks for more.
+//!
+//! ```no_run
+//! use task_limiter::adaptive::Gradient;
+//! use task_limiter::Limiter;
+//! use task_limiter_redis::ClusterBudget;
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), task_limiter_redis::Error> {
+//! let limiter = Limiter::builder().adaptive(Gradient::new()).limit(4).max_limit(64).build();
+//! let budget = ClusterBudget::builder("redis://127.0.0.1/", "downstream-api")
+//!     .budget(50) // what the downstream takes from all replicas together
+//!     .connect(&limiter)
+//!     .await?;
+//! // limiter.limit() <= limiter.adaptive_limit(), and <= the slots leased.
+//! # budget.release().await
+//! # }
+//! ```
+//!
+//! Do not call [`Limiter::set_limit`](task_limiter::Limiter::set_limit) on a limiter under a
+//! budget: it lifts the cap (on any limiter, it replaces the lease's limit) until the next
+//! renewal.
 //!
 //! # What is guaranteed, and what is not
 //!

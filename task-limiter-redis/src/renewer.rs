@@ -43,7 +43,9 @@ impl Mode {
 // Every change of the limiter's limit goes through these two functions.
 //
 // The limit carries the lease's local expiry (`Limiter::set_limit_until`): admission checks it, so
-// a process resumed after a pause past its lease starts nothing before this task runs again.
+// a process resumed after a pause past its lease starts nothing before this task runs again. On
+// an adaptive limiter the same call caps the algorithm's limit: the limit in force is the lower
+// of the two, and never above what these functions set.
 
 /// Puts `slots` (but at least the floor) in force until `until`, then the floor.
 fn apply_lease<S>(limiter: &Limiter<S>, slots: usize, until: Instant, floor: usize) {
@@ -121,6 +123,13 @@ impl<S: Send + 'static> Renewer<S> {
     /// The demand to report: items running or queued, capped at the budget, and the highest
     /// of the last `idle_after` so that slots go back only after demand stayed low that long.
     ///
+    /// On an adaptive limiter, also capped at the algorithm's own limit (what it would use
+    /// with no cap, already within its `max_limit`): slots beyond it would sit unused, as the
+    /// limit in force is the lower of the two, while other processes may want them. Not the
+    /// algorithm's limit alone: a process with less work than its limit (an empty queue) would
+    /// hoard slots it does not use. So a process reports what its algorithm wants when it has
+    /// the work for it, and the work it has otherwise.
+    ///
     /// A process that was given items since the last sample wants at least one slot even if
     /// none is running or queued at the instant of the sample: short items submitted in
     /// bursts (100k items/s in batches) are gone between two samples, and reporting no
@@ -132,6 +141,7 @@ impl<S: Send + 'static> Renewer<S> {
         self.submitted = m.submitted;
         let demand = (m.running + m.queued)
             .max(usize::from(active))
+            .min(self.limiter.adaptive_limit().unwrap_or(usize::MAX))
             .min(self.cfg.budget);
         self.samples.push_back((now, demand));
         while let Some(&(at, _)) = self.samples.front() {
@@ -144,10 +154,22 @@ impl<S: Send + 'static> Renewer<S> {
         self.samples.iter().map(|&(_, d)| d).max().unwrap_or(0)
     }
 
+    /// The most items the limiter may start now, as far as this task has set it: the lease's
+    /// slots (at least the floor) until the lease's local end, the floor after it. The limit
+    /// in force is that, or lower on an adaptive limiter whose algorithm wants less; but the
+    /// algorithm may raise it up to this at any time, without this task.
+    fn lease_limit(&self, now: Instant) -> usize {
+        match self.valid_until {
+            Some(until) if now < until => self.grant.max(self.cfg.floor),
+            _ => self.cfg.floor,
+        }
+    }
+
     /// Whether this poll needs Redis. Without a reason it waits for the renewal period, so
     /// calls scale with processes and changes of demand, not with items.
     fn due(&self, now: Instant, want: usize) -> bool {
         let m = self.limiter.metrics();
+        let may_run = m.running.max(m.limit).max(self.lease_limit(now));
         now >= self.next_renewal
             || self.failing
             // Entitled to more, or Redis does not know yet that we want more.
@@ -155,7 +177,7 @@ impl<S: Send + 'static> Renewer<S> {
             // Demand stayed low for the hysteresis: give slots back.
             || (want < self.sent_want && want < self.grant)
             // Redis still counts slots our items have stopped using since we shrank.
-            || self.hold > m.running.max(m.limit)
+            || self.hold > may_run
     }
 
     /// One call of the script; on success the grant is put in force at once.
@@ -165,11 +187,12 @@ impl<S: Send + 'static> Renewer<S> {
         // on this clock has not ended on Redis's yet.
         let sent = Instant::now();
         let m = self.limiter.metrics();
-        // Items start only while fewer than the limit in force run, and that limit changes
-        // only here: until the reply is applied, no more than max(running, limit) can run.
+        // Items start only while fewer than the limit in force run, and that limit rises only
+        // here, or, on an adaptive limiter, up to the lease's limit: until the reply is
+        // applied, no more than max(running, limit, the lease's limit) can run.
         let keep = match mode {
             Mode::Release => m.running,
-            _ => m.running.max(m.limit),
+            _ => m.running.max(m.limit).max(self.lease_limit(sent)),
         };
         let mut invocation = SCRIPT.prepare_invoke();
         for key in &self.keys {
