@@ -12,6 +12,7 @@ use futures_util::FutureExt;
 use super::admission::{Lifecycle, Shared};
 use super::cell::Job;
 use super::deadline::{Fired, Watcher, Watches};
+use super::refusals::Reason;
 use super::worker::{self, IdGuard};
 use crate::sync::rt::sync::mpsc::UnboundedReceiver;
 use crate::sync::{recv_batch, rt, Arc, Ordering};
@@ -54,9 +55,15 @@ impl Drop for ExitGuard {
 }
 
 /// Cancels items that never started, counting them; their work is dropped outside the lock.
+/// Those still waiting (not already ended by an abort, their deadline or their token) are
+/// refused because the limiter is closed or shutting down: every caller is on that path, or
+/// passes jobs that ended already.
 pub(crate) fn cancel_unstarted(shared: &Shared, jobs: impl IntoIterator<Item = Job>) {
     let jobs: Vec<Job> = jobs.into_iter().collect();
     if !jobs.is_empty() {
+        for job in jobs.iter().filter(|job| job.is_queued()) {
+            shared.refusals.count(job.is_lease(), Reason::Closed);
+        }
         // Entries of items that already timed out in the queue count as timed out.
         let timed_out = jobs.iter().filter(|job| job.timed_out()).count();
         let mut state = shared.state();
@@ -136,14 +143,14 @@ impl Manager {
                     }
                 }
                 () = shared.control.notified() => self.on_control(&shared),
-                fired = std::future::poll_fn(|cx| self.watcher.poll(&self.watches, cx)), if watching => {
+                fired = std::future::poll_fn(|cx| self.watcher.poll(&self.watches, &shared.refusals, cx)), if watching => {
                     match fired {
                         // `Builder::cancel_on`: as `Limiter::shutdown` would.
                         Fired::Shutdown => {
                             shared.advance(Lifecycle::ShuttingDown);
                             self.on_control(&shared);
                         }
-                        Fired::Look => self.watcher.look(&self.watches),
+                        Fired::Look => self.watcher.look(&self.watches, &shared.refusals),
                     }
                 }
                 n = recv_batch(&mut self.work_rx, &mut jobs, BATCH), if take_work => {

@@ -26,6 +26,7 @@ mod lanes;
 mod lease;
 mod manager;
 mod queue;
+mod refusals;
 mod timer;
 mod worker;
 
@@ -42,6 +43,7 @@ pub(crate) use cell::{Cell, Charge, Cut, Load, Props, Weighed, Work};
 pub(crate) use deadline::Watch;
 pub(crate) use lease::{Grant, Refusal, Request};
 pub use queue::QueueOrder;
+pub(crate) use refusals::Reason;
 
 #[cfg(feature = "shuttle")]
 pub use worker::planted::__plant_id_mixup;
@@ -149,6 +151,7 @@ impl Core {
         if let Some(watch) = watch {
             if watch.ended_already(&*cell) {
                 // Counted by how the cell ended: timed out, or cancelled.
+                shared.refusals.count(false, ended_reason(cell.timed_out()));
                 cancel_unstarted(shared, [job]);
                 return Ok(cell);
             }
@@ -207,6 +210,9 @@ impl Core {
                     true => Refusal::TimedOut,
                     false => Refusal::Cancelled,
                 };
+                shared
+                    .refusals
+                    .count(true, ended_reason(request.timed_out()));
                 cancel_unstarted(shared, [job]);
                 return Err(refusal);
             }
@@ -230,11 +236,23 @@ impl Core {
     /// deadline passed, its token cancelled), as a submission that ends so is counted.
     pub(crate) fn count_refused_lease(&self, refusal: Refusal) {
         self.shared.submitted.fetch_add(1, Ordering::Relaxed);
+        let reason = match refusal {
+            Refusal::TimedOut => Reason::QueueTimeout,
+            Refusal::Cancelled => Reason::Token,
+            Refusal::Closed => Reason::Closed,
+        };
+        self.shared.refusals.count(true, reason);
         let mut state = self.shared.state();
         match refusal {
             Refusal::TimedOut => state.count_timed_out_queued(1),
             Refusal::Closed | Refusal::Cancelled => state.count_dropped(1),
         }
+    }
+
+    /// Counts a refusal that never reached the core: a `try_` call that found the queue full
+    /// or the limiter closed, a `try_acquire` with no room.
+    pub(crate) fn count_refused(&self, lease: bool, reason: Reason) {
+        self.shared.refusals.count(lease, reason);
     }
 
     /// Ends the lease on `id`, counted as `outcome`: its ID and charge come back.
@@ -334,7 +352,12 @@ impl Core {
         // Read after the counters, so that a racing item is never counted as both finished
         // and queued.
         let submitted = self.shared.submitted.load(Ordering::Acquire);
-        state.metrics(submitted)
+        state.metrics(submitted, &self.shared.refusals)
+    }
+
+    /// Up to `n` keys with the most queued, most first.
+    pub(crate) fn keys_most_queued(&self, n: usize) -> Vec<(Key, KeyMetrics)> {
+        self.shared.state().keys_most_queued(n)
     }
 
     pub(crate) fn busy_ids(&self) -> Vec<WorkerId> {
@@ -356,9 +379,11 @@ impl<W: Work, C: Charge> Refused<W, C> {
         self.cell
     }
 
-    /// Takes the work back, for a `try_` call to give it back: the item never was.
+    /// Takes the work back, for a `try_` call to give it back: the item never was, but its
+    /// refusal counts.
     pub(crate) fn into_work(self, core: &Core) -> W {
         core.shared.submitted.fetch_sub(1, Ordering::Relaxed);
+        core.shared.refusals.count(false, Reason::Closed);
         let work = self.cell.take_unstarted();
         drop(self.job);
         work.expect("a refused item is still queued")
@@ -399,5 +424,13 @@ impl Future for Exited<'_> {
             let next = self.shared.exit_notify.notified();
             self.notified.set(next);
         }
+    }
+}
+
+/// Why a submission whose watch had ended already was refused.
+fn ended_reason(timed_out: bool) -> Reason {
+    match timed_out {
+        true => Reason::QueueTimeout,
+        false => Reason::Token,
     }
 }
