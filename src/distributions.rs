@@ -44,7 +44,7 @@ use crate::worker_id::WorkerId;
 /// let limiter = Limiter::builder().limit(1).distributions(true).build();
 /// // Three items of 100 ms each, one at a time: they wait 0, 100 and 200 ms.
 /// let handles: Vec<_> = (0..3)
-///     .map(|_| limiter.spawn(tokio::time::sleep(Duration::from_millis(100))))
+///     .map(|_| limiter.spawn(async { tokio::time::sleep(Duration::from_millis(100)).await }))
 ///     .collect();
 /// for handle in handles {
 ///     handle.await.unwrap();

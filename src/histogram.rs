@@ -266,6 +266,23 @@ impl Histogram {
     }
 }
 
+impl Histogram {
+    /// Every bucket, shortest first: its midpoint and its count (for the exporter).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn bucket_counts(&self) -> impl Iterator<Item = (Duration, u64)> + '_ {
+        self.counts.iter().enumerate().map(|(i, &n)| {
+            let (lower, upper) = bounds(i);
+            (Duration::from_nanos(lower + (upper - lower) / 2), n)
+        })
+    }
+
+    /// Bucket `i`'s count.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn bucket_count(&self, i: usize) -> u64 {
+        self.counts.get(i).copied().unwrap_or(0)
+    }
+}
+
 impl fmt::Debug for Histogram {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Histogram")

@@ -293,6 +293,9 @@ mod compose;
 mod core;
 mod distributions;
 mod error;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod export;
 mod handle;
 mod histogram;
 mod key;
