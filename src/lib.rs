@@ -233,7 +233,15 @@
 //! [`Builder::name`]) and `worker.id` fields. TRACE and DEBUG events report an item queued,
 //! started (`waited_us`), finished, panicked and cancelled (`ran_us`); nothing is logged at INFO
 //! or above, and without a subscriber none of this costs a span or a clock read.
-//! [`Limiter::metrics`] and [`Limiter::busy_workers`] give a dashboard its numbers.
+//! [`Limiter::metrics`] and [`Limiter::busy_workers`] give a dashboard its numbers: always-on
+//! counters, among them refusals by reason and the sums of the waits and run times (so
+//! `rate(wait_time) / rate(started)` is the mean wait), kept under the lock an item takes
+//! anyway. [`Builder::distributions`] adds histograms of the waits and run times
+//! ([`Limiter::distributions`], [`Histogram`]) for quantiles, and
+//! [`Limiter::keys_most_queued`] a bounded listing of the busiest keys. With the `metrics`
+//! feature, `Limiter::exporter` publishes all of it through the `metrics` crate's facade under
+//! OpenTelemetry-style names (the `export` module lists them; the tower crate's
+//! `examples/prometheus.rs` serves them to Prometheus).
 //!
 //! For tokio-console, enable the `console` feature and build with
 //! `RUSTFLAGS="--cfg tokio_unstable"` (tokio's task instrumentation needs the flag): the manager
