@@ -246,6 +246,13 @@ impl Shared {
         state
     }
 
+    /// Takes the admission lock for a turn that changes none of the counts the integrals
+    /// integrate (items started, ended or left unstarted): no clock read. The manager's
+    /// channel and ID bookkeeping, the limits, and reads.
+    pub(crate) fn state_untimed(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
     pub(crate) fn lifecycle(&self) -> Lifecycle {
         // Pairs with the `AcqRel` raise: whoever sees the new stage sees what came before it.
         Lifecycle::from_word(self.lifecycle.load(Ordering::Acquire))
@@ -290,7 +297,7 @@ impl Shared {
     /// Puts `limit` in force (until `expiry`, if given) and wakes the manager, which starts
     /// what a larger limit lets start.
     pub(crate) fn set_limit(&self, limit: usize, expiry: Option<(Instant, usize)>) {
-        self.state().set_limit(limit, expiry);
+        self.state_untimed().set_limit(limit, expiry);
         self.control.notify_one();
     }
 

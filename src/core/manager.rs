@@ -131,13 +131,13 @@ impl Manager {
         loop {
             // A full FIFO queue leaves the rest in the channel until workers bring the queue
             // down to its low-water mark and wake the manager through `control`.
-            let take_work = self.work_open && shared.state().take_work();
+            let take_work = self.work_open && shared.state_untimed().take_work();
             let watching = self.watcher.active(&self.watches);
             rt::select! {
                 // IDs first: they are what lets queued work start on new workers.
                 biased;
                 _ = recv_batch(&mut self.done_rx, &mut ids, BATCH) => {
-                    let mut state = shared.state();
+                    let mut state = shared.state_untimed();
                     for id in ids.drain(..) {
                         state.release(id);
                     }
@@ -166,7 +166,7 @@ impl Manager {
             }
             self.dispatch(&shared);
             if !self.work_open {
-                let mut state = shared.state();
+                let mut state = shared.state_untimed();
                 if state.nothing_queued() {
                     // Leases hold IDs too: `wait` waits for them.
                     if state.ids_held() == 0 {
@@ -188,7 +188,7 @@ impl Manager {
     /// one batch per wake-up would make the manager and the workers take turns per batch.
     fn drain_ready(&mut self, shared: &Shared, jobs: &mut Vec<Job>) {
         for _ in 0..DRAIN / BATCH {
-            if !shared.state().take_work() {
+            if !shared.state_untimed().take_work() {
                 return;
             }
             // Polled once: `None` when the channel is empty for now (or the coop budget ran
@@ -202,7 +202,7 @@ impl Manager {
 
     fn on_drained(&mut self, shared: &Shared) {
         self.work_open = false;
-        let mut state = shared.state();
+        let mut state = shared.state_untimed();
         state.set_drained();
         state.wake_parked(&mut self.wake);
         drop(state);
@@ -222,15 +222,15 @@ impl Manager {
                 took_one(shared);
                 cancel_unstarted(shared, [job]);
             }
-            let queued = shared.state().take_queued();
+            let queued = shared.state_untimed().take_queued();
             cancel_unstarted(shared, queued);
-            running = shared.state().running_tasks();
+            running = shared.state_untimed().running_tasks();
             // The channel stays in the `select!` until it reports itself drained: a send that
             // was in flight may still land, and is cancelled (and counted) by `enqueue`.
         }
         // Whatever changed (close, shutdown, the limit), parked workers look again at whether
         // they should exit.
-        shared.state().wake_parked(&mut self.wake);
+        shared.state_untimed().wake_parked(&mut self.wake);
         self.wake.drain(..).for_each(Waker::wake);
         // Running items drop their work at their next poll and resolve cancelled; their
         // workers then exit. Items that run to their end keep their IDs until they return.
@@ -267,7 +267,7 @@ fn enqueue(shared: &Shared, jobs: &mut Vec<Job>) {
         shared.in_channel.fetch_sub(n, Ordering::AcqRel);
         cancel_unstarted(shared, jobs.drain(..));
     } else {
-        let mut state = shared.state();
+        let mut state = shared.state_untimed();
         state.enqueue(jobs.drain(..));
         // Under the lock and after the jobs are in the queue: a submitter that finds nothing in
         // the channel may queue its own item, and must find these ahead of it.

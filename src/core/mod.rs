@@ -268,7 +268,7 @@ impl Core {
 
     /// Cancelled items that never started, cancelled running ones, and ended leases, apart.
     pub(crate) fn counted_apart(&self) -> (u64, u64, u64) {
-        self.shared.state().counted_apart()
+        self.shared.state_untimed().counted_apart()
     }
 
     /// Sends a job to the manager; gives it back if the manager no longer takes work.
@@ -321,7 +321,7 @@ impl Core {
     }
 
     pub(crate) fn limit(&self) -> usize {
-        self.shared.state().limit()
+        self.shared.state_untimed().limit()
     }
 
     pub(crate) fn set_limit(&self, limit: usize, expiry: Option<(tokio::time::Instant, usize)>) {
@@ -334,17 +334,17 @@ impl Core {
     }
 
     pub(crate) fn key_limit(&self, key: &Key) -> usize {
-        self.shared.state().key_limit(key)
+        self.shared.state_untimed().key_limit(key)
     }
 
     pub(crate) fn set_key_limit(&self, key: Key, limit: usize) {
-        if self.shared.state().set_key_limit(key, limit) {
+        if self.shared.state_untimed().set_key_limit(key, limit) {
             self.shared.control.notify_one();
         }
     }
 
     pub(crate) fn key_metrics(&self, key: &Key) -> Option<KeyMetrics> {
-        self.shared.state().key_metrics(key)
+        self.shared.state_untimed().key_metrics(key)
     }
 
     pub(crate) fn metrics(&self) -> Metrics {
@@ -357,11 +357,11 @@ impl Core {
 
     /// Up to `n` keys with the most queued, most first.
     pub(crate) fn keys_most_queued(&self, n: usize) -> Vec<(Key, KeyMetrics)> {
-        self.shared.state().keys_most_queued(n)
+        self.shared.state_untimed().keys_most_queued(n)
     }
 
     pub(crate) fn busy_ids(&self) -> Vec<WorkerId> {
-        self.shared.state().busy_ids()
+        self.shared.state_untimed().busy_ids()
     }
 }
 

@@ -186,7 +186,7 @@ impl KeepAlive {
                     return Poll::Pending; // a keep-alive too long to end
                 };
                 if self.poll_expired(at, cx).is_ready() {
-                    if shared.state().expire(id) {
+                    if shared.state_untimed().expire(id) {
                         tracing::trace!(target: "task_limiter", limiter = %shared.name, worker.id = id.0, "worker kept alive long enough");
                         return Poll::Ready(None);
                     }
