@@ -19,7 +19,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::adaptive::{LeaseSample, Overload};
 use crate::compose::Options;
-use crate::core::{planted_id, Grant, Outcome, Reason, Refusal, Request, Watch, Weighed};
+use crate::core::{planted_id, Grant, Outcome, Refusal, Request, Watch, Weighed};
 use crate::distributions::LeaseTiming;
 use crate::error::{AcquireError, AcquireErrorKind, TryAcquireError};
 use crate::key::Key;
@@ -750,14 +750,15 @@ impl<S> Limiter<S> {
 }
 
 fn try_acquire<S>(limiter: &Limiter<S>, ask: Ask) -> Result<Lease<S>, TryAcquireError> {
+    // Not counted as refusals: `try_acquire` is a probe, often the fast path of a caller that
+    // then waits (the tower layer's), whose wait is what gets counted.
     if limiter.is_closed() {
-        limiter.core().count_refused(true, Reason::Closed);
         return Err(TryAcquireError::Closed);
     }
-    let Some(grant) = limiter.core().lease_now(ask.weight, ask.key.as_ref()) else {
-        limiter.core().count_refused(true, Reason::QueueFull);
-        return Err(TryAcquireError::Full);
-    };
+    let grant = limiter
+        .core()
+        .lease_now(ask.weight, ask.key.as_ref())
+        .ok_or(TryAcquireError::Full)?;
     let mut acquire = Acquire::new(limiter.clone(), ask);
     if let Some(controller) = &limiter.extras().adaptive {
         acquire.submitted = controller.submitted_at();

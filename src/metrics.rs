@@ -88,8 +88,10 @@ pub struct Metrics {
     /// Items refused or ended before they started, by reason (spawned items and
     /// [`reserve`](crate::Limiter::reserve) places; leases are in `leases_refused`).
     pub refused: Refusals,
-    /// Lease requests ([`acquire`](crate::Limiter::acquire), [`run`](crate::Limiter::run),
-    /// [`try_acquire`](crate::Limiter::try_acquire)) that ended without a lease, by reason.
+    /// Lease requests ([`acquire`](crate::Limiter::acquire), [`run`](crate::Limiter::run))
+    /// that ended without a lease, by reason. A failed
+    /// [`try_acquire`](crate::Limiter::try_acquire) is not counted: it is a probe, often the
+    /// fast path of a caller that then waits, and its caller sees the error at once.
     pub leases_refused: Refusals,
     /// Time spent waiting, added up over every item and lease request, from its submission
     /// (or first poll) to its start, or to its end unstarted. Kept as the integral of the
@@ -109,7 +111,8 @@ pub struct Metrics {
 /// Submissions that ended without starting, by reason: a field of [`Metrics`] for spawned
 /// items and another for leases.
 ///
-/// Each refusal is counted once, when it happens: a `try_` call refused, a queued item
+/// Each refusal is counted once, when it happens: a `try_spawn` or `try_reserve` refused, a
+/// queued item
 /// timed out at its deadline (when the deadline fires, not when the queue passes its entry),
 /// a token cancelled, a submission to a closed limiter or a queued item cancelled by
 /// [`shutdown`](crate::Limiter::shutdown). An item [aborted](crate::JoinHandle::abort) while
@@ -143,9 +146,9 @@ pub struct Metrics {
 #[non_exhaustive]
 pub struct Refusals {
     /// A `try_` call found the queue full ([`TrySpawnError::Full`](crate::TrySpawnError::Full)
-    /// with [`max_queued`](crate::Builder::max_queued)), or, for a lease,
-    /// [`try_acquire`](crate::Limiter::try_acquire) found no room
-    /// ([`TryAcquireError::Full`](crate::TryAcquireError::Full)).
+    /// with [`max_queued`](crate::Builder::max_queued)). Always 0 for leases, which take no
+    /// place in that queue (a bound on them, such as the tower layer's, refuses outside the
+    /// limiter).
     pub queue_full: u64,
     /// The queue deadline ([`TaskBuilder::deadline`](crate::TaskBuilder::deadline),
     /// [`queue_timeout`](crate::TaskBuilder::queue_timeout)) passed before it started.
@@ -170,7 +173,7 @@ impl Refusals {
     /// # async fn main() {
     /// let limiter = Limiter::new(1);
     /// limiter.close();
-    /// assert!(limiter.try_acquire().unwrap_err().is_closed());
+    /// assert!(limiter.acquire().await.unwrap_err().is_closed());
     /// assert_eq!(limiter.metrics().leases_refused.total(), 1);
     /// # }
     /// ```
