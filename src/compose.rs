@@ -9,6 +9,7 @@
 //! |---|---|---|
 //! | `Limited`: the run timeout and the token, while running | `timeout` / `cancel_on` | `timeout.rs` |
 //! | `Placed`: a place in the bounded queue, given back at the start | `reserve` / `try_spawn` with `max_queued` | `place.rs` |
+//! | `Timed`: the queue wait and run time, recorded in histograms | `Builder::distributions` | `distributions.rs` |
 //! | `Measured`: the adaptive limit's sample | an adaptive limiter | `adaptive/mod.rs` |
 //! | `Traced`: the item's span and events | a subscriber listening | `trace.rs` |
 //!
@@ -19,6 +20,7 @@
 
 use crate::adaptive::{Controller, Overload};
 use crate::core::{Charge, Core, Props, Watch, Weighed, Work};
+use crate::distributions::{Recorders, Timed};
 use crate::handle::JoinHandle;
 use crate::key::Key;
 use crate::limiter::Limiter;
@@ -141,7 +143,7 @@ impl<S> Limiter<S> {
         };
         match self
             .path(props, None, OnClosed::Cancel)
-            .measured(work, None, ())
+            .timed(work, None, ())
         {
             Ok(handle) => handle,
             Err(_) => unreachable!("`OnClosed::Cancel` never gives the work back"),
@@ -152,6 +154,7 @@ impl<S> Limiter<S> {
         Path {
             core: &self.inner.core,
             adaptive: self.inner.extras.adaptive.as_ref(),
+            distributions: self.inner.extras.distributions.as_ref(),
             props,
             watch,
             on_closed,
@@ -163,6 +166,7 @@ impl<S> Limiter<S> {
 struct Path<'a> {
     core: &'a Core,
     adaptive: Option<&'a Arc<Controller>>,
+    distributions: Option<&'a Arc<Recorders>>,
     props: Props,
     watch: Option<&'a Watch>,
     on_closed: OnClosed,
@@ -195,10 +199,25 @@ impl Path<'_> {
         overload: O,
     ) -> Result<JoinHandle<W::Output>, W> {
         match place {
-            None => self.measured(work, charge, overload),
+            None => self.timed(work, charge, overload),
             Some(place) => self
-                .measured(Placed::new(work, place), charge, overload)
+                .timed(Placed::new(work, place), charge, overload)
                 .map_err(Placed::into_inner),
+        }
+    }
+
+    #[inline]
+    fn timed<W: Work, O: Overload<W::Output>>(
+        &self,
+        work: W,
+        charge: Option<Weighed>,
+        overload: O,
+    ) -> Result<JoinHandle<W::Output>, W> {
+        match self.distributions {
+            None => self.measured(work, charge, overload),
+            Some(recorders) => self
+                .measured(Timed::new(work, recorders.clone()), charge, overload)
+                .map_err(Timed::into_inner),
         }
     }
 

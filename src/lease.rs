@@ -20,6 +20,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use crate::adaptive::{LeaseSample, Overload};
 use crate::compose::Options;
 use crate::core::{planted_id, Grant, Outcome, Refusal, Request, Watch, Weighed};
+use crate::distributions::LeaseTiming;
 use crate::error::{AcquireError, AcquireErrorKind, TryAcquireError};
 use crate::key::Key;
 use crate::limiter::Limiter;
@@ -139,6 +140,9 @@ pub struct Acquire<S = ()> {
     /// The adaptive limit's queue wait, and tracing's submission: taken at the first poll.
     submitted: Option<Instant>,
     trace: Option<Submitted>,
+    /// With `Builder::distributions`: when it was first polled, and whether the lease was
+    /// granted in that same poll (the one clock read serves both).
+    asked: Option<(Instant, bool)>,
 }
 
 enum Stage {
@@ -155,6 +159,7 @@ impl<S> Acquire<S> {
             stage: Stage::First,
             submitted: None,
             trace: None,
+            asked: None,
         }
     }
 
@@ -170,8 +175,20 @@ impl<S> Acquire<S> {
             .trace
             .take()
             .map(|submitted| submitted.start(grant.id, || ()).1);
-        let extras = (sample.is_some() || report.is_some())
-            .then(|| Box::new(LeaseExtras { sample, report }));
+        let timing = match (&limiter.extras().distributions, self.asked) {
+            (Some(recorders), Some((asked, at_once))) => {
+                let granted = if at_once { asked } else { Instant::now() };
+                Some(LeaseTiming::granted(recorders, asked, granted))
+            }
+            _ => None,
+        };
+        let extras = (sample.is_some() || report.is_some() || timing.is_some()).then(|| {
+            Box::new(LeaseExtras {
+                sample,
+                report,
+                timing,
+            })
+        });
         Lease {
             limiter,
             grant,
@@ -204,9 +221,15 @@ impl<S> Acquire<S> {
         if tracing::enabled!(target: "task_limiter", tracing::Level::DEBUG) {
             self.trace = Some(Submitted::now(limiter.name()));
         }
+        if limiter.extras().distributions.is_some() {
+            self.asked = Some((Instant::now(), true));
+        }
         let core = limiter.core();
         if let Some(grant) = core.lease_now(self.ask.weight, self.ask.key.as_ref()) {
             return Ok(Some(self.lease(grant)));
+        }
+        if let Some((_, at_once)) = &mut self.asked {
+            *at_once = false;
         }
         let charge = Weighed {
             weight: self.ask.weight,
@@ -335,6 +358,7 @@ pub struct Lease<S = ()> {
 struct LeaseExtras {
     sample: Option<LeaseSample>,
     report: Option<Report>,
+    timing: Option<LeaseTiming>,
 }
 
 impl<S> Lease<S> {
@@ -430,7 +454,14 @@ impl<S> Drop for Lease<S> {
             false => self.outcome,
         };
         if let Some(extras) = self.extras.take() {
-            let LeaseExtras { sample, report } = *extras;
+            let LeaseExtras {
+                sample,
+                report,
+                timing,
+            } = *extras;
+            if let Some(timing) = timing {
+                timing.ended();
+            }
             if let Some(sample) = sample {
                 // A run cut by its token gives no sample; one cut by its timeout is an
                 // overload.
@@ -719,6 +750,8 @@ impl<S> Limiter<S> {
 }
 
 fn try_acquire<S>(limiter: &Limiter<S>, ask: Ask) -> Result<Lease<S>, TryAcquireError> {
+    // Not counted as refusals: `try_acquire` is a probe, often the fast path of a caller that
+    // then waits (the tower layer's), whose wait is what gets counted.
     if limiter.is_closed() {
         return Err(TryAcquireError::Closed);
     }
@@ -732,6 +765,9 @@ fn try_acquire<S>(limiter: &Limiter<S>, ask: Ask) -> Result<Lease<S>, TryAcquire
     }
     if tracing::enabled!(target: "task_limiter", tracing::Level::DEBUG) {
         acquire.trace = Some(Submitted::now(limiter.name()));
+    }
+    if limiter.extras().distributions.is_some() {
+        acquire.asked = Some((Instant::now(), true));
     }
     acquire.stage = Stage::Done;
     Ok(acquire.lease(grant))

@@ -234,7 +234,15 @@
 //! [`Builder::name`]) and `worker.id` fields. TRACE and DEBUG events report an item queued,
 //! started (`waited_us`), finished, panicked and cancelled (`ran_us`); nothing is logged at INFO
 //! or above, and without a subscriber none of this costs a span or a clock read.
-//! [`Limiter::metrics`] and [`Limiter::busy_workers`] give a dashboard its numbers.
+//! [`Limiter::metrics`] and [`Limiter::busy_workers`] give a dashboard its numbers: always-on
+//! counters, among them refusals by reason and the sums of the waits and run times (so
+//! `rate(wait_time) / rate(started)` is the mean wait), kept under the lock an item takes
+//! anyway. [`Builder::distributions`] adds histograms of the waits and run times
+//! ([`Limiter::distributions`], [`Histogram`]) for quantiles, and
+//! [`Limiter::keys_most_queued`] a bounded listing of the busiest keys. With the `metrics`
+//! feature, `Limiter::exporter` publishes all of it through the `metrics` crate's facade under
+//! OpenTelemetry-style names (the `export` module lists them; the tower crate's
+//! `examples/prometheus.rs` serves them to Prometheus).
 //!
 //! For tokio-console, enable the `console` feature and build with
 //! `RUSTFLAGS="--cfg tokio_unstable"` (tokio's task instrumentation needs the flag): the manager
@@ -292,8 +300,13 @@ mod blocking;
 mod builder;
 mod compose;
 mod core;
+mod distributions;
 mod error;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod export;
 mod handle;
+mod histogram;
 mod key;
 mod lease;
 mod limiter;
@@ -311,12 +324,14 @@ mod worker_id;
 pub use crate::core::QueueOrder;
 pub use batch::Batch;
 pub use builder::Builder;
+pub use distributions::Distributions;
 pub use error::{AcquireError, JoinError, ReserveError, TryAcquireError, TrySpawnError};
 pub use handle::{AbortHandle, JoinHandle};
+pub use histogram::Histogram;
 pub use key::Key;
 pub use lease::{Acquire, Lease, Run};
 pub use limiter::{Limiter, Shutdown, Wait};
-pub use metrics::{KeyMetrics, Metrics};
+pub use metrics::{KeyMetrics, Metrics, Refusals};
 pub use permit::Permit;
 pub use shutdown::{ShutdownReport, ShutdownTimeout};
 pub use task_builder::TaskBuilder;

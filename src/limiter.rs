@@ -5,6 +5,7 @@ use std::task::{Context, Poll};
 
 use crate::adaptive::Controller;
 use crate::core::{Core, Exited, Lifecycle};
+use crate::distributions::{Distributions, Recorders};
 use crate::handle::JoinHandle;
 use crate::key::Key;
 use crate::metrics::{KeyMetrics, Metrics};
@@ -68,6 +69,8 @@ pub(crate) struct Extras<S> {
     pub(crate) room: Option<Arc<Semaphore>>,
     /// The adaptive limit's controller, when the limiter has one.
     pub(crate) adaptive: Option<Arc<Controller>>,
+    /// The queue wait and run time histograms, with `Builder::distributions`.
+    pub(crate) distributions: Option<Arc<Recorders>>,
 }
 
 impl<S> Clone for Limiter<S> {
@@ -490,6 +493,70 @@ impl<S> Limiter<S> {
     /// running. See [`KeyMetrics`] for an example.
     pub fn key_metrics(&self, key: impl Into<Key>) -> Option<KeyMetrics> {
         self.core().key_metrics(&key.into())
+    }
+
+    /// Up to `n` keys with the most items queued, most first, each with its
+    /// [`KeyMetrics`]: a bounded listing for dashboards, whatever the number of keys.
+    ///
+    /// Keys are ranked by their queue entries, which count items cancelled while queued until
+    /// the queue passes them; the metrics count only the items still waiting. Ties go to the
+    /// smaller key. Takes the admission lock for one pass over the keys with something queued
+    /// or running (not over their items): cheap enough for a scrape, not for every item.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_limiter::{Key, Limiter};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::builder().limit(8).per_key_limit(1).build();
+    /// let (tx, rx) = tokio::sync::watch::channel(false);
+    /// for (key, n) in [("a", 2), ("b", 4), ("c", 3)] {
+    ///     for _ in 0..n {
+    ///         let mut rx = rx.clone();
+    ///         limiter.build_task().key(key).spawn(async move {
+    ///             let _ = rx.wait_for(|go| *go).await;
+    ///         });
+    ///     }
+    /// }
+    /// tokio::task::yield_now().await;
+    /// let top = limiter.keys_most_queued(2);
+    /// let listed: Vec<_> = top.iter().map(|(key, m)| (key.clone(), m.queued)).collect();
+    /// // One item of each key runs; the rest wait.
+    /// assert_eq!(listed, [(Key::from("b"), 3), (Key::from("c"), 2)]);
+    /// tx.send(true).unwrap();
+    /// # }
+    /// ```
+    pub fn keys_most_queued(&self, n: usize) -> Vec<(Key, KeyMetrics)> {
+        self.core().keys_most_queued(n)
+    }
+
+    /// A snapshot of the distributions of queue waits and run times, or `None` if the limiter
+    /// was built without [`Builder::distributions`](crate::Builder::distributions).
+    ///
+    /// Reads each histogram's counters once, without a lock: see [`Distributions`] for what
+    /// is recorded and [`Histogram`](crate::Histogram) for the buckets and quantiles.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use task_limiter::Limiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// assert!(Limiter::new(2).distributions().is_none());
+    ///
+    /// let limiter = Limiter::builder().limit(2).distributions(true).build();
+    /// limiter.spawn(tokio::time::sleep(Duration::from_millis(50))).await.unwrap();
+    /// let run_time = limiter.distributions().unwrap().run_time;
+    /// assert_eq!(run_time.count(), 1);
+    /// assert_eq!(run_time.sum(), Duration::from_millis(50));
+    /// # }
+    /// ```
+    pub fn distributions(&self) -> Option<Distributions> {
+        self.extras().distributions.as_ref().map(|d| d.snapshot())
     }
 
     /// Returns the limiter's name (see [`Builder::name`](crate::Builder::name)).

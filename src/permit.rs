@@ -10,7 +10,7 @@ use std::fmt;
 use std::future::Future;
 
 use crate::compose::{OnClosed, Options};
-use crate::core::Work;
+use crate::core::{Reason, Work};
 use crate::error::{ReserveError, TrySpawnError};
 use crate::handle::JoinHandle;
 use crate::limiter::Limiter;
@@ -146,18 +146,26 @@ enum NoRoom {
 
 impl<S> Limiter<S> {
     /// Takes a place in the queue without waiting: `None` stands for "unbounded".
+    /// Refusals are counted here, by reason.
     fn try_take_room(&self) -> Result<Option<OwnedSemaphorePermit>, NoRoom> {
-        if self.is_closed() {
-            return Err(NoRoom::Closed);
+        let taken = if self.is_closed() {
+            Err(NoRoom::Closed)
+        } else {
+            match &self.extras().room {
+                None => Ok(None),
+                Some(room) => match room.clone().try_acquire_owned() {
+                    Ok(place) => Ok(Some(place)),
+                    Err(_) if room.is_closed() => Err(NoRoom::Closed),
+                    Err(_) => Err(NoRoom::Full),
+                },
+            }
+        };
+        match taken {
+            Err(NoRoom::Full) => self.core().count_refused(false, Reason::QueueFull),
+            Err(NoRoom::Closed) => self.core().count_refused(false, Reason::Closed),
+            Ok(_) => {}
         }
-        match &self.extras().room {
-            None => Ok(None),
-            Some(room) => match room.clone().try_acquire_owned() {
-                Ok(place) => Ok(Some(place)),
-                Err(_) if room.is_closed() => Err(NoRoom::Closed),
-                Err(_) => Err(NoRoom::Full),
-            },
-        }
+        taken
     }
 
     /// Submits a future if the queue has room, or gives it back.
@@ -280,21 +288,20 @@ impl<S> Limiter<S> {
     /// # }
     /// ```
     pub async fn reserve(&self) -> Result<Permit<'_, S>, ReserveError> {
+        let closed = || {
+            self.core().count_refused(false, Reason::Closed);
+            ReserveError::new()
+        };
         if self.is_closed() {
-            return Err(ReserveError::new());
+            return Err(closed());
         }
         let room = match &self.extras().room {
             None => None,
-            Some(room) => Some(
-                room.clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| ReserveError::new())?,
-            ),
+            Some(room) => Some(room.clone().acquire_owned().await.map_err(|_| closed())?),
         };
         // The runtime may have shut the limiter down while this waited.
         if self.is_closed() {
-            return Err(ReserveError::new());
+            return Err(closed());
         }
         Ok(Permit {
             limiter: self,

@@ -18,6 +18,8 @@
 //! (`--patterns`, comma-separated; append `@task` to any of them to submit from inside a spawned
 //! task instead of `Runtime::block_on`):
 //! - `limiter`: task-limiter, `spawn` per item, every `JoinHandle` kept in a `Vec` and awaited;
+//! - `limiter+hist`: `limiter` on a limiter built with `distributions(true)` (issue 22's
+//!   histograms; asserts every item's run time was recorded);
 //! - `semaphore`: `tokio::spawn` per item, an `Arc<Semaphore>` permit acquired inside the task;
 //! - `acquire`: `acquire_owned` in the submitter, then `tokio::spawn` with the permit;
 //! - `joinset`: `JoinSet`, `join_next` whenever `len() == N`;
@@ -59,6 +61,7 @@ const ALL_SHAPES: &[&str] = &["burst", "service"];
 
 const ALL_PATTERNS: &[&str] = &[
     "limiter",
+    "limiter+hist",
     "keyed",
     "keyed-semaphores",
     "semaphore",
@@ -172,6 +175,17 @@ async fn run_limiter<W: Work>(m: u64, n: usize) -> (u64, Extra) {
     let limiter = Limiter::new(n);
     let handles: Vec<_> = (0..m).map(|i| limiter.spawn(W::job(i))).collect();
     drain_limiter(&limiter, handles).await
+}
+
+/// `limiter` with `Builder::distributions` on: the queue wait and run time histograms' cost
+/// (three clock reads and four relaxed atomic adds per item).
+async fn run_limiter_hist<W: Work>(m: u64, n: usize) -> (u64, Extra) {
+    let limiter = Limiter::builder().limit(n).distributions(true).build();
+    let handles: Vec<_> = (0..m).map(|i| limiter.spawn(W::job(i))).collect();
+    let done = drain_limiter(&limiter, handles).await;
+    let recorded = limiter.distributions().expect("on").run_time.count();
+    assert_eq!(recorded, m, "every item's run time is recorded");
+    done
 }
 
 /// The keys of the keyed patterns, and each key's limit under a global limit of `n`.
@@ -338,6 +352,7 @@ async fn run_proto<W: Work>(m: u64, n: usize) -> (u64, Extra) {
 async fn run_pattern<W: Work>(pattern: &str, m: u64, n: usize) -> (u64, Extra) {
     match pattern {
         "limiter" => run_limiter::<W>(m, n).await,
+        "limiter+hist" => run_limiter_hist::<W>(m, n).await,
         "keyed" => run_keyed::<W>(m, n).await,
         "keyed-semaphores" => run_keyed_semaphores::<W>(m, n).await,
         "semaphore" => run_semaphore::<W>(m, n).await,
@@ -863,6 +878,7 @@ fn pattern_title(p: &str) -> String {
     };
     let name = match base {
         "limiter" => "**task-limiter** `spawn`",
+        "limiter+hist" => "**task-limiter** `spawn`, `distributions(true)`",
         "semaphore" => "`tokio::spawn` + `Semaphore` inside",
         "acquire" => "`acquire_owned` then `tokio::spawn`",
         "joinset" => "`JoinSet`, join at `len() == N`",

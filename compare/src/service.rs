@@ -12,7 +12,9 @@
 //!   `Arc<Semaphore>`;
 //! - `inline`: the client acquires a permit and runs the work itself, no spawn: the floor;
 //! - `run`: `limiter.run(work).await`, the work inline under a lease (issue 19);
-//! - `acquire`: `let _lease = limiter.acquire().await?; work.await`.
+//! - `acquire`: `let _lease = limiter.acquire().await?; work.await`;
+//! - `limiter+hist`, `run+hist`: `limiter` and `run` on a limiter built with
+//!   `distributions(true)` (issue 22): the histograms' cost, measured against their plain forms.
 //!
 //! Items: `yield` calls `tokio::task::yield_now().await` once; `spin` busy-spins for about 2 µs, a
 //! number of loop iterations calibrated once in the parent, so every child does the same work.
@@ -43,10 +45,12 @@ fn keep_alive_override() -> Option<Duration> {
 
 pub(crate) const ALL_PATTERNS: &[&str] = &[
     "limiter",
+    "limiter+hist",
     "adaptive",
     "semaphore",
     "inline",
     "run",
+    "run+hist",
     "acquire",
 ];
 pub(crate) const ALL_JOBS: &[&str] = &["yield", "spin"];
@@ -282,7 +286,10 @@ async fn drive(pattern: &str, n: usize, c: usize, job: Job, run: &RunSpec) -> Ou
                 .max_limit(n)
                 .build(),
         ),
+        // `Builder::distributions` on: the histograms' cost (clock reads at each transition).
+        "limiter+hist" => Target::Limiter(Limiter::builder().limit(n).distributions(true).build()),
         "run" => Target::Run(Limiter::new(n)),
+        "run+hist" => Target::Run(Limiter::builder().limit(n).distributions(true).build()),
         "acquire" => Target::Acquire(Limiter::new(n)),
         "semaphore" => Target::Semaphore(Arc::new(Semaphore::new(n))),
         "inline" => Target::Inline(Arc::new(Semaphore::new(n))),
@@ -570,6 +577,8 @@ fn pattern_title(p: &str) -> &str {
         "semaphore" => "`tokio::spawn` + `Semaphore` inside, awaited",
         "inline" => "permit, work inline, no spawn (floor)",
         "run" => "**task-limiter** `run(work).await` (a lease, inline)",
+        "limiter+hist" => "**task-limiter** `spawn(work).await`, `distributions(true)`",
+        "run+hist" => "**task-limiter** `run(work).await`, `distributions(true)`",
         "acquire" => "**task-limiter** `acquire().await`, work inline",
         other => other,
     }

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use super::cell::{Job, Load, Outcome, RawTask};
 use super::ids::{Asking, Gone, Held, Ids, Inbox};
 use super::lanes::{Lanes, Skipped};
+use super::refusals::RefusalCounts;
 use super::wakers::Wakers;
 use crate::key::Key;
 use crate::metrics::{KeyMetrics, Metrics};
@@ -88,6 +89,28 @@ struct Counters {
     /// Leases granted at once, without a queue entry: submissions counted here, under the lock
     /// they take anyway, rather than on the submitters' counter.
     leased_at_once: u64,
+    /// Times the limit in force changed value.
+    limit_changes: u64,
+}
+
+/// The integrals behind `Metrics::wait_time` and `run_time`, advanced at each turn of the
+/// lock: the number waiting and the number running, times the time since the last turn. By
+/// Little's law the integral of the number waiting is the sum of the waits, so the sums cost
+/// one clock read per turn of the lock rather than one per item and transition, and no
+/// per-item timestamp.
+///
+/// The number running changes only under the lock, so its integral is exact (to the turns of
+/// the lock). Submissions are counted without it: the number waiting over an interval is
+/// taken from the submission count read at the interval's start, so an item's wait is
+/// under-counted by at most the time from its submission to the next turn of the lock (a left
+/// Riemann sum).
+struct Integrals {
+    /// Where the sums stand.
+    at: Instant,
+    /// The submitters' counter as read at `at`'s turn.
+    submitted: u64,
+    wait_ns: u128,
+    run_ns: u128,
 }
 
 /// Everything admission decides over, behind one lock.
@@ -127,6 +150,7 @@ pub(crate) struct State {
     /// The worker that took that pop is to wake the manager.
     refill_due: bool,
     counters: Counters,
+    integrals: Integrals,
 }
 
 /// State shared by the `Limiter` clones, the manager and the workers.
@@ -153,6 +177,8 @@ pub(crate) struct Shared {
     pub(crate) in_channel: AtomicUsize,
     /// Parked workers, readable without the lock (see `Ids`).
     parked_hint: Arc<AtomicUsize>,
+    /// Refusals by reason, counted where they happen.
+    pub(crate) refusals: RefusalCounts,
 }
 
 /// Keeps the submitters' counter off the cache line that the workers write.
@@ -196,6 +222,12 @@ impl Shared {
                 refill_asked: false,
                 refill_due: false,
                 counters: Counters::default(),
+                integrals: Integrals {
+                    at: Instant::now(),
+                    submitted: 0,
+                    wait_ns: 0,
+                    run_ns: 0,
+                },
             }),
             lifecycle: AtomicUsize::new(Lifecycle::Open as usize),
             control: Notify::new(),
@@ -203,10 +235,30 @@ impl Shared {
             done_tx,
             keep_alive,
             submitted: Padded(AtomicU64::new(0)),
+            refusals: RefusalCounts::new(),
         }
     }
 
+    /// Takes the admission lock, and advances the wait and run time integrals to now (see
+    /// `Integrals`): every change to the counts they integrate is made under this lock, so a
+    /// turn that changes them finds the counts in force since the last turn.
     pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+        // Read before the lock, to keep the clock out of the lock's hold time; a turn that read
+        // it before the last one took the lock adds nothing.
+        let now = Instant::now();
+        let mut state = lock(&self.state);
+        // Relaxed: a submission that happened before this turn's changes (it reached the queue
+        // through the lock, or the channel, or this thread) is seen; one racing with it is
+        // counted from the next turn.
+        let submitted = self.submitted.load(Ordering::Relaxed);
+        state.advance(now, submitted);
+        state
+    }
+
+    /// Takes the admission lock for a turn that changes none of the counts the integrals
+    /// integrate (items started, ended or left unstarted): no clock read. The manager's
+    /// channel and ID bookkeeping, the limits, and reads.
+    pub(crate) fn state_untimed(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
     }
 
@@ -254,21 +306,21 @@ impl Shared {
     /// Puts `limit` in force (until `expiry`, if given) and wakes the manager, which starts
     /// what a larger limit lets start.
     pub(crate) fn set_limit(&self, limit: usize, expiry: Option<(Instant, usize)>) {
-        self.state().set_limit(limit, expiry);
+        self.state_untimed().set_limit(limit, expiry);
         self.control.notify_one();
     }
 
     /// Sets the limit under the cap, which stays (an adaptive limiter's algorithm), and wakes
     /// the manager.
     pub(crate) fn set_uncapped(&self, limit: usize) {
-        self.state().set_uncapped(limit);
+        self.state_untimed().set_uncapped(limit);
         self.control.notify_one();
     }
 
     /// Caps the limit set at `cap` until `until`, at `fallback` from then on, and wakes the
     /// manager.
     pub(crate) fn set_cap(&self, cap: usize, until: Instant, fallback: usize) {
-        self.state().set_cap(cap, until, fallback);
+        self.state_untimed().set_cap(cap, until, fallback);
         self.control.notify_one();
     }
 
@@ -744,6 +796,10 @@ impl State {
         self.lanes.key_metrics(key)
     }
 
+    pub(crate) fn keys_most_queued(&self, n: usize) -> Vec<(Key, KeyMetrics)> {
+        self.lanes.most_queued(n)
+    }
+
     /// The work channel is closed and drained: workers with nothing left to do may now exit.
     pub(crate) fn set_drained(&mut self) {
         self.drained = true;
@@ -789,6 +845,7 @@ impl State {
     /// Sets the limit in force, with no cap; with `expiry`, it holds until the instant and
     /// gives way to the fallback then (a cap over no limit of its own).
     pub(crate) fn set_limit(&mut self, limit: usize, expiry: Option<(Instant, usize)>) {
+        let (before, changes) = (self.limit, self.counters.limit_changes);
         match expiry {
             None => (self.uncapped, self.cap) = (limit, usize::MAX),
             Some(_) => (self.uncapped, self.cap) = (usize::MAX, limit),
@@ -796,21 +853,27 @@ impl State {
         self.expiry = expiry;
         self.limit = self.uncapped.min(self.cap);
         self.expire_limit();
+        // One change, whether or not the expiry has passed already.
+        self.counters.limit_changes = changes + u64::from(self.limit != before);
     }
 
     /// Sets the limit under the cap; the cap and its expiry stay.
     pub(crate) fn set_uncapped(&mut self, limit: usize) {
+        let (before, changes) = (self.limit, self.counters.limit_changes);
         self.uncapped = limit;
         self.limit = self.uncapped.min(self.cap);
         self.expire_limit();
+        self.counters.limit_changes = changes + u64::from(self.limit != before);
     }
 
     /// Caps the limit set: at `cap` until `until`, at `fallback` from then on.
     pub(crate) fn set_cap(&mut self, cap: usize, until: Instant, fallback: usize) {
+        let (before, changes) = (self.limit, self.counters.limit_changes);
         self.cap = cap;
         self.expiry = Some((until, fallback));
         self.limit = self.uncapped.min(self.cap);
         self.expire_limit();
+        self.counters.limit_changes = changes + u64::from(self.limit != before);
     }
 
     /// Whether the limit in force is a cap below the limit set: items held back by it were
@@ -825,8 +888,12 @@ impl State {
     fn expire_limit(&mut self) {
         if let Some((until, fallback)) = self.expiry {
             if Instant::now() >= until {
+                let next = self.uncapped.min(fallback);
+                if self.limit != next {
+                    self.counters.limit_changes += 1;
+                }
                 self.cap = fallback;
-                self.limit = self.uncapped.min(fallback);
+                self.limit = next;
                 self.expiry = None;
             }
         }
@@ -847,10 +914,27 @@ impl State {
         self.ids.held_ids()
     }
 
+    /// Advances the wait and run time integrals to `now` (see `Integrals`).
+    #[inline]
+    fn advance(&mut self, now: Instant, submitted: u64) {
+        let sums = &mut self.integrals;
+        if now > sums.at {
+            let elapsed = (now - sums.at).as_nanos();
+            let c = &self.counters;
+            let waiting = (sums.submitted + c.leased_at_once)
+                .saturating_sub(c.started + c.dropped_unstarted + c.timed_out_queued);
+            sums.wait_ns += elapsed * u128::from(waiting);
+            sums.run_ns += elapsed * self.busy as u128;
+            sums.at = now;
+        }
+        sums.submitted = submitted;
+    }
+
     /// A snapshot of the counters; `submitted` is read by the caller after it, so that a
     /// racing item is never counted as both finished and queued.
-    pub(crate) fn metrics(&mut self, submitted: u64) -> Metrics {
+    pub(crate) fn metrics(&mut self, submitted: u64, refusals: &RefusalCounts) -> Metrics {
         self.expire_limit();
+        let (refused, leases_refused) = refusals.snapshot();
         let c = &self.counters;
         let submitted = submitted + c.leased_at_once;
         Metrics {
@@ -868,6 +952,19 @@ impl State {
             workers_spawned: c.workers_spawned,
             workers: self.workers(),
             idle_workers: self.ids.idle(),
+            started: c.started,
+            refused,
+            leases_refused,
+            wait_time: nanos(self.integrals.wait_ns),
+            run_time: nanos(self.integrals.run_ns),
+            limit_changes: c.limit_changes,
         }
     }
+}
+
+/// A sum of nanoseconds as a `Duration` (saturating, some 584 billion years on).
+fn nanos(ns: u128) -> Duration {
+    const PER_SEC: u128 = 1_000_000_000;
+    let secs = u64::try_from(ns / PER_SEC).unwrap_or(u64::MAX);
+    Duration::new(secs, (ns % PER_SEC) as u32)
 }

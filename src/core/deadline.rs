@@ -28,6 +28,7 @@ use futures_util::task::AtomicWaker;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::cell::RawTask;
+use super::refusals::{Reason, RefusalCounts};
 use crate::sync::rt::time::{sleep_until, Instant, Sleep};
 use crate::sync::{lock, AtomicBool, Mutex, Ordering};
 
@@ -252,7 +253,12 @@ impl Watcher {
 
     /// Waits for the limiter's token, a registration, the timer or an item's token. Items whose
     /// token fired are cancelled here; the rest is left to [`look`](Self::look).
-    pub(crate) fn poll(&mut self, watches: &Watches, cx: &mut Context<'_>) -> Poll<Fired> {
+    pub(crate) fn poll(
+        &mut self,
+        watches: &Watches,
+        refusals: &RefusalCounts,
+        cx: &mut Context<'_>,
+    ) -> Poll<Fired> {
         if let Some(token) = &mut self.shutdown_on {
             if token.as_mut().poll(cx).is_ready() {
                 self.shutdown_on = None;
@@ -275,7 +281,9 @@ impl Watcher {
         // Ready(None) only while it is empty.
         while let Poll::Ready(Some(task)) = self.tokens.poll_next_unpin(cx) {
             if let Some(task) = task.upgrade() {
-                task.cancel_queued();
+                if task.cancel_queued() {
+                    refusals.count(task.is_lease(), Reason::Token);
+                }
             }
             fired = true;
         }
@@ -287,7 +295,7 @@ impl Watcher {
 
     /// Takes new registrations, times out the queued items that are due, and arms the timer
     /// for the next deadline.
-    pub(crate) fn look(&mut self, watches: &Watches) {
+    pub(crate) fn look(&mut self, watches: &Watches, refusals: &RefusalCounts) {
         // Acquire: pairs with the registration's Release; a registration after the swap sets
         // it again and wakes the manager.
         watches.dirty.store(false, Ordering::Release);
@@ -322,7 +330,9 @@ impl Watcher {
         // Outside the registry's lock: this drops the items' work.
         for task in due {
             if let Some(task) = task.upgrade() {
-                task.time_out_queued();
+                if task.time_out_queued() {
+                    refusals.count(task.is_lease(), Reason::QueueTimeout);
+                }
             }
         }
         for (token, task) in tokens {

@@ -49,6 +49,9 @@ struct KeyLane {
     weight: usize,
     /// Where the lane is: in the ring, waiting for its own limit, or idle (nothing queued).
     place: Place,
+    /// Items of the key started and ended since the lane was made (`KeyMetrics`).
+    started: u64,
+    ended: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -165,6 +168,8 @@ impl Lanes {
             running: 0,
             weight: 0,
             place: Place::Idle,
+            started: 0,
+            ended: 0,
         }
     }
 
@@ -189,6 +194,7 @@ impl Lanes {
                         .get_mut(key)
                         .expect("a set-aside item keeps its lane");
                     lane.running += 1;
+                    lane.started += 1;
                 }
                 return Some((aside.job, aside.weight));
             } else if aside.passes_left == 0 {
@@ -321,6 +327,7 @@ impl Lanes {
         let more = !queue.is_empty();
         if let Some(lane) = &mut lane {
             lane.running += 1;
+            lane.started += 1;
             lane.weight += weight as usize;
         }
         self.requeue(key, more);
@@ -410,6 +417,7 @@ impl Lanes {
         }
         let lane = self.keys.get_mut(key).expect("made above");
         lane.running += 1;
+        lane.started += 1;
         lane.weight += weight as usize;
     }
 
@@ -420,6 +428,7 @@ impl Lanes {
             return false;
         };
         lane.running -= 1;
+        lane.ended += 1;
         lane.weight -= weight as usize;
         let woke = lane.place == Place::WaitsForKey;
         if woke {
@@ -495,6 +504,28 @@ impl Lanes {
         ready
     }
 
+    /// Up to `n` keys with the most entries queued, most first, and their metrics. One pass
+    /// over the keys' lanes (not their entries) ranks them by queue entries, which include
+    /// entries of items cancelled while queued that the queue has not yet passed; the metrics
+    /// returned count only the items still waiting.
+    pub(crate) fn most_queued(&self, n: usize) -> Vec<(Key, KeyMetrics)> {
+        let mut ranked: Vec<(usize, &Key)> = self
+            .keys
+            .iter()
+            .map(|(key, lane)| (lane.queue.entries(), key))
+            .filter(|&(entries, _)| entries > 0)
+            .collect();
+        if ranked.len() > n {
+            ranked.select_nth_unstable_by(n, |a, b| b.0.cmp(&a.0));
+            ranked.truncate(n);
+        }
+        ranked.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        ranked
+            .into_iter()
+            .filter_map(|(_, key)| Some((key.clone(), self.key_metrics(key)?)))
+            .collect()
+    }
+
     pub(crate) fn key_metrics(&self, key: &Key) -> Option<KeyMetrics> {
         let lane = self.keys.get(key)?;
         let aside = self
@@ -516,6 +547,8 @@ impl Lanes {
             queued,
             running: lane.running,
             weight_running,
+            started: lane.started,
+            ended: lane.ended,
         })
     }
 }

@@ -10,6 +10,7 @@ use futures_util::FutureExt;
 use super::admission::{Lifecycle, Shared};
 use super::cell::Job;
 use super::deadline::{Fired, Watcher, Watches};
+use super::refusals::Reason;
 use super::wakers::Wakers;
 use super::worker::{self, IdGuard};
 use crate::sync::rt::sync::mpsc::UnboundedReceiver;
@@ -53,9 +54,15 @@ impl Drop for ExitGuard {
 }
 
 /// Cancels items that never started, counting them; their work is dropped outside the lock.
+/// Those still waiting (not already ended by an abort, their deadline or their token) are
+/// refused because the limiter is closed or shutting down: every caller is on that path, or
+/// passes jobs that ended already.
 pub(crate) fn cancel_unstarted(shared: &Shared, jobs: impl IntoIterator<Item = Job>) {
     let jobs: Vec<Job> = jobs.into_iter().collect();
     if !jobs.is_empty() {
+        for job in jobs.iter().filter(|job| job.is_queued()) {
+            shared.refusals.count(job.is_lease(), Reason::Closed);
+        }
         // Entries of items that already timed out in the queue count as timed out.
         let timed_out = jobs.iter().filter(|job| job.timed_out()).count();
         let mut state = shared.state();
@@ -123,26 +130,26 @@ impl Manager {
         loop {
             // A full FIFO queue leaves the rest in the channel until workers bring the queue
             // down to its low-water mark and wake the manager through `control`.
-            let take_work = self.work_open && shared.state().take_work();
+            let take_work = self.work_open && shared.state_untimed().take_work();
             let watching = self.watcher.active(&self.watches);
             rt::select! {
                 // IDs first: they are what lets queued work start on new workers.
                 biased;
                 _ = recv_batch(&mut self.done_rx, &mut ids, BATCH) => {
-                    let mut state = shared.state();
+                    let mut state = shared.state_untimed();
                     for id in ids.drain(..) {
                         state.release(id);
                     }
                 }
                 () = shared.control.notified() => self.on_control(&shared),
-                fired = std::future::poll_fn(|cx| self.watcher.poll(&self.watches, cx)), if watching => {
+                fired = std::future::poll_fn(|cx| self.watcher.poll(&self.watches, &shared.refusals, cx)), if watching => {
                     match fired {
                         // `Builder::cancel_on`: as `Limiter::shutdown` would.
                         Fired::Shutdown => {
                             shared.advance(Lifecycle::ShuttingDown);
                             self.on_control(&shared);
                         }
-                        Fired::Look => self.watcher.look(&self.watches),
+                        Fired::Look => self.watcher.look(&self.watches, &shared.refusals),
                     }
                 }
                 n = recv_batch(&mut self.work_rx, &mut jobs, BATCH), if take_work => {
@@ -158,7 +165,7 @@ impl Manager {
             }
             self.dispatch(&shared);
             if !self.work_open {
-                let mut state = shared.state();
+                let mut state = shared.state_untimed();
                 if state.nothing_queued() {
                     // Leases hold IDs too: `wait` waits for them.
                     if state.ids_held() == 0 {
@@ -180,7 +187,7 @@ impl Manager {
     /// one batch per wake-up would make the manager and the workers take turns per batch.
     fn drain_ready(&mut self, shared: &Shared, jobs: &mut Vec<Job>) {
         for _ in 0..DRAIN / BATCH {
-            if !shared.state().take_work() {
+            if !shared.state_untimed().take_work() {
                 return;
             }
             // Polled once: `None` when the channel is empty for now (or the coop budget ran
@@ -194,7 +201,7 @@ impl Manager {
 
     fn on_drained(&mut self, shared: &Shared) {
         self.work_open = false;
-        let mut state = shared.state();
+        let mut state = shared.state_untimed();
         state.set_drained();
         state.wake_parked(&mut self.wake);
         drop(state);
@@ -214,15 +221,15 @@ impl Manager {
                 took_one(shared);
                 cancel_unstarted(shared, [job]);
             }
-            let queued = shared.state().take_queued();
+            let queued = shared.state_untimed().take_queued();
             cancel_unstarted(shared, queued);
-            running = shared.state().running_tasks();
+            running = shared.state_untimed().running_tasks();
             // The channel stays in the `select!` until it reports itself drained: a send that
             // was in flight may still land, and is cancelled (and counted) by `enqueue`.
         }
         // Whatever changed (close, shutdown, the limit), parked workers look again at whether
         // they should exit.
-        shared.state().wake_parked(&mut self.wake);
+        shared.state_untimed().wake_parked(&mut self.wake);
         self.wake.wake_all();
         // Running items drop their work at their next poll and resolve cancelled; their
         // workers then exit. Items that run to their end keep their IDs until they return.
@@ -259,7 +266,7 @@ fn enqueue(shared: &Shared, jobs: &mut Vec<Job>) {
         shared.in_channel.fetch_sub(n, Ordering::AcqRel);
         cancel_unstarted(shared, jobs.drain(..));
     } else {
-        let mut state = shared.state();
+        let mut state = shared.state_untimed();
         state.enqueue(jobs.drain(..));
         // Under the lock and after the jobs are in the queue: a submitter that finds nothing in
         // the channel may queue its own item, and must find these ahead of it.

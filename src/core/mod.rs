@@ -26,6 +26,7 @@ mod lanes;
 mod lease;
 mod manager;
 mod queue;
+mod refusals;
 mod timer;
 mod wakers;
 mod worker;
@@ -43,6 +44,7 @@ pub(crate) use cell::{Cell, Charge, Cut, Load, Props, Weighed, Work};
 pub(crate) use deadline::Watch;
 pub(crate) use lease::{Grant, Refusal, Request};
 pub use queue::QueueOrder;
+pub(crate) use refusals::Reason;
 
 #[cfg(feature = "shuttle")]
 pub use worker::planted::__plant_id_mixup;
@@ -150,6 +152,7 @@ impl Core {
         if let Some(watch) = watch {
             if watch.ended_already(&*cell) {
                 // Counted by how the cell ended: timed out, or cancelled.
+                shared.refusals.count(false, ended_reason(cell.timed_out()));
                 cancel_unstarted(shared, [job]);
                 return Ok(cell);
             }
@@ -208,6 +211,9 @@ impl Core {
                     true => Refusal::TimedOut,
                     false => Refusal::Cancelled,
                 };
+                shared
+                    .refusals
+                    .count(true, ended_reason(request.timed_out()));
                 cancel_unstarted(shared, [job]);
                 return Err(refusal);
             }
@@ -231,11 +237,23 @@ impl Core {
     /// deadline passed, its token cancelled), as a submission that ends so is counted.
     pub(crate) fn count_refused_lease(&self, refusal: Refusal) {
         self.shared.submitted.fetch_add(1, Ordering::Relaxed);
+        let reason = match refusal {
+            Refusal::TimedOut => Reason::QueueTimeout,
+            Refusal::Cancelled => Reason::Token,
+            Refusal::Closed => Reason::Closed,
+        };
+        self.shared.refusals.count(true, reason);
         let mut state = self.shared.state();
         match refusal {
             Refusal::TimedOut => state.count_timed_out_queued(1),
             Refusal::Closed | Refusal::Cancelled => state.count_dropped(1),
         }
+    }
+
+    /// Counts a refusal that never reached the core: a `try_` call that found the queue full
+    /// or the limiter closed, a `try_acquire` with no room.
+    pub(crate) fn count_refused(&self, lease: bool, reason: Reason) {
+        self.shared.refusals.count(lease, reason);
     }
 
     /// Ends the lease on `id`, counted as `outcome`: its ID and charge come back.
@@ -251,7 +269,7 @@ impl Core {
 
     /// Cancelled items that never started, cancelled running ones, and ended leases, apart.
     pub(crate) fn counted_apart(&self) -> (u64, u64, u64) {
-        self.shared.state().counted_apart()
+        self.shared.state_untimed().counted_apart()
     }
 
     /// Sends a job to the manager; gives it back if the manager no longer takes work.
@@ -304,7 +322,7 @@ impl Core {
     }
 
     pub(crate) fn limit(&self) -> usize {
-        self.shared.state().limit()
+        self.shared.state_untimed().limit()
     }
 
     pub(crate) fn set_limit(&self, limit: usize, expiry: Option<(tokio::time::Instant, usize)>) {
@@ -324,17 +342,17 @@ impl Core {
     }
 
     pub(crate) fn key_limit(&self, key: &Key) -> usize {
-        self.shared.state().key_limit(key)
+        self.shared.state_untimed().key_limit(key)
     }
 
     pub(crate) fn set_key_limit(&self, key: Key, limit: usize) {
-        if self.shared.state().set_key_limit(key, limit) {
+        if self.shared.state_untimed().set_key_limit(key, limit) {
             self.shared.control.notify_one();
         }
     }
 
     pub(crate) fn key_metrics(&self, key: &Key) -> Option<KeyMetrics> {
-        self.shared.state().key_metrics(key)
+        self.shared.state_untimed().key_metrics(key)
     }
 
     pub(crate) fn metrics(&self) -> Metrics {
@@ -342,11 +360,16 @@ impl Core {
         // Read after the counters, so that a racing item is never counted as both finished
         // and queued.
         let submitted = self.shared.submitted.load(Ordering::Acquire);
-        state.metrics(submitted)
+        state.metrics(submitted, &self.shared.refusals)
+    }
+
+    /// Up to `n` keys with the most queued, most first.
+    pub(crate) fn keys_most_queued(&self, n: usize) -> Vec<(Key, KeyMetrics)> {
+        self.shared.state_untimed().keys_most_queued(n)
     }
 
     pub(crate) fn busy_ids(&self) -> Vec<WorkerId> {
-        self.shared.state().busy_ids()
+        self.shared.state_untimed().busy_ids()
     }
 }
 
@@ -364,9 +387,11 @@ impl<W: Work, C: Charge> Refused<W, C> {
         self.cell
     }
 
-    /// Takes the work back, for a `try_` call to give it back: the item never was.
+    /// Takes the work back, for a `try_` call to give it back: the item never was, but its
+    /// refusal counts.
     pub(crate) fn into_work(self, core: &Core) -> W {
         core.shared.submitted.fetch_sub(1, Ordering::Relaxed);
+        core.shared.refusals.count(false, Reason::Closed);
         let work = self.cell.take_unstarted();
         drop(self.job);
         work.expect("a refused item is still queued")
@@ -416,5 +441,13 @@ impl Future for Exited<'_> {
             let next = self.shared.exit_notify.notified();
             self.notified.set(next);
         }
+    }
+}
+
+/// Why a submission whose watch had ended already was refused.
+fn ended_reason(timed_out: bool) -> Reason {
+    match timed_out {
+        true => Reason::QueueTimeout,
+        false => Reason::Token,
     }
 }

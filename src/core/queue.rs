@@ -172,6 +172,15 @@ impl Queue {
         }
     }
 
+    /// Entries, those of items cancelled while queued included: no pass over them.
+    pub(crate) fn entries(&self) -> usize {
+        match self {
+            Queue::Fifo(queue) => queue.len(),
+            Queue::Lifo(stack) => stack.len(),
+            Queue::Priority { heap, .. } => heap.len(),
+        }
+    }
+
     pub(crate) fn pop(&mut self) -> Option<Job> {
         match self {
             Queue::Fifo(queue) => queue.pop_front(),

@@ -51,7 +51,7 @@ impl Drop for IdGuard {
 pub(crate) async fn work(guard: IdGuard) {
     let shared = &*guard.shared;
     let id = guard.id;
-    let inbox = shared.state().inbox(id);
+    let inbox = shared.state_untimed().inbox(id);
     let mut keep_alive = KeepAlive::new(shared);
     let mut ended = None;
     while let Some((job, load)) = keep_alive.next(shared, &inbox, id, ended.take()).await {
@@ -196,7 +196,7 @@ impl KeepAlive {
                     return Poll::Pending; // a keep-alive too long to end
                 };
                 if self.poll_expired(at, cx).is_ready() {
-                    if shared.state().expire(id) {
+                    if shared.state_untimed().expire(id) {
                         tracing::trace!(target: "task_limiter", limiter = %shared.name, worker.id = id.0, "worker kept alive long enough");
                         return Poll::Ready(None);
                     }
