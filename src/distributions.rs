@@ -192,8 +192,11 @@ impl LeaseTiming {
     }
 
     /// Records the run time of the lease, ending now.
-    pub(crate) fn ended(self) {
-        let run: Duration = self.granted.elapsed();
+    /// Records the run time; returns the clock read it ended at, for the lease's end to use.
+    pub(crate) fn ended(self) -> Instant {
+        let now = Instant::now();
+        let run: Duration = now.saturating_duration_since(self.granted);
         self.recorders.run_time.record(run);
+        now
     }
 }

@@ -225,7 +225,8 @@ impl<S> Acquire<S> {
             self.asked = Some((Instant::now(), true));
         }
         let core = limiter.core();
-        if let Some(grant) = core.lease_now(self.ask.weight, self.ask.key.as_ref()) {
+        let asked = self.asked.map(|(at, _)| at);
+        if let Some(grant) = core.lease_now(self.ask.weight, self.ask.key.as_ref(), asked) {
             return Ok(Some(self.lease(grant)));
         }
         if let Some((_, at_once)) = &mut self.asked {
@@ -292,7 +293,7 @@ impl<S> Drop for Acquire<S> {
             // Granted as it was dropped: the grant passes on to the next in line.
             if let Some(id) = request.withdraw() {
                 if let Some(limiter) = &self.limiter {
-                    limiter.core().end_lease(id, Outcome::Cancelled);
+                    limiter.core().end_lease(id, Outcome::Cancelled, None);
                 }
             }
         }
@@ -453,15 +454,14 @@ impl<S> Drop for Lease<S> {
             true => Outcome::Panicked,
             false => self.outcome,
         };
+        let mut ended_at = None;
         if let Some(extras) = self.extras.take() {
             let LeaseExtras {
                 sample,
                 report,
                 timing,
             } = *extras;
-            if let Some(timing) = timing {
-                timing.ended();
-            }
+            ended_at = timing.map(LeaseTiming::ended);
             if let Some(sample) = sample {
                 // A run cut by its token gives no sample; one cut by its timeout is an
                 // overload.
@@ -475,7 +475,9 @@ impl<S> Drop for Lease<S> {
                 }
             }
         }
-        self.limiter.core().end_lease(self.grant.id, outcome);
+        self.limiter
+            .core()
+            .end_lease(self.grant.id, outcome, ended_at);
     }
 }
 
@@ -755,9 +757,11 @@ fn try_acquire<S>(limiter: &Limiter<S>, ask: Ask) -> Result<Lease<S>, TryAcquire
     if limiter.is_closed() {
         return Err(TryAcquireError::Closed);
     }
+    // With distributions on, the one clock read serves the grant's turn and its timing.
+    let asked = limiter.extras().distributions.is_some().then(Instant::now);
     let grant = limiter
         .core()
-        .lease_now(ask.weight, ask.key.as_ref())
+        .lease_now(ask.weight, ask.key.as_ref(), asked)
         .ok_or(TryAcquireError::Full)?;
     let mut acquire = Acquire::new(limiter.clone(), ask);
     if let Some(controller) = &limiter.extras().adaptive {
@@ -766,9 +770,7 @@ fn try_acquire<S>(limiter: &Limiter<S>, ask: Ask) -> Result<Lease<S>, TryAcquire
     if tracing::enabled!(target: "task_limiter", tracing::Level::DEBUG) {
         acquire.trace = Some(Submitted::now(limiter.name()));
     }
-    if limiter.extras().distributions.is_some() {
-        acquire.asked = Some((Instant::now(), true));
-    }
+    acquire.asked = asked.map(|at| (at, true));
     acquire.stage = Stage::Done;
     Ok(acquire.lease(grant))
 }

@@ -245,7 +245,12 @@ impl Shared {
     pub(crate) fn state(&self) -> MutexGuard<'_, State> {
         // Read before the lock, to keep the clock out of the lock's hold time; a turn that read
         // it before the last one took the lock adds nothing.
-        let now = Instant::now();
+        self.state_at(Instant::now())
+    }
+
+    /// [`state`](Self::state) with a clock read the caller made just before, and uses too (a
+    /// lease's grant or end with distributions on): one read serves both.
+    pub(crate) fn state_at(&self, now: Instant) -> MutexGuard<'_, State> {
         let mut state = lock(&self.state);
         // Relaxed: a submission that happened before this turn's changes (it reached the queue
         // through the lock, or the channel, or this thread) is seen; one racing with it is
@@ -359,8 +364,14 @@ impl Shared {
     /// A lease at once, if one may start now without passing anything queued: on a free ID
     /// (preferred: parked workers stay ready for spawned items), else on a parked worker's.
     /// `None` if it must wait in the queue.
-    pub(crate) fn lease_now(&self, weight: u32, key: Option<&Key>) -> Option<(WorkerId, Load)> {
-        let mut state = self.state();
+    /// `now`: a clock read the caller made just before, if it made one.
+    pub(crate) fn lease_now(
+        &self,
+        weight: u32,
+        key: Option<&Key>,
+        now: Option<Instant>,
+    ) -> Option<(WorkerId, Load)> {
+        let mut state = self.state_at(now.unwrap_or_else(Instant::now));
         // As for `hand_off`: under the lock, 0 means nothing submitted before waits in the
         // channel.
         if self.in_channel.load(Ordering::Acquire) != 0 || self.lifecycle() != Lifecycle::Open {
@@ -388,9 +399,10 @@ impl Shared {
 
     /// A lease on `id` ended, how `outcome` says: its ID and its charge come back, and
     /// admission hands what may start now to the next in line.
-    pub(crate) fn end_lease(&self, id: WorkerId, outcome: Outcome) {
+    /// `now`: a clock read the caller made just before, if it made one.
+    pub(crate) fn end_lease(&self, id: WorkerId, outcome: Outcome, now: Option<Instant>) {
         let lifecycle = self.lifecycle();
-        let mut state = self.state();
+        let mut state = self.state_at(now.unwrap_or_else(Instant::now));
         let mut wake = Wakers::default();
         state.end_lease(id, outcome, &mut wake);
         // Nothing waits that this lease's room could start: no admission round (the common

@@ -184,9 +184,16 @@ impl Core {
 
     /// A lease now, if one may start without waiting and without passing anything queued.
     #[inline]
-    pub(crate) fn lease_now(&self, weight: u32, key: Option<&Key>) -> Option<Grant> {
+    /// `now`: a clock read the caller made just before (for its own timing), which the
+    /// admission turn then uses rather than read the clock again.
+    pub(crate) fn lease_now(
+        &self,
+        weight: u32,
+        key: Option<&Key>,
+        now: Option<tokio::time::Instant>,
+    ) -> Option<Grant> {
         // Counted as submitted under the admission lock (`leased_at_once`).
-        let (id, load) = self.shared.lease_now(weight, key)?;
+        let (id, load) = self.shared.lease_now(weight, key, now)?;
         Some(Grant { id, load })
     }
 
@@ -257,8 +264,14 @@ impl Core {
     }
 
     /// Ends the lease on `id`, counted as `outcome`: its ID and charge come back.
-    pub(crate) fn end_lease(&self, id: WorkerId, outcome: Outcome) {
-        self.shared.end_lease(id, outcome);
+    /// `now` as for [`lease_now`](Self::lease_now).
+    pub(crate) fn end_lease(
+        &self,
+        id: WorkerId,
+        outcome: Outcome,
+        now: Option<tokio::time::Instant>,
+    ) {
+        self.shared.end_lease(id, outcome, now);
     }
 
     /// Whether the limiter's runtime has a time driver (`enable_time`). True where that cannot
