@@ -148,25 +148,7 @@ impl<K, W, P, O, R> LimitLayer<K, W, P, O, R> {
     where
         F: Fn(&Request<B>) -> Option<Key>,
     {
-        let Admit {
-            limiter,
-            weight,
-            priority,
-            queue_timeout,
-            max_queued,
-            ..
-        } = self.admit;
-        LimitLayer {
-            admit: Admit {
-                limiter,
-                key,
-                weight,
-                priority,
-                queue_timeout,
-                max_queued,
-            },
-            respond: self.respond,
-        }
+        self.with_closures(|_, weight, priority| (key, weight, priority))
     }
 
     /// Gives each request the weight `weight` returns: it counts that much toward the global
@@ -195,25 +177,7 @@ impl<K, W, P, O, R> LimitLayer<K, W, P, O, R> {
     where
         F: Fn(&Request<B>) -> u32,
     {
-        let Admit {
-            limiter,
-            key,
-            priority,
-            queue_timeout,
-            max_queued,
-            ..
-        } = self.admit;
-        LimitLayer {
-            admit: Admit {
-                limiter,
-                key,
-                weight,
-                priority,
-                queue_timeout,
-                max_queued,
-            },
-            respond: self.respond,
-        }
+        self.with_closures(|key, _, priority| (key, weight, priority))
     }
 
     /// Gives each request the priority `priority` returns, for a limiter built with
@@ -240,14 +204,24 @@ impl<K, W, P, O, R> LimitLayer<K, W, P, O, R> {
     where
         F: Fn(&Request<B>) -> i32,
     {
+        self.with_closures(|key, weight, _| (key, weight, priority))
+    }
+
+    /// The layer with its key, weight and priority closures replaced by what `replace` makes
+    /// of them (each setter swaps one, and with it a type parameter); the rest stays.
+    fn with_closures<K2, W2, P2>(
+        self,
+        replace: impl FnOnce(K, W, P) -> (K2, W2, P2),
+    ) -> LimitLayer<K2, W2, P2, O, R> {
         let Admit {
             limiter,
             key,
             weight,
+            priority,
             queue_timeout,
             max_queued,
-            ..
         } = self.admit;
+        let (key, weight, priority) = replace(key, weight, priority);
         LimitLayer {
             admit: Admit {
                 limiter,
