@@ -13,7 +13,7 @@
 //! - nothing starts once the limiter shuts down.
 
 use std::mem;
-use std::task::{Context, Poll, Waker};
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -59,9 +59,8 @@ impl Lifecycle {
 enum Lender {
     /// A free ID: the lease holds it alone.
     Free,
-    /// A worker's ID; the worker waits behind the lease, woken through this waker (a parked
-    /// worker's own is kept when it is `None`).
-    Worker(Option<Waker>),
+    /// A worker's ID; the worker waits behind the lease, woken through its inbox.
+    Worker,
 }
 
 /// The limiter's counters, kept under the same lock as the state they count, so a snapshot of
@@ -280,20 +279,22 @@ impl Shared {
     /// A worker's one call between items and while it waits: counts the item it just ended
     /// (`ended`; an item aborted between its admission and its start counts as cancelled),
     /// then, by the admission rule, gives it its next job, tells it to exit (`None`), or parks
-    /// it with `cx`'s waker until there is work or a reason to exit.
+    /// it until there is work or a reason to exit (it is woken through its inbox, where it left
+    /// its waker before). Also returns the clock read the turn made, for a parked worker's
+    /// keep-alive to start from.
     pub(crate) fn poll_next(
         &self,
         id: WorkerId,
         ended: Option<Outcome>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<(Job, Load)>> {
+    ) -> (Poll<Option<(Job, Load)>>, Instant) {
         let lifecycle = self.lifecycle();
-        let mut state = self.state();
+        let now = Instant::now();
+        let mut state = self.state_at(now);
         let mut wake = Wakers::default();
-        let poll = state.poll_next(id, ended, cx, lifecycle, &mut wake);
+        let poll = state.poll_next(id, ended, lifecycle, &mut wake);
         let more = state.dispatch_due && state.dispatch_more(lifecycle, &mut wake);
         self.after_admission(state, wake, more);
-        poll
+        (poll, now)
     }
 
     /// Ends a turn of admission taken outside the manager: wakes the workers and lease waiters
@@ -530,14 +531,13 @@ impl State {
         &mut self,
         id: WorkerId,
         ended: Option<Outcome>,
-        cx: &mut Context<'_>,
         lifecycle: Lifecycle,
         wake: &mut Wakers,
     ) -> Poll<Option<(Job, Load)>> {
         if let Some(outcome) = ended {
             self.end_item(id, outcome);
         }
-        match self.ids.ask(id, cx) {
+        match self.ids.ask(id) {
             // Handed over by the manager, a submitter, or (for a new worker) at its spawn.
             Asking::Handed(job, load) => return Poll::Ready(Some((job, load))),
             Asking::Lent => return Poll::Pending,
@@ -550,8 +550,7 @@ impl State {
         while let Some((job, load)) = self.admit(id, lifecycle) {
             if job.is_lease() {
                 // The worker lends its ID to the lease and waits behind it.
-                let waker = Some(cx.waker().clone());
-                if self.grant(id, job, load, Lender::Worker(waker), wake) {
+                if self.grant(id, job, load, Lender::Worker, wake) {
                     return Poll::Pending;
                 }
                 // The lease's waiter was gone: admit again.
@@ -565,7 +564,7 @@ impl State {
             self.ids.exit(id);
             Poll::Ready(None)
         } else {
-            self.ids.park(id, cx.waker());
+            self.ids.park(id);
             Poll::Pending
         }
     }
@@ -669,9 +668,9 @@ impl State {
             return false;
         };
         if job.is_lease() {
-            self.grant(id, job, load, Lender::Worker(None), wake);
+            self.grant(id, job, load, Lender::Worker, wake);
         } else {
-            wake.extend(self.ids.hand_parked(id, job, load));
+            wake.push_worker(self.ids.hand_parked(id, job, load));
         }
         true
     }
@@ -712,7 +711,7 @@ impl State {
         let held = Held { weight, key };
         match lender {
             Lender::Free => self.ids.lend_free(id, held),
-            Lender::Worker(waker) => self.ids.lend_worker(id, held, waker),
+            Lender::Worker => self.ids.lend_worker(id, held),
         }
     }
 
@@ -730,7 +729,7 @@ impl State {
         }
         let (id, lender) = match self.lowest_free() {
             Some(id) => (id, Lender::Free),
-            None => (self.parked_below_limit()?, Lender::Worker(None)),
+            None => (self.parked_below_limit()?, Lender::Worker),
         };
         if let Some(key) = key {
             self.lanes.charge(key, weight);
@@ -752,9 +751,11 @@ impl State {
     /// Ends the lease on `id`: its charge comes back, and its ID to its lender (free again, or
     /// back to the parked worker behind it, which is woken to look for work).
     fn end_lease(&mut self, id: WorkerId, outcome: Outcome, wake: &mut Wakers) {
-        let (held, waker) = self.ids.end_lease(id);
+        let (held, worker) = self.ids.end_lease(id);
         // Its worker, parked again, looks for work (or its keep-alive's end).
-        wake.extend(waker);
+        if let Some(inbox) = worker {
+            wake.push_worker(inbox);
+        }
         self.dispatch_due |= charge_back(
             &mut self.lanes,
             &mut self.busy,

@@ -5,6 +5,7 @@
 //! item takes its work out of the cell and drops it at once; the queue entry left behind is a
 //! pointer that admission skips.
 
+use std::any::{Any, TypeId};
 use std::future::Future;
 use std::mem;
 use std::panic::{self, AssertUnwindSafe};
@@ -148,7 +149,26 @@ const ABORT_CANCELLED: u8 = 1;
 const ABORT_TIMED_OUT: u8 = 2;
 
 /// A started item, ready for its worker to poll.
-pub(crate) type Run = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+pub(crate) type Run = Pin<Box<dyn Started>>;
+
+/// A started item's future, as its worker holds it: once it has ended, the worker keeps the
+/// allocation and runs its next item in it when that item's cell is of the same type (the
+/// common case: a service submits the same closure again and again). An item so costs one
+/// allocation, its cell, rather than two.
+pub(crate) trait Started: Future<Output = Outcome> + Send {
+    /// The type of the cells it runs.
+    fn cell_type(&self) -> TypeId;
+
+    /// Runs the item of `cell` (of [`cell_type`](Self::cell_type), and ended before) next, on
+    /// `worker` under `load`: takes its work out of the queue, or returns how it ended if it
+    /// was cancelled (or timed out) while queued.
+    fn refill(
+        self: Pin<&mut Self>,
+        cell: Arc<dyn Any + Send + Sync>,
+        worker: WorkerId,
+        load: Load,
+    ) -> Result<(), Outcome>;
+}
 
 /// A submitted item as the work channel and the queue hold it.
 ///
@@ -180,11 +200,17 @@ impl Job {
     }
 
     /// Moves the item to running on `worker`, admitted under `load`, or returns how it ended
-    /// if it was cancelled (or timed out) while queued.
-    pub(crate) fn start(mut self, worker: WorkerId, load: Load) -> Result<Run, Outcome> {
-        self.0
-            .take()
-            .map_or(Err(Outcome::Cancelled), |raw| raw.start(worker, load))
+    /// if it was cancelled (or timed out) while queued. `spare`: the worker's last item, ended,
+    /// to run this one in if it is of the same type (taken then).
+    pub(crate) fn start(
+        mut self,
+        worker: WorkerId,
+        load: Load,
+        spare: &mut Option<Run>,
+    ) -> Result<Run, Outcome> {
+        self.0.take().map_or(Err(Outcome::Cancelled), |raw| {
+            raw.start(worker, load, spare)
+        })
     }
 
     /// Whether the item left the queue by its deadline (for the counters).
@@ -243,7 +269,13 @@ impl Drop for Job {
 
 /// The type-erased face of a cell that the queue and the workers see.
 pub(crate) trait RawTask: Send + Sync {
-    fn start(self: Arc<Self>, worker: WorkerId, load: Load) -> Result<Run, Outcome>;
+    /// See [`Job::start`].
+    fn start(
+        self: Arc<Self>,
+        worker: WorkerId,
+        load: Load,
+        spare: &mut Option<Run>,
+    ) -> Result<Run, Outcome>;
     fn cancel_queued(&self) -> bool;
     /// Resolves a queued item as timed out (its queue deadline passed); false if it had left
     /// the queue already.
@@ -424,6 +456,17 @@ impl<W: Work, C: Charge> Cell<W, C> {
         true
     }
 
+    /// Takes the work out of the queue to start it, or says how the item ended if it was
+    /// cancelled (or timed out) while queued.
+    fn leave_queue(&self) -> Result<W, Outcome> {
+        lock(&self.stage)
+            .leave_queue()
+            .ok_or(match self.timed_out() {
+                true => Outcome::TimedOut,
+                false => Outcome::Cancelled,
+            })
+    }
+
     /// Takes back the work of an item that never reached the queue, for a refused `try_` call to
     /// give it back. Returns `None` if the item is no longer queued.
     pub(crate) fn take_unstarted(&self) -> Option<W> {
@@ -505,15 +548,24 @@ impl<W: Work, C: Charge> Join<W::Output> for Cell<W, C> {
 }
 
 impl<W: Work, C: Charge> RawTask for Cell<W, C> {
-    fn start(self: Arc<Self>, worker: WorkerId, load: Load) -> Result<Run, Outcome> {
-        let Some(work) = lock(&self.stage).leave_queue() else {
-            return Err(match self.timed_out() {
-                true => Outcome::TimedOut,
-                false => Outcome::Cancelled,
-            });
-        };
+    fn start(
+        self: Arc<Self>,
+        worker: WorkerId,
+        load: Load,
+        spare: &mut Option<Run>,
+    ) -> Result<Run, Outcome> {
+        if let Some(mut run) = spare.take_if(|run| run.cell_type() == TypeId::of::<Self>()) {
+            return match run.as_mut().refill(self, worker, load) {
+                Ok(()) => Ok(run),
+                Err(outcome) => {
+                    *spare = Some(run);
+                    Err(outcome)
+                }
+            };
+        }
+        let work = self.leave_queue()?;
         Ok(Box::pin(RunItem {
-            cell: self,
+            cell: Some(self),
             worker,
             load,
             work: Some(work),
@@ -570,7 +622,9 @@ pin_project! {
     /// Dropped before it finished (the runtime shutting down), it resolves the handle as
     /// cancelled.
     struct RunItem<W: Work, C: Charge> {
-        cell: Arc<Cell<W, C>>,
+        // Let go of as the item ends, so that the handle, not the worker, frees the cell
+        // (the allocator's cache of the thread that made it).
+        cell: Option<Arc<Cell<W, C>>>,
         worker: WorkerId,
         load: Load,
         work: Option<W>,
@@ -587,7 +641,9 @@ pin_project! {
                     this.future.set(None);
                     drop(this.work.take());
                 });
-                this.cell.finish(Err(JoinError::cancelled(Some(*this.worker))));
+                if let Some(cell) = this.cell.take() {
+                    cell.finish(Err(JoinError::cancelled(Some(*this.worker))));
+                }
             }
         }
     }
@@ -611,10 +667,14 @@ impl<W: Work, C: Charge> Future for RunItem<W, C> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
         let mut this = self.project();
         let worker = *this.worker;
-        let runs_to_end = this.cell.runs_to_end;
+        let cell = this
+            .cell
+            .as_ref()
+            .expect("`RunItem` polled after it finished");
+        let runs_to_end = cell.runs_to_end;
         // `Err`: aborted, cut short or timed out.
         let result = 'result: {
-            if !runs_to_end && this.cell.is_aborted() {
+            if !runs_to_end && cell.is_aborted() {
                 break 'result Err(Cut::Cancelled);
             }
             if let Some(work) = this.work.take() {
@@ -650,7 +710,7 @@ impl<W: Work, C: Charge> Future for RunItem<W, C> {
                     // `abort` sets its flag, then wakes the waker registered here; check the
                     // flag once more after registering so that an abort in between is not
                     // missed.
-                    if !this.cell.register_worker(cx) {
+                    if !cell.register_worker(cx) {
                         return Poll::Pending;
                     }
                     Err(Cut::Cancelled)
@@ -658,9 +718,14 @@ impl<W: Work, C: Charge> Future for RunItem<W, C> {
             }
         };
         *this.finished = true;
-        // The future goes before the result is published. A destructor that panics makes a
-        // completed item a panicked one, as it would inside the item.
-        let dropped = panic::catch_unwind(AssertUnwindSafe(|| this.future.set(None)));
+        // The future (or the work, for an item aborted before its first poll) goes before the
+        // result is published: the allocation outlives the item, kept for the worker's next.
+        // A destructor that panics makes a completed item a panicked one, as it would inside
+        // the item.
+        let dropped = panic::catch_unwind(AssertUnwindSafe(|| {
+            this.future.set(None);
+            drop(this.work.take());
+        }));
         let (result, outcome) = match (result, dropped) {
             (Ok(Ok(_)), Err(payload)) | (Ok(Err(payload)), _) => {
                 (Err(JoinError::panic(worker, payload)), Outcome::Panicked)
@@ -671,7 +736,31 @@ impl<W: Work, C: Charge> Future for RunItem<W, C> {
             }
             (Err(Cut::TimedOut), _) => (Err(JoinError::timed_out(Some(worker))), Outcome::TimedOut),
         };
-        this.cell.finish(result);
+        cell.finish(result);
+        *this.cell = None;
         Poll::Ready(outcome)
+    }
+}
+
+impl<W: Work, C: Charge> Started for RunItem<W, C> {
+    fn cell_type(&self) -> TypeId {
+        TypeId::of::<Cell<W, C>>()
+    }
+
+    fn refill(
+        self: Pin<&mut Self>,
+        cell: Arc<dyn Any + Send + Sync>,
+        worker: WorkerId,
+        load: Load,
+    ) -> Result<(), Outcome> {
+        let this = self.project();
+        debug_assert!(*this.finished, "a running item's allocation is refilled");
+        let cell: Arc<Cell<W, C>> = cell.downcast().expect("refilled with a cell of its type");
+        *this.work = Some(cell.leave_queue()?);
+        *this.cell = Some(cell);
+        *this.worker = worker;
+        *this.load = load;
+        *this.finished = false;
+        Ok(())
     }
 }

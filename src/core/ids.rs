@@ -13,7 +13,7 @@
 
 use std::collections::BTreeSet;
 use std::mem;
-use std::task::{Context, Waker};
+use std::task::Waker;
 
 use super::cell::{Job, Load, RawTask};
 use super::wakers::Wakers;
@@ -28,14 +28,15 @@ enum Slot {
     /// Its worker runs this item, or is about to: admission handed it the item's job through
     /// the ID's [`Inbox`], which the worker takes it from. Kept so that `shutdown` can cancel it.
     Busy(Arc<dyn RawTask>),
-    /// Its worker waits for work, holding the ID.
-    Parked(Option<Waker>),
+    /// Its worker waits for work, holding the ID; it is woken through its [`Inbox`].
+    Parked,
     /// Its worker is on its way out; the ID comes back to the manager on the done channel.
     Exiting,
     /// A lease holds it, with no worker task behind the ID.
     Leased(Held),
-    /// A lease holds it, lent by a worker that waits behind it for the ID back.
-    Lent(Held, Option<Waker>),
+    /// A lease holds it, lent by a worker that waits behind it for the ID back (woken through
+    /// its [`Inbox`] when the lease ends).
+    Lent(Held),
 }
 
 /// What a lease counts against the limits while it holds its ID: kept in its slot, so that the
@@ -86,24 +87,55 @@ pub(crate) struct Ids {
     inboxes: Vec<Arc<Inbox>>,
 }
 
-/// Where admission leaves the job it hands to an ID's worker (parked, or yet to be spawned).
+/// Where admission leaves the job it hands to an ID's worker (parked, or yet to be spawned),
+/// and where that worker leaves its waker.
 ///
-/// Written under the admission lock, together with the slot becoming `Busy`; read by the
-/// worker without it, as it wakes: a service's request so costs its worker no trip through
-/// the admission lock to learn what to run. The worker's own lock is held for a move, by one
-/// writer and one reader that the wake-up puts in turn.
+/// The job is written under the admission lock, together with the slot becoming `Busy`, and
+/// read by the worker without it, as it wakes: a service's request so costs its worker no trip
+/// through the admission lock to learn what to run. The worker's own lock is held for a move,
+/// by one writer and one reader that the wake-up puts in turn.
+///
+/// The waker is left once by the worker task (before its first turn of admission) and stays
+/// until the task is gone: a park clones no waker, and a wake does not consume one.
 #[derive(Default)]
-pub(crate) struct Inbox(Mutex<Option<(Job, Load)>>);
+pub(crate) struct Inbox(Mutex<Mailbox>);
+
+#[derive(Default)]
+struct Mailbox {
+    job: Option<(Job, Load)>,
+    waker: Option<Waker>,
+}
 
 impl Inbox {
     /// Takes the job handed to this ID's worker, if there is one.
     pub(crate) fn take(&self) -> Option<(Job, Load)> {
-        lock(&self.0).take()
+        lock(&self.0).job.take()
+    }
+
+    /// The worker task holding this ID leaves its waker, for admission to wake it with.
+    pub(crate) fn register(&self, waker: &Waker) {
+        let mut mailbox = lock(&self.0);
+        if !mailbox.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            mailbox.waker = Some(waker.clone());
+        }
+    }
+
+    /// Wakes the worker: called once the admission lock that handed it work (or told it to
+    /// look again) is released.
+    pub(crate) fn wake(&self) {
+        if let Some(waker) = &lock(&self.0).waker {
+            waker.wake_by_ref();
+        }
     }
 
     fn put(&self, job: Job, load: Load) {
-        let previous = lock(&self.0).replace((job, load));
+        let previous = lock(&self.0).job.replace((job, load));
         debug_assert!(previous.is_none(), "a job handed over another");
+    }
+
+    /// The worker task is gone: its waker goes too.
+    fn forget_waker(&self) -> Option<Waker> {
+        lock(&self.0).waker.take()
     }
 }
 
@@ -122,21 +154,15 @@ impl Ids {
     // --- a worker's own transitions ---
 
     /// Worker `id` asks for work: takes a job handed to it (from its inbox), or says where
-    /// it is. Behind a lease, it leaves `cx`'s waker for the ID's return.
-    pub(crate) fn ask(&mut self, id: WorkerId, cx: &Context<'_>) -> Asking {
-        let slot = &mut self.slots[id.index()];
-        match slot {
+    /// it is.
+    pub(crate) fn ask(&mut self, id: WorkerId) -> Asking {
+        match &self.slots[id.index()] {
             Slot::Busy(_) => match self.inboxes[id.index()].take() {
                 Some((job, load)) => Asking::Handed(job, load),
                 None => Asking::Busy,
             },
-            Slot::Parked(_) => Asking::Parked,
-            Slot::Lent(_, waker) => {
-                if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    *waker = Some(cx.waker().clone());
-                }
-                Asking::Lent
-            }
+            Slot::Parked => Asking::Parked,
+            Slot::Lent(_) => Asking::Lent,
             Slot::Free | Slot::Exiting | Slot::Leased(_) => {
                 unreachable!("{id} asks for work without holding its ID")
             }
@@ -156,24 +182,19 @@ impl Ids {
         self.slots[id.index()] = Slot::Exiting;
     }
 
-    /// Worker `id` waits for work, to be woken through `waker`.
-    pub(crate) fn park(&mut self, id: WorkerId, waker: &Waker) {
-        if let Slot::Parked(Some(parked)) = &self.slots[id.index()] {
-            if parked.will_wake(waker) {
-                return;
-            }
-        }
-        if !matches!(self.slots[id.index()], Slot::Parked(_)) {
+    /// Worker `id` waits for work, to be woken through its inbox.
+    pub(crate) fn park(&mut self, id: WorkerId) {
+        if !matches!(self.slots[id.index()], Slot::Parked) {
             self.index_parked(id);
+            self.slots[id.index()] = Slot::Parked;
         }
-        self.slots[id.index()] = Slot::Parked(Some(waker.clone()));
     }
 
     /// A parked worker's keep-alive ran out: it exits, unless it is no longer parked (work was
     /// handed to it, or its ID lent). Returns whether it exits.
     #[cfg(not(feature = "shuttle"))]
     pub(crate) fn expire(&mut self, id: WorkerId) -> bool {
-        if !matches!(self.slots[id.index()], Slot::Parked(_)) {
+        if !matches!(self.slots[id.index()], Slot::Parked) {
             return false;
         }
         self.exit(id);
@@ -184,10 +205,11 @@ impl Ids {
     /// workers mid-item): its ID is on its way back to the manager, unless a lease holds it.
     pub(crate) fn gone(&mut self, id: WorkerId) -> Gone {
         self.leave_park(id);
+        drop(self.inboxes[id.index()].forget_waker());
         match mem::replace(&mut self.slots[id.index()], Slot::Exiting) {
             Slot::Busy(task) => Gone::Running(task),
-            Slot::Parked(_) | Slot::Exiting => Gone::Idle,
-            Slot::Lent(held, _) => {
+            Slot::Parked | Slot::Exiting => Gone::Idle,
+            Slot::Lent(held) => {
                 self.slots[id.index()] = Slot::Leased(held);
                 self.leased_alone += 1;
                 Gone::Lent
@@ -202,14 +224,14 @@ impl Ids {
 
     // --- admission's transitions ---
 
-    /// Hands `job` to parked worker `id`; returns its waker, if it left one (a worker yet to
-    /// register one looks at its slot before it waits).
-    pub(crate) fn hand_parked(&mut self, id: WorkerId, job: Job, load: Load) -> Option<Waker> {
+    /// Hands `job` to parked worker `id`; returns its inbox, to wake it through.
+    pub(crate) fn hand_parked(&mut self, id: WorkerId, job: Job, load: Load) -> Arc<Inbox> {
         self.leave_park(id);
         let task = job.task().expect("a handed job is queued");
-        self.inboxes[id.index()].put(job, load);
+        let inbox = &self.inboxes[id.index()];
+        inbox.put(job, load);
         match mem::replace(&mut self.slots[id.index()], Slot::Busy(task)) {
-            Slot::Parked(waker) => waker,
+            Slot::Parked => inbox.clone(),
             _ => unreachable!("{id} is handed work while not parked"),
         }
     }
@@ -227,31 +249,29 @@ impl Ids {
         self.leased_alone += 1;
     }
 
-    /// Worker `id` (parked, or asking for work with `waker`) lends its ID to a lease and waits
-    /// behind it. A parked worker's own waker stays unless `waker` replaces it.
-    pub(crate) fn lend_worker(&mut self, id: WorkerId, held: Held, waker: Option<Waker>) {
+    /// Worker `id` (parked, or asking for work) lends its ID to a lease and waits behind it.
+    pub(crate) fn lend_worker(&mut self, id: WorkerId, held: Held) {
         self.leave_park(id);
-        let kept = match mem::replace(&mut self.slots[id.index()], Slot::Exiting) {
-            Slot::Parked(kept) => kept,
-            Slot::Busy(_) => None,
+        match mem::replace(&mut self.slots[id.index()], Slot::Lent(held)) {
+            Slot::Parked | Slot::Busy(_) => {}
             _ => unreachable!("{id} is lent while not its worker's"),
-        };
-        self.slots[id.index()] = Slot::Lent(held, waker.or(kept));
+        }
     }
 
     /// The lease on `id` ended: the ID goes back to its lender (free again, or to its worker,
-    /// parked, whose waker is returned for the caller to wake). Returns what the lease held.
-    pub(crate) fn end_lease(&mut self, id: WorkerId) -> (Held, Option<Waker>) {
+    /// parked, whose inbox is returned for the caller to wake it through). Returns what the
+    /// lease held.
+    pub(crate) fn end_lease(&mut self, id: WorkerId) -> (Held, Option<Arc<Inbox>>) {
         match mem::replace(&mut self.slots[id.index()], Slot::Exiting) {
             Slot::Leased(held) => {
                 self.leased_alone -= 1;
                 self.free_id(id);
                 (held, None)
             }
-            Slot::Lent(held, waker) => {
-                self.slots[id.index()] = Slot::Parked(None);
+            Slot::Lent(held) => {
+                self.slots[id.index()] = Slot::Parked;
                 self.index_parked(id);
-                (held, waker)
+                (held, Some(self.inboxes[id.index()].clone()))
             }
             _ => unreachable!("{id} ends a lease it does not hold"),
         }
@@ -298,13 +318,11 @@ impl Ids {
         ((next as usize) < limit && next < u32::MAX).then_some(WorkerId(next))
     }
 
-    /// Takes the wakers of all parked workers, for them to look again at whether they should
-    /// run, park or exit (after close, shutdown or a change of the limit).
+    /// Collects the inboxes of all parked workers, for them to look again at whether they
+    /// should run, park or exit (after close, shutdown or a change of the limit).
     pub(crate) fn wake_parked(&mut self, wake: &mut Wakers) {
         for &id in &self.parked {
-            if let Slot::Parked(waker) = &mut self.slots[id as usize] {
-                wake.extend(waker.take());
-            }
+            wake.push_worker(self.inboxes[id as usize].clone());
         }
     }
 
@@ -382,7 +400,7 @@ impl Ids {
 
     /// Takes `id` out of the parked index if it is parked.
     fn leave_park(&mut self, id: WorkerId) {
-        if !matches!(self.slots[id.index()], Slot::Parked(_)) {
+        if !matches!(self.slots[id.index()], Slot::Parked) {
             return;
         }
         let at = self.parked.iter().rposition(|&parked| parked == id.0);

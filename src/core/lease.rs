@@ -128,7 +128,7 @@ impl<C: Charge> Request<C> {
 }
 
 impl<C: Charge> RawTask for Request<C> {
-    fn start(self: Arc<Self>, _: WorkerId, _: Load) -> Result<Run, Outcome> {
+    fn start(self: Arc<Self>, _: WorkerId, _: Load, _: &mut Option<Run>) -> Result<Run, Outcome> {
         debug_assert!(
             false,
             "a lease request is granted, never started on a worker"

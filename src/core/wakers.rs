@@ -2,6 +2,25 @@
 
 use std::task::Waker;
 
+use super::ids::Inbox;
+use crate::sync::Arc;
+
+/// A task to wake: a lease's waiter (by its waker), or a worker (through its inbox, which
+/// keeps the worker's waker).
+enum Wake {
+    Task(Waker),
+    Worker(Arc<Inbox>),
+}
+
+impl Wake {
+    fn wake(self) {
+        match self {
+            Wake::Task(waker) => waker.wake(),
+            Wake::Worker(inbox) => inbox.wake(),
+        }
+    }
+}
+
 /// Wakers to wake once the admission lock is released.
 ///
 /// A turn of admission outside the manager almost always wakes one task (the parked worker it
@@ -10,15 +29,24 @@ use std::task::Waker;
 /// its wake-ups, so `rest` keeps its capacity there.
 #[derive(Default)]
 pub(crate) struct Wakers {
-    first: Option<Waker>,
-    rest: Vec<Waker>,
+    first: Option<Wake>,
+    rest: Vec<Wake>,
 }
 
 impl Wakers {
     pub(crate) fn push(&mut self, waker: Waker) {
+        self.push_wake(Wake::Task(waker));
+    }
+
+    /// The worker behind `inbox` is to look for work.
+    pub(crate) fn push_worker(&mut self, inbox: Arc<Inbox>) {
+        self.push_wake(Wake::Worker(inbox));
+    }
+
+    fn push_wake(&mut self, wake: Wake) {
         match self.first {
-            None => self.first = Some(waker),
-            Some(_) => self.rest.push(waker),
+            None => self.first = Some(wake),
+            Some(_) => self.rest.push(wake),
         }
     }
 
@@ -27,7 +55,7 @@ impl Wakers {
         if let Some(first) = self.first.take() {
             first.wake();
         }
-        self.rest.drain(..).for_each(Waker::wake);
+        self.rest.drain(..).for_each(Wake::wake);
     }
 }
 

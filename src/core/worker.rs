@@ -39,7 +39,7 @@ impl Drop for IdGuard {
         let (handed, give_back) = self.shared.state().worker_gone(self.id);
         // A job handed to a worker that never took it was admitted on this ID: it resolves
         // cancelled on it, its work dropped unstarted.
-        drop(handed.and_then(|job| job.start(self.id, Load::default()).ok()));
+        drop(handed.and_then(|job| job.start(self.id, Load::default(), &mut None).ok()));
         if give_back {
             // Fails only when the manager is gone with its runtime: nobody needs the ID then.
             let _ = self.shared.done_tx.send(self.id);
@@ -54,10 +54,17 @@ pub(crate) async fn work(guard: IdGuard) {
     let inbox = shared.state_untimed().inbox(id);
     let mut keep_alive = KeepAlive::new(shared);
     let mut ended = None;
+    // The last item's allocation, for the next item of its type to run in.
+    let mut spare = None;
     while let Some((job, load)) = keep_alive.next(shared, &inbox, id, ended.take()).await {
         let runs_to_end = job.runs_to_end();
-        let outcome = match job.start(planted::item_id(id), load) {
-            Ok(run) => Running::new(run, runs_to_end).await,
+        let outcome = match job.start(planted::item_id(id), load, &mut spare) {
+            Ok(run) => {
+                let mut running = Running::new(run, runs_to_end);
+                let outcome = (&mut running).await;
+                spare = running.run.take();
+                outcome
+            }
             // Aborted (or timed out) between its admission and its start: its work is already
             // dropped.
             Err(outcome) => outcome,
@@ -75,8 +82,10 @@ pub(crate) async fn work(guard: IdGuard) {
 /// finished on a thread of its own, so that its handle still gets the value, as the handle of a
 /// tokio blocking task does. Any other item is dropped, and resolves cancelled.
 struct Running {
+    /// The item; kept once it has ended (for the worker to reuse its allocation).
     run: Option<Run>,
     runs_to_end: bool,
+    ended: bool,
 }
 
 impl Running {
@@ -84,6 +93,7 @@ impl Running {
         Running {
             run: Some(run),
             runs_to_end,
+            ended: false,
         }
     }
 }
@@ -92,19 +102,17 @@ impl Future for Running {
     type Output = Outcome;
 
     fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Outcome> {
-        let run = self
-            .run
-            .as_mut()
-            .expect("`Running` polled after it finished");
+        debug_assert!(!self.ended, "`Running` polled after it finished");
+        let run = self.run.as_mut().expect("`Running` holds its item");
         let outcome = std::task::ready!(run.as_mut().poll(cx));
-        self.run = None;
+        self.ended = true;
         Poll::Ready(outcome)
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if let Some(run) = self.run.take() {
+        if let Some(run) = self.run.take().filter(|_| !self.ended) {
             if self.runs_to_end {
                 finish_elsewhere(run);
             }
@@ -155,6 +163,8 @@ struct KeepAlive {
     after: Option<std::time::Duration>,
     #[cfg(not(feature = "shuttle"))]
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The waker this task left in its ID's inbox.
+    waker: Option<std::task::Waker>,
 }
 
 impl KeepAlive {
@@ -163,6 +173,7 @@ impl KeepAlive {
             after: shared.keep_alive,
             #[cfg(not(feature = "shuttle"))]
             timer: None,
+            waker: None,
         }
     }
 
@@ -186,12 +197,20 @@ impl KeepAlive {
                     return Poll::Ready(Some(job));
                 }
             }
-            if let Poll::Ready(job) = shared.poll_next(id, ended.take(), cx) {
+            // Left once: the waker stays in the inbox while this task holds the ID.
+            if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                inbox.register(cx.waker());
+                self.waker = Some(cx.waker().clone());
+            }
+            let (next, now) = shared.poll_next(id, ended.take());
+            if let Poll::Ready(job) = next {
                 return Poll::Ready(job);
             }
+            #[cfg(feature = "shuttle")]
+            let _ = now;
             #[cfg(not(feature = "shuttle"))]
             if let Some(after) = self.after {
-                let now = tokio::time::Instant::now();
+                // Idle from the admission turn that found no work: its clock read serves.
                 let Some(at) = *expires.get_or_insert_with(|| now.checked_add(after)) else {
                     return Poll::Pending; // a keep-alive too long to end
                 };
@@ -201,7 +220,7 @@ impl KeepAlive {
                         return Poll::Ready(None);
                     }
                     // Work was handed over as the timer fired: take it.
-                    return shared.poll_next(id, None, cx);
+                    return shared.poll_next(id, None).0;
                 }
             }
             Poll::Pending
@@ -210,11 +229,19 @@ impl KeepAlive {
     }
 
     /// Ready once `expires` has passed.
+    ///
+    /// A timer that has not fired yet is not polled again: the waker its last poll registered
+    /// is this worker task's own, which every poll of the worker passes, so it still reaches
+    /// the worker. A park so costs no trip to the timer wheel, nor a clock read.
     #[cfg(not(feature = "shuttle"))]
     fn poll_expired(&mut self, expires: tokio::time::Instant, cx: &mut Context<'_>) -> Poll<()> {
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(expires)));
+        let timer = match &mut self.timer {
+            Some(timer) if !timer.is_elapsed() => return Poll::Pending,
+            Some(timer) => timer,
+            None => self
+                .timer
+                .insert(Box::pin(tokio::time::sleep_until(expires))),
+        };
         loop {
             std::task::ready!(timer.as_mut().poll(cx));
             if tokio::time::Instant::now() >= expires {
