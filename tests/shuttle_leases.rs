@@ -151,6 +151,39 @@ fn shutdown_ends_queued_requests_and_waits_for_held_leases(limit: usize) {
     });
 }
 
+/// Lease requests queued while every worker ID runs an item, as those items end: a worker
+/// that finds nothing queued leaves its item's end for the next turn of admission to count
+/// (`end_lazily`), so the turn that queues a request must count such ends before it admits.
+/// Every request is granted (a request stranded behind an uncounted end would leave every
+/// task blocked), and nothing else runs meanwhile to rescue it.
+fn lease_requests_race_lazy_ends(limit: usize) {
+    block_on(async move {
+        let limiter = Limiter::new(limit);
+        let monitor = Arc::new(Monitor::new(limit));
+        let items: Vec<_> = (0..limit as u64)
+            .map(|i| item(&limiter, &monitor, i))
+            .collect();
+        let leases: Vec<_> = (0..limit as u64)
+            .map(|i| shuttle_tokio::spawn(lease(limiter.clone(), monitor.clone(), 10 + i)))
+            .collect();
+        for lease in leases {
+            assert!(lease.await.unwrap());
+        }
+        for (i, handle) in (0..).zip(items) {
+            assert_eq!(handle.await.unwrap(), i);
+        }
+        limiter.close();
+        limiter.wait().await;
+        monitor.assert_ok();
+        assert_drained(&limiter);
+    });
+}
+
+#[test]
+fn lease_requests_racing_lazy_ends_are_granted() {
+    explore(lease_requests_race_lazy_ends);
+}
+
 #[test]
 fn leases_and_items_share_the_limit_under_every_schedule() {
     explore(leases_and_items_share_the_limit);

@@ -27,7 +27,7 @@ use crate::key::Key;
 use crate::metrics::{KeyMetrics, Metrics};
 use crate::sync::rt::sync::mpsc::UnboundedSender;
 use crate::sync::rt::sync::Notify;
-use crate::sync::{lock, Arc, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
+use crate::sync::{lock, Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
 use crate::worker_id::WorkerId;
 
 /// Where the limiter is in its life. One word that only moves forward (it is raised with
@@ -150,6 +150,25 @@ pub(crate) struct State {
     refill_due: bool,
     counters: Counters,
     integrals: Integrals,
+    /// Whether a worker that ends an item must take a turn of the lock rather than park
+    /// lazily (see [`Shared::end_lazily`]): something may be queued, or the work channel is
+    /// drained (idle workers exit then). Stored true by [`Shared::publish_work`], false as
+    /// the queue empties with the channel still open.
+    must_look: Arc<AtomicBool>,
+    /// The limit in force, or 0 while it has an expiry, for workers ending items lazily.
+    limit_hint: Arc<AtomicUsize>,
+}
+
+/// What a worker's [`Shared::end_lazily`] did.
+pub(crate) enum Lazily {
+    /// Nothing: the worker counts its item's end under the lock.
+    No,
+    /// The end is left for the next turn of the lock; the worker waits, as parked, idle since
+    /// this instant.
+    Parked(Instant),
+    /// The end is left for the next turn of the lock, but something may wait for the worker
+    /// (queued work, a limit below its ID, the limiter closing): it takes that turn itself.
+    Look,
 }
 
 /// State shared by the `Limiter` clones, the manager and the workers.
@@ -178,6 +197,13 @@ pub(crate) struct Shared {
     parked_hint: Arc<AtomicUsize>,
     /// Refusals by reason, counted where they happen.
     pub(crate) refusals: RefusalCounts,
+    /// The IDs (below 64) whose workers ended an item without the lock, for the next turn to
+    /// count: how and when each ended waits in the ID's inbox.
+    ended: Padded<AtomicU64>,
+    /// See [`State::must_look`].
+    must_look: Arc<AtomicBool>,
+    /// See [`State::limit_hint`].
+    limit_hint: Arc<AtomicUsize>,
 }
 
 /// Keeps the submitters' counter off the cache line that the workers write.
@@ -202,9 +228,14 @@ impl Shared {
         done_tx: UnboundedSender<WorkerId>,
     ) -> Shared {
         let parked_hint = Arc::new(AtomicUsize::new(0));
+        let must_look = Arc::new(AtomicBool::new(false));
+        let limit_hint = Arc::new(AtomicUsize::new(limit));
         Shared {
             name,
             parked_hint: parked_hint.clone(),
+            ended: Padded(AtomicU64::new(0)),
+            must_look: must_look.clone(),
+            limit_hint: limit_hint.clone(),
             in_channel: AtomicUsize::new(0),
             state: Mutex::new(State {
                 limit,
@@ -227,6 +258,8 @@ impl Shared {
                     wait_ns: 0,
                     run_ns: 0,
                 },
+                must_look,
+                limit_hint,
             }),
             lifecycle: AtomicUsize::new(Lifecycle::Open as usize),
             control: Notify::new(),
@@ -251,6 +284,7 @@ impl Shared {
     /// lease's grant or end with distributions on): one read serves both.
     pub(crate) fn state_at(&self, now: Instant) -> MutexGuard<'_, State> {
         let mut state = lock(&self.state);
+        self.settle(&mut state);
         // Relaxed: a submission that happened before this turn's changes (it reached the queue
         // through the lock, or the channel, or this thread) is seen; one racing with it is
         // counted from the next turn.
@@ -263,7 +297,71 @@ impl Shared {
     /// integrate (items started, ended or left unstarted): no clock read. The manager's
     /// channel and ID bookkeeping, the limits, and reads.
     pub(crate) fn state_untimed(&self) -> MutexGuard<'_, State> {
-        lock(&self.state)
+        let mut state = lock(&self.state);
+        self.settle(&mut state);
+        state
+    }
+
+    /// Counts the items that workers ended without the lock (see
+    /// [`end_lazily`](Self::end_lazily)), each at the instant it ended, and parks their
+    /// workers. Every turn of the lock starts with it, so no turn sees such an end
+    /// half-counted; a turn that leaves work for workers runs it again after saying so in
+    /// `must_look` ([`publish_work`](Self::publish_work)).
+    fn settle(&self, state: &mut State) {
+        // SeqCst: pairs with the worker's store in `end_lazily` (see there).
+        if self.ended.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let mut ended = self.ended.swap(0, Ordering::SeqCst);
+        while ended != 0 {
+            let id = WorkerId(ended.trailing_zeros());
+            ended &= ended - 1;
+            let Some((outcome, at)) = state.ids.inbox(id).take_ended() else {
+                debug_assert!(false, "{id} ended lazily without saying how");
+                continue;
+            };
+            let submitted = state.integrals.submitted;
+            state.advance(at, submitted);
+            state.end_item(id, outcome);
+            state.ids.park(id);
+        }
+    }
+
+    /// A worker's end of an item when nothing seems to wait for it: rather than take the
+    /// admission lock to count the end and park, it leaves the end for the next turn of the
+    /// lock to count (whoever takes it: most often the submitter that hands the worker its
+    /// next item), and waits as parked. A service whose queue is mostly empty so takes the
+    /// admission lock once per request, not twice.
+    ///
+    /// Until that turn, the item counts as running: admission can only start less, never more.
+    /// What could wait for the worker meanwhile is read after the end is left, each in a
+    /// `SeqCst` pair with the turn that changes it: an item queued or the channel drained
+    /// (`must_look`, stored before that turn settles), a limit lowered below its ID or with an
+    /// expiry
+    /// (`limit_hint`), the limiter closing (`lifecycle`). Either that turn counts the end
+    /// (and so finds the worker parked), or the worker sees the change and takes a turn
+    /// itself ([`Lazily::Look`]).
+    ///
+    /// Only workers with an ID below 64 end lazily: the IDs with an end to count are one
+    /// word's bits.
+    pub(crate) fn end_lazily(&self, id: WorkerId, outcome: Outcome, inbox: &Inbox) -> Lazily {
+        if id.0 >= u64::BITS || self.keep_alive == Some(Duration::ZERO) || self.busy_elsewhere(id) {
+            return Lazily::No;
+        }
+        let at = Instant::now();
+        inbox.end(outcome, at);
+        self.ended.fetch_or(1 << id.0, Ordering::SeqCst);
+        match self.busy_elsewhere(id) {
+            false => Lazily::Parked(at),
+            true => Lazily::Look,
+        }
+    }
+
+    /// Whether worker `id` may have something to do after its item (see `end_lazily`).
+    fn busy_elsewhere(&self, id: WorkerId) -> bool {
+        self.must_look.load(Ordering::SeqCst)
+            || id.index() >= self.limit_hint.load(Ordering::SeqCst)
+            || Lifecycle::from_word(self.lifecycle.load(Ordering::SeqCst)) != Lifecycle::Open
     }
 
     pub(crate) fn lifecycle(&self) -> Lifecycle {
@@ -273,7 +371,8 @@ impl Shared {
 
     /// Moves the lifecycle forward to `to` (never back); returns the stage it was in.
     pub(crate) fn advance(&self, to: Lifecycle) -> Lifecycle {
-        Lifecycle::from_word(self.lifecycle.fetch_max(to as usize, Ordering::AcqRel))
+        // SeqCst: pairs with a worker ending its item lazily (see `end_lazily`).
+        Lifecycle::from_word(self.lifecycle.fetch_max(to as usize, Ordering::SeqCst))
     }
 
     /// A worker's one call between items and while it waits: counts the item it just ended
@@ -293,6 +392,7 @@ impl Shared {
         let mut wake = Wakers::default();
         let poll = state.poll_next(id, ended, lifecycle, &mut wake);
         let more = state.dispatch_due && state.dispatch_more(lifecycle, &mut wake);
+        state.note_empty_queue();
         self.after_admission(state, wake, more);
         (poll, now)
     }
@@ -330,14 +430,25 @@ impl Shared {
         self.control.notify_one();
     }
 
+    /// A turn that leaves work for the workers (something queued, the channel drained) says
+    /// so to the workers ending items lazily, then counts the ends they left before they could
+    /// see it (see `end_lazily`): their workers are then parked, for the turn to hand the work
+    /// to (or to wake, to exit).
+    pub(crate) fn publish_work(&self, state: &mut State) {
+        state.must_look.store(true, Ordering::SeqCst);
+        self.settle(state);
+    }
+
     /// The submitter's shortcut past the manager: while a worker is parked and nothing waits in
     /// the work channel, queues `job` itself and lets admission hand it to the most recently parked
     /// worker, which it wakes. A service that submits one item at a time so reaches a worker
     /// without the manager's round trip. Returns the job if it must take the channel instead.
     pub(crate) fn hand_off(&self, job: Job) -> Result<(), Job> {
         // Relaxed: a stale count only costs a lock taken for nothing, or a trip through the
-        // manager, which hands the item to the same worker.
-        if self.parked_hint.load(Ordering::Relaxed) == 0 {
+        // manager, which hands the item to the same worker. A worker that ended its item
+        // lazily is parked by this turn's start.
+        if self.parked_hint.load(Ordering::Relaxed) == 0 && self.ended.load(Ordering::Relaxed) == 0
+        {
             return Err(job);
         }
         let mut state = self.state();
@@ -355,7 +466,10 @@ impl Shared {
         // Should admission refuse (every running place taken), the item waits in the queue,
         // where the next worker to finish an item takes it.
         let mut wake = Wakers::default();
-        state.hand_to_parked(lifecycle, &mut wake);
+        if !state.hand_to_parked(lifecycle, &mut wake) {
+            self.publish_work(&mut state);
+            state.hand_to_parked(lifecycle, &mut wake);
+        }
         self.after_admission(state, wake, false);
         Ok(())
     }
@@ -392,6 +506,7 @@ impl Shared {
             return Err(job);
         }
         state.lanes.push(job);
+        self.publish_work(&mut state);
         let mut wake = Wakers::default();
         state.dispatch(lifecycle, &mut wake);
         self.after_admission(state, wake, false);
@@ -855,6 +970,25 @@ impl State {
         self.limit
     }
 
+    /// Says that the queue is empty, when it has become so (and the channel is still open), to
+    /// the workers ending items lazily (see [`Shared::end_lazily`]). A stale `true` only sends
+    /// them through the lock.
+    fn note_empty_queue(&mut self) {
+        if self.lanes.is_empty() && !self.drained && self.must_look.load(Ordering::Relaxed) {
+            self.must_look.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Publishes the limit in force for workers ending items lazily: 0 (none may) while it
+    /// has an expiry, which only admission checks.
+    fn publish_limit(&self) {
+        let limit = match self.expiry {
+            Some(_) => 0,
+            None => self.limit,
+        };
+        self.limit_hint.store(limit, Ordering::SeqCst);
+    }
+
     /// Sets the limit in force, with no cap; with `expiry`, it holds until the instant and
     /// gives way to the fallback then (a cap over no limit of its own).
     pub(crate) fn set_limit(&mut self, limit: usize, expiry: Option<(Instant, usize)>) {
@@ -868,6 +1002,7 @@ impl State {
         self.expire_limit();
         // One change, whether or not the expiry has passed already.
         self.counters.limit_changes = changes + u64::from(self.limit != before);
+        self.publish_limit();
     }
 
     /// Sets the limit under the cap; the cap and its expiry stay.
@@ -877,6 +1012,7 @@ impl State {
         self.limit = self.uncapped.min(self.cap);
         self.expire_limit();
         self.counters.limit_changes = changes + u64::from(self.limit != before);
+        self.publish_limit();
     }
 
     /// Caps the limit set: at `cap` until `until`, at `fallback` from then on.
@@ -887,6 +1023,7 @@ impl State {
         self.limit = self.uncapped.min(self.cap);
         self.expire_limit();
         self.counters.limit_changes = changes + u64::from(self.limit != before);
+        self.publish_limit();
     }
 
     /// Whether the limit in force is a cap below the limit set: items held back by it were
@@ -908,6 +1045,7 @@ impl State {
                 self.cap = fallback;
                 self.limit = next;
                 self.expiry = None;
+                self.publish_limit();
             }
         }
     }

@@ -7,15 +7,19 @@
 //! [`Ids::end_lease`]).
 //!
 //! Admission (`admission.rs`) decides what starts, and on which ID; this table only records it.
-//! Both live under the one admission lock, except for one move: the job handed to an ID's
-//! worker waits in the ID's [`Inbox`], which the worker empties as it wakes, without that lock
-//! (the slot is `Busy` from the hand-over on).
+//! Both live under the one admission lock, except for two moves through the ID's [`Inbox`]:
+//! the job handed to an ID's worker waits there, and the worker empties it as it wakes, without
+//! that lock (the slot is `Busy` from the hand-over on); and a worker that finds nothing queued
+//! after its item leaves how the item ended there, for the next turn of the lock to count and
+//! to park it (`Shared::end_lazily`; the slot stays `Busy` until then).
 
 use std::collections::BTreeSet;
 use std::mem;
 use std::task::Waker;
 
-use super::cell::{Job, Load, RawTask};
+use tokio::time::Instant;
+
+use super::cell::{Job, Load, Outcome, RawTask};
 use super::wakers::Wakers;
 use crate::key::Key;
 use crate::sync::{lock, Arc, AtomicUsize, Mutex, Ordering};
@@ -104,6 +108,9 @@ pub(crate) struct Inbox(Mutex<Mailbox>);
 struct Mailbox {
     job: Option<(Job, Load)>,
     waker: Option<Waker>,
+    /// How and when the worker's last item ended, when it ended it without the admission
+    /// lock, until the next turn of the lock counts it (`Shared::end_lazily`).
+    ended: Option<(Outcome, Instant)>,
 }
 
 impl Inbox {
@@ -126,6 +133,18 @@ impl Inbox {
         if let Some(waker) = &lock(&self.0).waker {
             waker.wake_by_ref();
         }
+    }
+
+    /// The worker ended its item without the admission lock: how and when, for the next turn
+    /// of the lock to count.
+    pub(crate) fn end(&self, outcome: Outcome, at: Instant) {
+        let previous = lock(&self.0).ended.replace((outcome, at));
+        debug_assert!(previous.is_none(), "an end left over another");
+    }
+
+    /// Takes the end left by [`end`](Self::end).
+    pub(crate) fn take_ended(&self) -> Option<(Outcome, Instant)> {
+        lock(&self.0).ended.take()
     }
 
     fn put(&self, job: Job, load: Load) {

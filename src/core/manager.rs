@@ -203,6 +203,7 @@ impl Manager {
         self.work_open = false;
         let mut state = shared.state_untimed();
         state.set_drained();
+        shared.publish_work(&mut state);
         state.wake_parked(&mut self.wake);
         drop(state);
         self.wake.wake_all();
@@ -268,6 +269,7 @@ fn enqueue(shared: &Shared, jobs: &mut Vec<Job>) {
     } else {
         let mut state = shared.state_untimed();
         state.enqueue(jobs.drain(..));
+        shared.publish_work(&mut state);
         // Under the lock and after the jobs are in the queue: a submitter that finds nothing in
         // the channel may queue its own item, and must find these ahead of it.
         shared.in_channel.fetch_sub(n, Ordering::AcqRel);

@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::task::Context;
 use std::task::Poll;
 
-use super::admission::Shared;
+use super::admission::{Lazily, Shared};
 use super::cell::{Job, Load, Outcome, Run};
 use super::ids::Inbox;
 use crate::sync::{rt, Arc};
@@ -202,7 +202,16 @@ impl KeepAlive {
                 inbox.register(cx.waker());
                 self.waker = Some(cx.waker().clone());
             }
-            let (next, now) = shared.poll_next(id, ended.take());
+            let (next, now) = match ended.take() {
+                // Nothing seems to wait for this worker: its item's end is left for the next
+                // turn of the admission lock, and it waits as parked, without taking one.
+                Some(outcome) => match shared.end_lazily(id, outcome, inbox) {
+                    Lazily::Parked(at) => (Poll::Pending, at),
+                    Lazily::Look => shared.poll_next(id, None),
+                    Lazily::No => shared.poll_next(id, Some(outcome)),
+                },
+                None => shared.poll_next(id, None),
+            };
             if let Poll::Ready(job) = next {
                 return Poll::Ready(job);
             }
