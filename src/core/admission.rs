@@ -206,7 +206,8 @@ pub(crate) struct Shared {
     limit_hint: Arc<AtomicUsize>,
 }
 
-/// Keeps the submitters' counter off the cache line that the workers write.
+/// Keeps an atomic that many threads write (the submitters' counter, the lazy ends) on a cache
+/// line of its own.
 #[repr(align(128))]
 pub(crate) struct Padded<T>(pub(crate) T);
 
