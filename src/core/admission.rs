@@ -157,6 +157,11 @@ pub(crate) struct State {
     must_look: Arc<AtomicBool>,
     /// The limit in force, or 0 while it has an expiry, for workers ending items lazily.
     limit_hint: Arc<AtomicUsize>,
+    /// Items for which the manager's dispatch takes a free ID for a new worker (below the
+    /// limit) before it hands them to parked workers: their submitters found no worker parked.
+    /// Without it, workers as many as a service's clients stay busy in turns, and every
+    /// submission that finds them so goes through the manager, and keeps them as many.
+    grow: usize,
 }
 
 /// What a worker's [`Shared::end_lazily`] did.
@@ -193,6 +198,9 @@ pub(crate) struct Shared {
     /// Items sent on the work channel and not yet moved into the queue by the manager: a
     /// submitter may put its item in the queue itself only while nothing waits ahead of it there.
     pub(crate) in_channel: AtomicUsize,
+    /// Submissions that found no worker parked and went through the manager (see
+    /// [`State::grow`]).
+    pub(crate) grow: AtomicUsize,
     /// Parked workers, readable without the lock (see `Ids`).
     parked_hint: Arc<AtomicUsize>,
     /// Refusals by reason, counted where they happen.
@@ -238,6 +246,7 @@ impl Shared {
             must_look: must_look.clone(),
             limit_hint: limit_hint.clone(),
             in_channel: AtomicUsize::new(0),
+            grow: AtomicUsize::new(0),
             state: Mutex::new(State {
                 limit,
                 uncapped: limit,
@@ -261,6 +270,7 @@ impl Shared {
                 },
                 must_look,
                 limit_hint,
+                grow: 0,
             }),
             lifecycle: AtomicUsize::new(Lifecycle::Open as usize),
             control: Notify::new(),
@@ -450,6 +460,11 @@ impl Shared {
         // lazily is parked by this turn's start.
         if self.parked_hint.load(Ordering::Relaxed) == 0 && self.ended.load(Ordering::Relaxed) == 0
         {
+            // Nothing queued (not a burst): every worker is busy, and this item is for a new
+            // one, if the limit leaves room.
+            if !self.must_look.load(Ordering::Relaxed) {
+                self.grow.fetch_add(1, Ordering::Relaxed);
+            }
             return Err(job);
         }
         let mut state = self.state();
@@ -721,7 +736,10 @@ impl State {
     pub(crate) fn dispatch(&mut self, lifecycle: Lifecycle, wake: &mut Wakers) {
         self.expire_limit();
         loop {
-            if self.has_parked_below_limit() {
+            if self.grow > 0 && self.lowest_free().is_none() {
+                self.grow = 0;
+            }
+            if self.grow == 0 && self.has_parked_below_limit() {
                 if !self.hand_to_parked(lifecycle, wake) {
                     return;
                 }
@@ -740,9 +758,15 @@ impl State {
             // The new worker takes its first job from its slot, as a woken parked worker does:
             // a worker dropped before its first poll then resolves the job on its ID.
             self.ids.hand_free(id, job, load);
+            self.grow = self.grow.saturating_sub(1);
             self.counters.workers_spawned += 1;
             self.to_spawn.push(id);
         }
+    }
+
+    /// `n` more items for the manager's dispatch to start on new workers (see `grow`).
+    pub(crate) fn grow(&mut self, n: usize) {
+        self.grow += n;
     }
 
     /// Worker `id`'s inbox, where admission hands it its jobs.

@@ -168,6 +168,11 @@ pub(crate) trait Started: Future<Output = Outcome> + Send {
         worker: WorkerId,
         load: Load,
     ) -> Result<(), Outcome>;
+
+    /// Once the item has ended: its handle's waker, for the worker to wake once it has left
+    /// the item's end for admission (a submitter woken by it then finds the worker parked).
+    /// Woken on drop if it was never taken.
+    fn take_join_waker(self: Pin<&mut Self>) -> Option<Waker>;
 }
 
 /// A submitted item as the work channel and the queue hold it.
@@ -398,19 +403,24 @@ pub(crate) fn drop_quietly(f: impl FnOnce()) {
 impl<W: Work, C: Charge> Cell<W, C> {
     /// Stores the item's result and wakes its handle.
     fn finish(&self, result: Result<W::Output, JoinError>) {
+        if let Some(waker) = self.publish(result) {
+            waker.wake();
+        }
+    }
+
+    /// Stores the item's result; returns its handle's waker, for the caller to wake.
+    fn publish(&self, result: Result<W::Output, JoinError>) -> Option<Waker> {
         let mut stage = lock(&self.stage);
         debug_assert!(matches!(*stage, Stage::Running { .. }));
         if self.detached.load(Ordering::Relaxed) {
             *stage = Stage::Consumed;
             drop(stage);
             drop_quietly(|| drop(result));
+            None
         } else {
             let waker = stage.take_join_waker();
             *stage = Stage::Finished(result);
-            drop(stage);
-            if let Some(waker) = waker {
-                waker.wake();
-            }
+            waker
         }
     }
 
@@ -571,6 +581,7 @@ impl<W: Work, C: Charge> RawTask for Cell<W, C> {
             work: Some(work),
             future: None,
             finished: false,
+            join: None,
         }))
     }
 
@@ -631,6 +642,8 @@ pin_project! {
         #[pin]
         future: Option<W::Future>,
         finished: bool,
+        // The handle's waker once the item has ended, until the worker wakes it.
+        join: Option<Waker>,
     }
 
     impl<W: Work, C: Charge> PinnedDrop for RunItem<W, C> {
@@ -644,6 +657,9 @@ pin_project! {
                 if let Some(cell) = this.cell.take() {
                     cell.finish(Err(JoinError::cancelled(Some(*this.worker))));
                 }
+            }
+            if let Some(waker) = this.join.take() {
+                waker.wake();
             }
         }
     }
@@ -736,7 +752,7 @@ impl<W: Work, C: Charge> Future for RunItem<W, C> {
             }
             (Err(Cut::TimedOut), _) => (Err(JoinError::timed_out(Some(worker))), Outcome::TimedOut),
         };
-        cell.finish(result);
+        *this.join = cell.publish(result);
         *this.cell = None;
         Poll::Ready(outcome)
     }
@@ -755,6 +771,7 @@ impl<W: Work, C: Charge> Started for RunItem<W, C> {
     ) -> Result<(), Outcome> {
         let this = self.project();
         debug_assert!(*this.finished, "a running item's allocation is refilled");
+        debug_assert!(this.join.is_none(), "a handle left unwoken");
         let cell: Arc<Cell<W, C>> = cell.downcast().expect("refilled with a cell of its type");
         *this.work = Some(cell.leave_queue()?);
         *this.cell = Some(cell);
@@ -762,5 +779,9 @@ impl<W: Work, C: Charge> Started for RunItem<W, C> {
         *this.load = load;
         *this.finished = false;
         Ok(())
+    }
+
+    fn take_join_waker(self: Pin<&mut Self>) -> Option<Waker> {
+        self.project().join.take()
     }
 }

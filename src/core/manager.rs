@@ -243,6 +243,7 @@ impl Manager {
     fn dispatch(&mut self, shared: &Arc<Shared>) {
         let lifecycle = shared.lifecycle();
         let mut state = shared.state();
+        state.grow(shared.grow.swap(0, Ordering::Relaxed));
         state.dispatch(lifecycle, &mut self.wake);
         state.take_to_spawn(&mut self.spawn);
         drop(state);

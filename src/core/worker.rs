@@ -12,7 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 #[cfg(not(feature = "shuttle"))]
 use std::task::Context;
-use std::task::Poll;
+use std::task::{Poll, Waker};
 
 use super::admission::{Lazily, Shared};
 use super::cell::{Job, Load, Outcome, Run};
@@ -55,23 +55,40 @@ pub(crate) async fn work(guard: IdGuard) {
     let mut keep_alive = KeepAlive::new(shared);
     let mut ended = None;
     // The last item's allocation, for the next item of its type to run in.
-    let mut spare = None;
+    let mut spare: Option<Run> = None;
     while let Some((job, load)) = keep_alive.next(shared, &inbox, id, ended.take()).await {
+        // A worker that finds ready items in a row must still let other tasks on its thread run.
+        rt::task::consume_budget().await;
         let runs_to_end = job.runs_to_end();
-        let outcome = match job.start(planted::item_id(id), load, &mut spare) {
+        let (outcome, handle) = match job.start(planted::item_id(id), load, &mut spare) {
             Ok(run) => {
                 let mut running = Running::new(run, runs_to_end);
                 let outcome = (&mut running).await;
                 spare = running.run.take();
-                outcome
+                let handle = spare
+                    .as_mut()
+                    .and_then(|run| run.as_mut().take_join_waker());
+                (outcome, WakeHandle(handle))
             }
             // Aborted (or timed out) between its admission and its start: its work is already
-            // dropped.
-            Err(outcome) => outcome,
+            // dropped, and its handle woken.
+            Err(outcome) => (outcome, WakeHandle(None)),
         };
-        ended = Some(outcome);
-        // A worker that finds ready items in a row must still let other tasks on its thread run.
-        rt::task::consume_budget().await;
+        ended = Some((outcome, handle));
+    }
+}
+
+/// The waker of the handle of the item a worker just ran, woken once the worker has counted
+/// the item's end, or left it for admission ([`Shared::end_lazily`]): a submitter that the
+/// result wakes, and that submits again at once, then finds the worker parked rather than
+/// busy (it would go through the manager). Woken as it drops, so that no path loses it.
+struct WakeHandle(Option<Waker>);
+
+impl Drop for WakeHandle {
+    fn drop(&mut self) {
+        if let Some(waker) = self.0.take() {
+            waker.wake();
+        }
     }
 }
 
@@ -184,7 +201,7 @@ impl KeepAlive {
         shared: &Shared,
         inbox: &Inbox,
         id: WorkerId,
-        mut ended: Option<Outcome>,
+        mut ended: Option<(Outcome, WakeHandle)>,
     ) -> Option<(Job, Load)> {
         // Set when the worker first finds no work: it has been idle since.
         #[cfg(not(feature = "shuttle"))]
@@ -202,13 +219,24 @@ impl KeepAlive {
                 inbox.register(cx.waker());
                 self.waker = Some(cx.waker().clone());
             }
+            // The item's handle is woken as `handle` drops, once its end is counted or left.
             let (next, now) = match ended.take() {
                 // Nothing seems to wait for this worker: its item's end is left for the next
                 // turn of the admission lock, and it waits as parked, without taking one.
-                Some(outcome) => match shared.end_lazily(id, outcome, inbox) {
-                    Lazily::Parked(at) => (Poll::Pending, at),
-                    Lazily::Look => shared.poll_next(id, None),
-                    Lazily::No => shared.poll_next(id, Some(outcome)),
+                Some((outcome, handle)) => match shared.end_lazily(id, outcome, inbox) {
+                    Lazily::Parked(at) => {
+                        drop(handle);
+                        (Poll::Pending, at)
+                    }
+                    Lazily::Look => {
+                        drop(handle);
+                        shared.poll_next(id, None)
+                    }
+                    Lazily::No => {
+                        let next = shared.poll_next(id, Some(outcome));
+                        drop(handle);
+                        next
+                    }
                 },
                 None => shared.poll_next(id, None),
             };
