@@ -62,7 +62,12 @@
 //! a parked worker and nothing waiting in the work channel hands its item over itself, without
 //! the manager's round trip (checking the channel first keeps the queue's order). So a service
 //! whose queue is mostly empty keeps its workers: no task spawn, no done message and no manager
-//! wake-up per item. Parked workers end on close (once the queue is drained), on shutdown, on a
+//! wake-up per item. A worker that finds nothing queued after its item parks without taking
+//! the admission lock: the next turn of the lock counts the item's end, and the item's handle
+//! is woken once the end is left there. A submission that finds every worker busy goes through
+//! the manager, which starts it on a new worker while the limit leaves room (rather than on
+//! the next to finish), so a service's workers are not left as many as its clients. Parked
+//! workers end on close (once the queue is drained), on shutdown, on a
 //! [`set_limit`](Limiter::set_limit) below their ID, and after [`Builder::keep_alive`] (10 s by
 //! default, on the runtime's timer; without a time driver there is no keep-alive). At most
 //! `limit` workers are alive, plus the manager, plus for a moment one whose ID is on its way
