@@ -397,9 +397,12 @@ impl Shared {
         id: WorkerId,
         ended: Option<Outcome>,
     ) -> (Poll<Option<(Job, Load)>>, Instant) {
-        let lifecycle = self.lifecycle();
         let now = Instant::now();
         let mut state = self.state_at(now);
+        // Read under the lock: a turn after the manager's acts on the stage it acted on (a
+        // stage read before the lock could be one the manager has since left, and this worker
+        // would park where the manager counts on it to exit).
+        let lifecycle = self.lifecycle();
         let mut wake = Wakers::default();
         let poll = state.poll_next(id, ended, lifecycle, &mut wake);
         let more = state.dispatch_due && state.dispatch_more(lifecycle, &mut wake);
@@ -533,8 +536,10 @@ impl Shared {
     /// admission hands what may start now to the next in line.
     /// `now`: a clock read the caller made just before, if it made one.
     pub(crate) fn end_lease(&self, id: WorkerId, outcome: Outcome, now: Option<Instant>) {
-        let lifecycle = self.lifecycle();
         let mut state = self.state_at(now.unwrap_or_else(Instant::now));
+        // Read under the lock, as in `poll_next`: read before it, a shutdown that came between
+        // would go unseen, and the manager, which found this lease's ID still held, unwoken.
+        let lifecycle = self.lifecycle();
         let mut wake = Wakers::default();
         state.end_lease(id, outcome, &mut wake);
         // Nothing waits that this lease's room could start: no admission round (the common
