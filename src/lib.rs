@@ -65,8 +65,11 @@
 //! wake-up per item. A worker that finds nothing queued after its item parks without taking
 //! the admission lock: the next turn of the lock counts the item's end, and the item's handle
 //! is woken once the end is left there. A submission that finds every worker busy goes through
-//! the manager, which starts it on a new worker while the limit leaves room (rather than on
-//! the next to finish), so a service's workers are not left as many as its clients. Parked
+//! the manager while the limit leaves room for another, which starts it on a new worker (rather
+//! than on the next to finish), so a service's workers are not left as many as its clients.
+//! When every ID is busy (a saturated service) and the queue is short, the submission queues its
+//! item itself, for the next worker to finish; a long queue is a burst's, whose items go through
+//! the channel, moved by the manager in batches. Parked
 //! workers end on close (once the queue is drained), on shutdown, on a
 //! [`set_limit`](Limiter::set_limit) below their ID, and after [`Builder::keep_alive`] (10 s by
 //! default, on the runtime's timer; without a time driver there is no keep-alive). At most

@@ -201,6 +201,9 @@ pub(crate) struct Shared {
     /// Submissions that found no worker parked and went through the manager (see
     /// [`State::grow`]).
     pub(crate) grow: AtomicUsize,
+    /// The queue was long when last looked at: submitters that find every worker busy send
+    /// through the channel rather than queue their items themselves (see `hand_off`).
+    via_channel: AtomicBool,
     /// Parked workers, readable without the lock (see `Ids`).
     parked_hint: Arc<AtomicUsize>,
     /// Refusals by reason, counted where they happen.
@@ -247,6 +250,7 @@ impl Shared {
             limit_hint: limit_hint.clone(),
             in_channel: AtomicUsize::new(0),
             grow: AtomicUsize::new(0),
+            via_channel: AtomicBool::new(false),
             state: Mutex::new(State {
                 limit,
                 uncapped: limit,
@@ -453,15 +457,20 @@ impl Shared {
         self.settle(state);
     }
 
-    /// The submitter's shortcut past the manager: while a worker is parked and nothing waits in
-    /// the work channel, queues `job` itself and lets admission hand it to the most recently parked
-    /// worker, which it wakes. A service that submits one item at a time so reaches a worker
-    /// without the manager's round trip. Returns the job if it must take the channel instead.
+    /// The submitter's shortcut past the manager: while nothing waits in the work channel,
+    /// queues `job` itself and lets admission hand it to the most recently parked worker, which
+    /// it wakes, or start it on a new worker, or leave it queued for the next worker to finish
+    /// an item. A service that submits one item at a time so reaches a worker without the
+    /// manager's round trip, whether workers are parked or all busy. Returns the job if it must
+    /// take the channel instead: something waits there, or the queue is long (a burst, where
+    /// the manager moves items in batches; see `via_channel`).
     pub(crate) fn hand_off(&self, job: Job) -> Result<(), Job> {
-        // Relaxed: a stale count only costs a lock taken for nothing, or a trip through the
-        // manager, which hands the item to the same worker. A worker that ended its item
-        // lazily is parked by this turn's start.
-        if self.parked_hint.load(Ordering::Relaxed) == 0 && self.ended.load(Ordering::Relaxed) == 0
+        // Relaxed: a stale hint only costs a lock taken for nothing, or a trip through the
+        // manager. A worker that ended its item lazily is parked by this turn's start.
+        if self.parked_hint.load(Ordering::Relaxed) == 0
+            && self.ended.load(Ordering::Relaxed) == 0
+            && (self.via_channel.load(Ordering::Relaxed)
+                || self.in_channel.load(Ordering::Relaxed) != 0)
         {
             // Nothing queued (not a burst): every worker is busy, and this item is for a new
             // one, if the limit leaves room.
@@ -475,22 +484,52 @@ impl Shared {
         // Under the lock, `in_channel` counts every send that happened before this submission
         // and whose job the manager has not yet moved into the queue (it subtracts under the
         // lock, after moving them): at 0, queueing here keeps the queue's order.
-        if lifecycle != Lifecycle::Open
-            || self.in_channel.load(Ordering::Acquire) != 0
-            || !state.has_parked_below_limit()
-        {
+        if lifecycle != Lifecycle::Open || self.in_channel.load(Ordering::Acquire) != 0 {
             return Err(job);
         }
-        state.lanes.push(job);
-        // Should admission refuse (every running place taken), the item waits in the queue,
-        // where the next worker to finish an item takes it.
         let mut wake = Wakers::default();
-        if !state.hand_to_parked(lifecycle, &mut wake) {
+        if state.has_parked_below_limit() {
+            state.lanes.push(job);
+            // Should admission refuse (every running place taken), the item waits in the
+            // queue, where the next worker to finish an item takes it.
+            if !state.hand_to_parked(lifecycle, &mut wake) {
+                self.publish_work(&mut state);
+                state.hand_to_parked(lifecycle, &mut wake);
+            }
+        } else {
+            // No worker parked below the limit. With an ID free, the item is for a new worker,
+            // which the manager spawns. Without, it could not start now anyway: a short queue
+            // is then a saturated service's, and the item waits in it for the next worker to
+            // finish an item. A long one (or lanes of keys) is a burst's, which the manager
+            // moves in batches: this and the next items go through the channel, until the
+            // manager finds the queue short again.
+            if state.has_free_below_limit() {
+                if !state.lanes.ahead_of(None) {
+                    self.grow.fetch_add(1, Ordering::Relaxed);
+                }
+                return Err(job);
+            }
+            if state.lanes.keyed() || !state.lanes.unkeyed().is_short(state.limit) {
+                self.via_channel.store(true, Ordering::Relaxed);
+                return Err(job);
+            }
+            state.lanes.push(job);
+            // Workers that ended their items lazily before they could see it are parked now.
             self.publish_work(&mut state);
             state.hand_to_parked(lifecycle, &mut wake);
         }
         self.after_admission(state, wake, false);
         Ok(())
+    }
+
+    /// After the manager moved items from the channel: whether submitters that find every
+    /// worker busy send through the channel (the queue is long) or queue their items
+    /// themselves (see `hand_off`).
+    pub(crate) fn note_queue_length(&self, state: &State) {
+        let long = state.lanes.keyed() || !state.lanes.unkeyed().is_short(state.limit);
+        if self.via_channel.load(Ordering::Relaxed) != long {
+            self.via_channel.store(long, Ordering::Relaxed);
+        }
     }
 
     // --- leases ---
@@ -788,6 +827,11 @@ impl State {
     /// Whether a parked worker may be handed work (its ID is below the limit).
     fn has_parked_below_limit(&self) -> bool {
         self.parked_below_limit().is_some()
+    }
+
+    /// Whether an ID below the limit is free, for a new worker.
+    fn has_free_below_limit(&self) -> bool {
+        self.lowest_free().is_some()
     }
 
     /// The most recently parked worker whose ID is below the limit.

@@ -270,6 +270,7 @@ fn enqueue(shared: &Shared, jobs: &mut Vec<Job>) {
     } else {
         let mut state = shared.state_untimed();
         state.enqueue(jobs.drain(..));
+        shared.note_queue_length(&state);
         shared.publish_work(&mut state);
         // Under the lock and after the jobs are in the queue: a submitter that finds nothing in
         // the channel may queue its own item, and must find these ahead of it.

@@ -203,6 +203,13 @@ impl Queue {
         matches!(self, Queue::Fifo(queue) if queue.len() <= low_water(limit))
     }
 
+    /// Whether the queue is short enough for submitters to queue their items themselves
+    /// rather than through the manager's channel: below the FIFO low-water mark, whatever the
+    /// order.
+    pub(crate) fn is_short(&self, limit: usize) -> bool {
+        self.entries() < low_water(limit)
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         match self {
             Queue::Fifo(queue) => queue.is_empty(),
