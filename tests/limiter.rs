@@ -56,6 +56,52 @@ async fn fifo_starts_items_in_submission_order() {
     assert_eq!(start_order(QueueOrder::Fifo).await, vec![0, 1, 2, 3, 4, 5]);
 }
 
+/// Submissions that find every worker ID busy queue their items themselves while the queue is
+/// short, and go through the manager's channel once it is long (more than 1,024 entries at
+/// limit 1): the start order is the submission order across both ways in, and across the
+/// switch between them.
+#[tokio::test]
+async fn fifo_order_holds_across_the_direct_queue_and_the_channel() {
+    let limiter = Limiter::new(1);
+    let (gate, blocker) = hold_a_worker(&limiter).await;
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let submit = |range: std::ops::Range<usize>| -> Vec<_> {
+        range
+            .map(|i| {
+                let log = log.clone();
+                limiter.spawn(async move { log.lock().unwrap().push(i) })
+            })
+            .collect()
+    };
+    let mut handles = submit(0..3000);
+    // The manager moves what waits in the channel; the queue stays long, so these go through
+    // the channel too, behind the rest.
+    settle().await;
+    handles.extend(submit(3000..3100));
+    assert_eq!(limiter.metrics().queued, 3100);
+    gate.open(1);
+    blocker.await.unwrap();
+    // Submitted while the queue drains: each finds its place behind what is left.
+    let mut later = Vec::new();
+    for (n, handle) in handles.into_iter().enumerate() {
+        handle.await.unwrap();
+        if n % 500 == 0 {
+            later.extend(submit(3100 + n / 500 * 10..3110 + n / 500 * 10));
+        }
+    }
+    for handle in later {
+        handle.await.unwrap();
+    }
+    let log = log.lock().unwrap().clone();
+    let expected: Vec<usize> = (0..3170).collect();
+    assert_eq!(log.len(), expected.len());
+    assert!(
+        log.windows(2).all(|w| w[0] < w[1]),
+        "items started out of submission order"
+    );
+    assert_eq!(log, expected);
+}
+
 #[tokio::test]
 async fn lifo_starts_the_newest_item_first() {
     assert_eq!(start_order(QueueOrder::Lifo).await, vec![5, 4, 3, 2, 1, 0]);

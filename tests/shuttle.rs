@@ -556,6 +556,40 @@ fn parked_workers_take_handed_work_and_exit_on_close() {
     explore(parked_workers_take_handed_work);
 }
 
+/// One submitter's items start in its submission order (FIFO, one worker ID), whichever way
+/// each goes in: queued by the submitter (a worker parked, or every ID busy and the queue
+/// short) or through the manager's channel (the queue long). A submission that queues its
+/// item itself while an earlier one still waits in the channel would pass it.
+fn one_submitters_items_start_in_order(_: usize) {
+    block_on(async move {
+        let limiter = Limiter::new(1);
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        // A worker, parked once this returns.
+        limiter.spawn(async {}).await.unwrap();
+        let mut handles = Vec::new();
+        for i in 0..4u64 {
+            let log = log.clone();
+            handles.push(limiter.spawn(async move {
+                log.lock().unwrap().push(i);
+                yield_now().await;
+            }));
+            yield_now().await;
+        }
+        for handle in handles {
+            handle.await.unwrap();
+        }
+        assert_eq!(*log.lock().unwrap(), [0, 1, 2, 3], "started out of order");
+        limiter.close();
+        limiter.wait().await;
+        assert_drained(&limiter);
+    });
+}
+
+#[test]
+fn one_submitters_items_start_in_submission_order() {
+    explore(one_submitters_items_start_in_order);
+}
+
 /// The limit shrinks and grows while workers park, are handed work and finish: a parked worker
 /// whose ID is no longer below the limit exits, no item starts on an ID at or above the limit in
 /// force, and at most the limit in force run. Queued items still all run.
