@@ -226,8 +226,12 @@ impl<S> Acquire<S> {
         }
         let core = limiter.core();
         let asked = self.asked.map(|(at, _)| at);
-        if let Some(grant) = core.lease_now(self.ask.weight, self.ask.key.as_ref(), asked) {
-            return Ok(Some(self.lease(grant)));
+        // With items or requests queued, queueing is where this request ends up: one turn of
+        // the lock, whose admission round still grants it at once if it may start.
+        if core.queue_looks_empty() {
+            if let Some(grant) = core.lease_now(self.ask.weight, self.ask.key.as_ref(), asked) {
+                return Ok(Some(self.lease(grant)));
+            }
         }
         if let Some((_, at_once)) = &mut self.asked {
             *at_once = false;

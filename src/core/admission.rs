@@ -534,6 +534,13 @@ impl Shared {
 
     // --- leases ---
 
+    /// Whether the queue was empty at the last turn that looked (see `State::must_look`): a
+    /// lease request then first asks for a lease at once; otherwise it queues at once, in one
+    /// turn of the lock rather than two (a saturated service's requests find the queue full).
+    pub(crate) fn queue_looks_empty(&self) -> bool {
+        !self.must_look.load(Ordering::Relaxed)
+    }
+
     /// A lease at once, if one may start now without passing anything queued: on a free ID
     /// (preferred: parked workers stay ready for spawned items), else on a parked worker's.
     /// `None` if it must wait in the queue.
@@ -585,6 +592,7 @@ impl Shared {
         // case of a service whose queue is mostly empty).
         if state.lanes.ahead_of(None) {
             state.dispatch(lifecycle, &mut wake);
+            state.note_empty_queue();
         }
         // Once the limiter is closed, the manager looks again at whether it may exit.
         self.after_admission(state, wake, lifecycle >= Lifecycle::Closed);

@@ -197,6 +197,12 @@ impl Core {
         Some(Grant { id, load })
     }
 
+    /// Whether a lease request should ask for a lease at once before it queues (see
+    /// `Shared::queue_looks_empty`).
+    pub(crate) fn queue_looks_empty(&self) -> bool {
+        self.shared.queue_looks_empty()
+    }
+
     /// Queues a lease request, with `watch`'s deadline and token; its waiter polls the request
     /// for its grant.
     pub(crate) fn queue_lease<C: Charge>(
