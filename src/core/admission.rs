@@ -504,12 +504,12 @@ impl Shared {
             // moves in batches: this and the next items go through the channel, until the
             // manager finds the queue short again.
             if state.has_free_below_limit() {
-                if !state.lanes.ahead_of(None) {
+                if state.nothing_queued() {
                     self.grow.fetch_add(1, Ordering::Relaxed);
                 }
                 return Err(job);
             }
-            if state.lanes.keyed() || !state.lanes.unkeyed().is_short(state.limit) {
+            if state.queue_is_long() {
                 self.via_channel.store(true, Ordering::Relaxed);
                 return Err(job);
             }
@@ -526,7 +526,7 @@ impl Shared {
     /// worker busy send through the channel (the queue is long) or queue their items
     /// themselves (see `hand_off`).
     pub(crate) fn note_queue_length(&self, state: &State) {
-        let long = state.lanes.keyed() || !state.lanes.unkeyed().is_short(state.limit);
+        let long = state.queue_is_long();
         if self.via_channel.load(Ordering::Relaxed) != long {
             self.via_channel.store(long, Ordering::Relaxed);
         }
@@ -835,6 +835,12 @@ impl State {
     /// Whether a parked worker may be handed work (its ID is below the limit).
     fn has_parked_below_limit(&self) -> bool {
         self.parked_below_limit().is_some()
+    }
+
+    /// Whether the queue is a burst's, which the manager fills in batches from the channel: at
+    /// its low-water mark or longer, or lanes of keys (see `Shared::hand_off`).
+    fn queue_is_long(&self) -> bool {
+        self.lanes.keyed() || !self.lanes.unkeyed().is_short(self.limit)
     }
 
     /// Whether an ID below the limit is free, for a new worker.
